@@ -1,0 +1,1 @@
+//! License keys: format, signatures, roles and activation records. Pure: no I/O.
