@@ -1,0 +1,237 @@
+//! Admin operations on the store, shared by the admin channel of a running
+//! instance and by the command line when the instance is not running, so
+//! that both enforce the same rules (the secondary refuses configuration
+//! writes, ids are checked, and so on).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::role::RoleSnapshot;
+use crate::security::tokens;
+use crate::spool::JobSpool;
+use crate::store::{Device, DeviceStatus, JobRecord, JobState, Store, StoreError};
+use crate::web::api::validate_device_name;
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl AdminError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Refused(_) => "refused",
+            AdminError::Store(_) => "store",
+        }
+    }
+}
+
+/// A device added by an admin, with its token (shown this once).
+#[derive(Debug, Serialize)]
+pub struct ProvisionedDevice {
+    pub device: Device,
+    pub token: String,
+}
+
+/// Pre-provisions an approved device and returns its token.
+pub fn add_device(
+    store: &Store,
+    role: &RoleSnapshot,
+    instance: &str,
+    name: &str,
+    serial: Option<&str>,
+) -> Result<ProvisionedDevice, AdminError> {
+    validate_device_name(name).map_err(AdminError::Invalid)?;
+    let write = role
+        .config_write(instance)
+        .map_err(|e| AdminError::Refused(e.to_string()))?;
+    if store.device_by_name(name)?.is_some() {
+        return Err(AdminError::Refused(format!(
+            "a device named `{name}` is already registered"
+        )));
+    }
+    let token = tokens::new_device_token();
+    let device = store.insert_device(
+        name,
+        serial,
+        &tokens::token_digest(&token),
+        DeviceStatus::Approved,
+        write,
+    )?;
+    Ok(ProvisionedDevice { device, token })
+}
+
+/// Finds a device by id or name.
+pub fn find_device(store: &Store, id_or_name: &str) -> Result<Device, AdminError> {
+    let found = match Uuid::parse_str(id_or_name) {
+        Ok(id) => store.device(id)?,
+        Err(_) => store.device_by_name(id_or_name)?,
+    };
+    found.ok_or_else(|| {
+        AdminError::NotFound(format!(
+            "no device `{id_or_name}`; `gateway device list` shows them"
+        ))
+    })
+}
+
+/// Approves or revokes a device.
+pub fn set_device_status(
+    store: &Store,
+    role: &RoleSnapshot,
+    instance: &str,
+    id_or_name: &str,
+    status: DeviceStatus,
+) -> Result<Device, AdminError> {
+    let write = role
+        .config_write(instance)
+        .map_err(|e| AdminError::Refused(e.to_string()))?;
+    let device = find_device(store, id_or_name)?;
+    store.set_device_status(device.id, status, write)?;
+    find_device(store, &device.id.to_string())
+}
+
+/// Sends a dead-lettered job back to the pipeline.
+pub fn retry_job(store: &Store, id: &str) -> Result<JobRecord, AdminError> {
+    let id = Uuid::parse_str(id)
+        .map_err(|_| AdminError::Invalid(format!("`{id}` is not a job id (a UUID)")))?;
+    let job = store
+        .job(id)?
+        .ok_or_else(|| AdminError::NotFound(format!("no job {id} on this server")))?;
+    if job.state != JobState::Failed {
+        return Err(AdminError::Refused(format!(
+            "job {id} is {}, not failed; only failed (dead-letter) jobs are retried",
+            job.state.as_str()
+        )));
+    }
+    store.retry_failed_job(id)?;
+    store
+        .job(id)?
+        .ok_or_else(|| AdminError::NotFound(format!("job {id} vanished")))
+}
+
+/// The result of `gateway db check`.
+#[derive(Debug, Serialize)]
+pub struct DbReport {
+    pub schema_version: u32,
+    pub problems: Vec<String>,
+    pub jobs_checked: u64,
+}
+
+/// SQLite's integrity checks plus the promise the intake makes: every job
+/// that is not finished has its spool directory with every page file of the
+/// recorded size.
+pub fn db_check(store: &Store, spool: Option<&JobSpool>) -> Result<DbReport, AdminError> {
+    let mut problems = store.integrity_problems()?;
+    let mut checked = 0;
+    if let Some(spool) = spool {
+        for state in [JobState::Received, JobState::Processing, JobState::Failed] {
+            for job in store.jobs_in_state(state, u32::MAX)? {
+                checked += 1;
+                let dir = spool.job_dir(job.id);
+                for page in store.job_pages(job.id)? {
+                    let path = dir.join(&page.file_name);
+                    match std::fs::metadata(&path) {
+                        Ok(m) if m.len() == page.bytes => {}
+                        Ok(m) => problems.push(format!(
+                            "job {}: {} has {} bytes, {} were recorded",
+                            job.id,
+                            path.display(),
+                            m.len(),
+                            page.bytes
+                        )),
+                        Err(e) => problems.push(format!("job {}: {}: {e}", job.id, path.display())),
+                    }
+                }
+            }
+        }
+    }
+    Ok(DbReport {
+        schema_version: store.schema_version()?,
+        problems,
+        jobs_checked: checked,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::role::ServerRole;
+
+    fn role(role: ServerRole) -> RoleSnapshot {
+        RoleSnapshot {
+            role,
+            epoch: 1,
+            license: None,
+            license_problem: None,
+        }
+    }
+
+    #[test]
+    fn secondary_refuses_device_changes_with_the_rule_and_the_way_out() {
+        let store = Store::open_in_memory().unwrap();
+        let err =
+            add_device(&store, &role(ServerRole::Secondary), "gw-b", "mfd-1", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("secondary cannot change configuration"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("gateway license activate <03 key>"),
+            "{err}"
+        );
+        let added = add_device(&store, &role(ServerRole::Primary), "gw-a", "mfd-1", None).unwrap();
+        assert!(tokens::looks_like_device_token(&added.token));
+        assert_eq!(added.device.status, DeviceStatus::Approved);
+        let dup =
+            add_device(&store, &role(ServerRole::Primary), "gw-a", "mfd-1", None).unwrap_err();
+        assert!(dup.to_string().contains("already registered"));
+        let revoked = set_device_status(
+            &store,
+            &role(ServerRole::Primary),
+            "gw-a",
+            "mfd-1",
+            DeviceStatus::Revoked,
+        )
+        .unwrap();
+        assert_eq!(revoked.status, DeviceStatus::Revoked);
+        assert!(matches!(
+            find_device(&store, "nope"),
+            Err(AdminError::NotFound(_))
+        ));
+        assert!(matches!(
+            add_device(
+                &store,
+                &role(ServerRole::Primary),
+                "gw-a",
+                "bad name!",
+                None
+            ),
+            Err(AdminError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn only_failed_jobs_are_retried() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(matches!(
+            retry_job(&store, "x"),
+            Err(AdminError::Invalid(_))
+        ));
+        assert!(matches!(
+            retry_job(&store, &Uuid::new_v4().to_string()),
+            Err(AdminError::NotFound(_))
+        ));
+    }
+}

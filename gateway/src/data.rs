@@ -1,0 +1,456 @@
+//! The data service: the database, the spool and (through the worker pool,
+//! which follows its state) the job pipeline. It has a lifecycle of its own,
+//! separate from the web service, because "web service up but data service
+//! down" is one of the four failover causes devices must be able to see (R1).
+//!
+//! It goes down for real reasons only:
+//! * an admin stops it (`gateway service stop data`); it stays down until
+//!   started again;
+//! * the database or spool cannot be written (disk full, read-only, gone),
+//!   noticed by a request or by the periodic write probe;
+//! * a worker crashed (a panic).
+//!
+//! After the last two, a supervisor tries to bring it back with backoff; a
+//! start succeeds only when both the database and the spool take a write.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{Mutex, watch};
+
+use crate::paths::InstancePaths;
+use crate::spool::JobSpool;
+use crate::store::{Store, StoreError};
+
+/// How often a running data service proves it can still write.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the data service is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownReason {
+    /// Not started yet.
+    Starting,
+    /// Stopped by an admin.
+    Stopped,
+    /// The database or spool failed to take a write.
+    Failed,
+    /// A worker panicked.
+    Crashed,
+}
+
+/// The data service's state as health and status report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataState {
+    pub up: bool,
+    pub reason: Option<DownReason>,
+    /// The cause in words (never secrets): "disk full writing the spool".
+    pub detail: Option<String>,
+    pub since: DateTime<Utc>,
+    /// Raised on every start, so followers can tell restarts apart.
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// What exists while the data service is up.
+pub struct DataParts {
+    pub store: Arc<Store>,
+    pub spool: JobSpool,
+}
+
+/// A request could not use the data service.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The service is down (or went down because of this request).
+    #[error("data service is down: {0}")]
+    Down(String),
+    /// The store refused the request itself (a constraint, a bug).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<DataError> for crate::error::ApiError {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Down(cause) => crate::error::ApiError::DataServiceDown { cause },
+            DataError::Store(e) => crate::error::ApiError::Internal(e.into()),
+        }
+    }
+}
+
+struct Inner {
+    paths: InstancePaths,
+    state: watch::Sender<DataState>,
+    parts: RwLock<Option<Arc<DataParts>>>,
+    /// Serialises start and stop.
+    lifecycle: Mutex<()>,
+    /// Whether the admin wants it running (false after `service stop data`).
+    wanted: AtomicBool,
+}
+
+/// Handle to the data service; cheap to clone.
+#[derive(Clone)]
+pub struct DataService {
+    inner: Arc<Inner>,
+}
+
+impl DataService {
+    pub fn new(paths: InstancePaths) -> DataService {
+        DataService {
+            inner: Arc::new(Inner {
+                paths,
+                state: watch::Sender::new(DataState {
+                    up: false,
+                    reason: Some(DownReason::Starting),
+                    detail: None,
+                    since: Utc::now(),
+                    generation: 0,
+                }),
+                parts: RwLock::new(None),
+                lifecycle: Mutex::new(()),
+                wanted: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    pub fn state(&self) -> DataState {
+        self.inner.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<DataState> {
+        self.inner.state.subscribe()
+    }
+
+    /// The database and spool, while up.
+    pub fn parts(&self) -> Result<Arc<DataParts>, DataError> {
+        self.inner
+            .parts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| DataError::Down(self.down_cause()))
+    }
+
+    fn down_cause(&self) -> String {
+        let s = self.state();
+        match (s.reason, s.detail) {
+            (_, Some(detail)) => detail,
+            (Some(DownReason::Stopped), None) => "stopped by an admin".into(),
+            (Some(DownReason::Starting), None) => "starting".into(),
+            _ => "down".into(),
+        }
+    }
+
+    /// Runs `f` on the store in the blocking pool. An environmental store
+    /// error (disk full, I/O) takes the service down and is answered as such.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, DataError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let parts = self.parts()?;
+        let result = tokio::task::spawn_blocking(move || f(&parts.store))
+            .await
+            .map_err(|e| DataError::Down(format!("database task failed: {e}")))?;
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// Turns a store error into a request error, failing the service when the
+    /// error is the machine's.
+    pub fn classify(&self, e: StoreError) -> DataError {
+        if e.is_environmental() {
+            let cause = format!("the database cannot be written: {e}");
+            self.fail(DownReason::Failed, &cause);
+            DataError::Down(cause)
+        } else {
+            DataError::Store(e)
+        }
+    }
+
+    /// Reports an I/O error on the spool or work directories. Errors that
+    /// say the disk or directory is unusable take the service down; the
+    /// returned error is what the request should answer.
+    pub fn spool_error(&self, what: &str, e: &std::io::Error) -> DataError {
+        let cause = format!("the spool cannot be written ({what}): {e}");
+        if is_environmental_io(e) {
+            self.fail(DownReason::Failed, &cause);
+        }
+        DataError::Down(cause)
+    }
+
+    /// Takes the service down because of a failure; the supervisor will try
+    /// to bring it back.
+    pub fn fail(&self, reason: DownReason, cause: &str) {
+        let was_up = self.take_down(reason, Some(cause.to_owned()));
+        if was_up {
+            tracing::error!(cause, "data service down");
+        }
+    }
+
+    fn take_down(&self, reason: DownReason, detail: Option<String>) -> bool {
+        *self.inner.parts.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut was_up = false;
+        self.inner.state.send_modify(|s| {
+            was_up = s.up;
+            if s.up || s.reason != Some(reason) || s.detail != detail {
+                s.up = false;
+                s.reason = Some(reason);
+                s.detail = detail.clone();
+                s.since = Utc::now();
+            }
+        });
+        was_up
+    }
+
+    /// Starts the service (again): opens the store, applies migrations, opens
+    /// the spool, proves both take writes, then recovers what a previous run
+    /// left: jobs that were processing go back to the queue, spool directories
+    /// without a job row (a crash before commit) are removed.
+    pub async fn start(&self) -> Result<(), String> {
+        let _guard = self.inner.lifecycle.lock().await;
+        self.inner.wanted.store(true, Ordering::SeqCst);
+        if self.state().up {
+            return Ok(());
+        }
+        let paths = self.inner.paths.clone();
+        let opened = tokio::task::spawn_blocking(move || open_parts(&paths))
+            .await
+            .map_err(|e| format!("start-up task failed: {e}"))
+            .and_then(|r| r);
+        match opened {
+            Ok((parts, recovered)) => {
+                *self.inner.parts.write().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Arc::new(parts));
+                self.inner.state.send_modify(|s| {
+                    s.up = true;
+                    s.reason = None;
+                    s.detail = None;
+                    s.since = Utc::now();
+                    s.generation += 1;
+                });
+                tracing::info!(
+                    requeued = recovered.requeued,
+                    orphans_removed = recovered.orphans,
+                    "data service up"
+                );
+                Ok(())
+            }
+            Err(cause) => {
+                self.take_down(DownReason::Failed, Some(cause.clone()));
+                Err(cause)
+            }
+        }
+    }
+
+    /// Stops the service on an admin's request: no new jobs, workers stop at
+    /// once (their jobs resume at the step they were in on the next start).
+    pub async fn stop(&self) {
+        let _guard = self.inner.lifecycle.lock().await;
+        self.inner.wanted.store(false, Ordering::SeqCst);
+        if self.take_down(DownReason::Stopped, None) {
+            tracing::warn!("data service stopped by an admin");
+        }
+    }
+
+    /// Keeps the service honest while the process runs: probes writes while
+    /// up, and restarts with backoff after a failure or crash (never after an
+    /// admin stop).
+    pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let state = self.state();
+            let wait = if state.up { PROBE_INTERVAL } else { backoff };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let state = self.state();
+            if state.up {
+                backoff = Duration::from_secs(1);
+                if let Ok(parts) = self.parts() {
+                    let probe = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                        parts
+                            .spool
+                            .probe()
+                            .map_err(|e| format!("the spool cannot be written: {e}"))?;
+                        parts
+                            .store
+                            .probe_write()
+                            .map_err(|e| format!("the database cannot be written: {e}"))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
+                    if let Err(cause) = probe {
+                        self.fail(DownReason::Failed, &cause);
+                    }
+                }
+            } else if self.inner.wanted.load(Ordering::SeqCst)
+                && matches!(
+                    state.reason,
+                    Some(DownReason::Failed | DownReason::Crashed | DownReason::Starting)
+                )
+            {
+                match self.start().await {
+                    Ok(()) => backoff = Duration::from_secs(1),
+                    Err(cause) => {
+                        tracing::warn!(
+                            cause,
+                            retry_in_secs = backoff.as_secs(),
+                            "data service still down"
+                        );
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What start-up recovered.
+struct Recovered {
+    requeued: u64,
+    orphans: u64,
+}
+
+fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
+    std::fs::create_dir_all(&paths.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            paths.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&paths.database)
+        .map_err(|e| format!("cannot open database {}: {e}", paths.database.display()))?;
+    let spool = JobSpool::open(&paths.spool)
+        .map_err(|e| format!("cannot open spool {}: {e}", paths.spool.display()))?;
+    std::fs::create_dir_all(&paths.work)
+        .map_err(|e| format!("cannot create {}: {e}", paths.work.display()))?;
+    spool
+        .probe()
+        .map_err(|e| format!("the spool {} cannot be written: {e}", paths.spool.display()))?;
+    store
+        .probe_write()
+        .map_err(|e| format!("the database cannot be written: {e}"))?;
+    let requeued = store.requeue_processing().map_err(|e| e.to_string())?;
+    let mut orphans = 0;
+    for id in spool
+        .job_ids()
+        .map_err(|e| format!("cannot list the spool: {e}"))?
+    {
+        if !store.job_exists(id).map_err(|e| e.to_string())? {
+            spool
+                .remove_job(id)
+                .map_err(|e| format!("cannot remove orphan spool directory of {id}: {e}"))?;
+            orphans += 1;
+        }
+    }
+    Ok((
+        DataParts {
+            store: Arc::new(store),
+            spool,
+        },
+        Recovered { requeued, orphans },
+    ))
+}
+
+/// I/O errors that mean the storage itself is unusable, as opposed to a
+/// client that went away.
+pub fn is_environmental_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        StorageFull
+            | ReadOnlyFilesystem
+            | PermissionDenied
+            | NotADirectory
+            | NotFound
+            | QuotaExceeded
+    ) || e.raw_os_error().is_some_and(|c| c == 5 /* EIO */)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> (tempfile::TempDir, DataService) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = InstancePaths::new(dir.path(), "gw-t");
+        (dir, DataService::new(paths))
+    }
+
+    #[tokio::test]
+    async fn start_stop_and_refusals_while_down() {
+        let (_dir, data) = service();
+        assert!(matches!(data.parts(), Err(DataError::Down(_))));
+        data.start().await.unwrap();
+        assert!(data.state().up);
+        assert_eq!(data.run(|s| s.queue_depth()).await.unwrap(), 0);
+        data.stop().await;
+        let s = data.state();
+        assert_eq!((s.up, s.reason), (false, Some(DownReason::Stopped)));
+        let err = data.run(|s| s.queue_depth()).await.unwrap_err();
+        assert_eq!(err.to_string(), "data service is down: stopped by an admin");
+    }
+
+    #[tokio::test]
+    async fn unwritable_spool_fails_start_and_supervisor_recovers_when_fixed() {
+        let (dir, data) = service();
+        let spool = dir.path().join("gw-t-spool");
+        std::fs::write(&spool, b"a file where the spool directory belongs").unwrap();
+        let err = data.start().await.unwrap_err();
+        assert!(err.contains("cannot open spool"), "{err}");
+        assert_eq!(data.state().reason, Some(DownReason::Failed));
+
+        let (tx, rx) = watch::channel(false);
+        let sup = tokio::spawn(data.clone().supervise(rx));
+        std::fs::remove_file(&spool).unwrap();
+        let mut states = data.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| s.up))
+            .await
+            .unwrap()
+            .unwrap();
+        tx.send(true).unwrap();
+        sup.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn probe_notices_a_broken_spool_while_up() {
+        let (dir, data) = service();
+        data.start().await.unwrap();
+        let (tx, rx) = watch::channel(false);
+        let sup = tokio::spawn(data.clone().supervise(rx));
+        let spool = dir.path().join("gw-t-spool");
+        std::fs::remove_dir_all(&spool).unwrap();
+        std::fs::write(&spool, b"x").unwrap();
+        let mut states = data.subscribe();
+        let down = tokio::time::timeout(Duration::from_secs(10), states.wait_for(|s| !s.up))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+        assert_eq!(down.reason, Some(DownReason::Failed));
+        assert!(down.detail.unwrap().contains("spool"));
+        tx.send(true).unwrap();
+        sup.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn admin_stop_is_not_undone_by_the_supervisor() {
+        let (_dir, data) = service();
+        data.start().await.unwrap();
+        data.stop().await;
+        let (tx, rx) = watch::channel(false);
+        let sup = tokio::spawn(data.clone().supervise(rx));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!data.state().up);
+        tx.send(true).unwrap();
+        sup.await.unwrap();
+    }
+}

@@ -1,0 +1,305 @@
+//! The one error type of the HTTP API. Every error answer has the shape
+//! `{"error": {"code": "...", "message": "..."}}` with a stable code; the
+//! status comes from one exhaustive match. A 5xx body never carries
+//! internals: those go to the log.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::settings::ByteSize;
+
+/// Everything the API can refuse a request for.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed (JSON, header, query).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The job id in the path is not a UUID.
+    #[error(
+        "job id `{0}` is not a UUID; the device chooses a UUID per job and keeps it for retries"
+    )]
+    InvalidJobId(String),
+    /// No `Authorization: Bearer` device token.
+    #[error("this request needs the device token: send `Authorization: Bearer <device token>`")]
+    DeviceTokenMissing,
+    /// The device token is unknown.
+    #[error(
+        "the device token is not known here; register the device or ask an admin for its token"
+    )]
+    DeviceTokenInvalid,
+    /// No `X-Scan-Session` header.
+    #[error("this request needs a user session: log in and send `X-Scan-Session: <session token>`")]
+    SessionMissing,
+    /// The session token does not verify or belongs to another device.
+    #[error("{0}")]
+    SessionInvalid(String),
+    /// The session expired or was ended.
+    #[error("{0}")]
+    SessionExpired(String),
+    /// Wrong user or password.
+    #[error("unknown user or wrong password")]
+    BadCredentials,
+    /// Device registered but not approved.
+    #[error(
+        "this device is waiting for approval: an admin approves it with `gateway device approve {0}`"
+    )]
+    DevicePending(String),
+    /// Device approval was withdrawn.
+    #[error("this device's registration was revoked by an admin")]
+    DeviceRevoked,
+    /// More devices than the license has seats.
+    #[error(
+        "this device is beyond the license's {seats} device seats: revoke an unused device or activate a license with more seats"
+    )]
+    SeatLimit { seats: u16 },
+    /// Nothing there (or not this device's).
+    #[error("{0}")]
+    NotFound(String),
+    /// The job id was used before for a different job.
+    #[error(
+        "job id {0} was already used for a job with a different manifest; choose a new UUID for a new job"
+    )]
+    JobIdConflict(String),
+    /// The same job id is being uploaded right now.
+    #[error(
+        "job {0} is being uploaded on another connection right now; retry when that upload has finished"
+    )]
+    UploadInProgress(String),
+    /// A device registration with a name already in use.
+    #[error(
+        "a device named `{0}` is already registered; choose another name or ask an admin to revoke the old one"
+    )]
+    DeviceNameTaken(String),
+    /// Too many registrations wait for approval.
+    #[error(
+        "{0} devices are already waiting for approval; an admin must approve or revoke some first"
+    )]
+    TooManyPendingDevices(u64),
+    /// A configuration write on a server that is not the primary.
+    #[error("{0}")]
+    ReadOnlySecondary(String),
+    /// The whole job is over the size limit.
+    #[error("the job is larger than the limit of {}; split the scan into several jobs", ByteSize(*limit))]
+    JobTooLarge { limit: u64 },
+    /// One page is over the size limit.
+    #[error("page {page} is larger than the per-page limit of {}; scan it at a lower resolution", ByteSize(*limit))]
+    PageTooLarge { page: u32, limit: u64 },
+    /// The manifest part is too large.
+    #[error("the manifest is larger than the limit of {}", ByteSize(*limit))]
+    ManifestTooLarge { limit: u64 },
+    /// A page is not one of the accepted formats.
+    #[error(
+        "page {page} is not a TIFF, JPEG, PNG or PDF file (its content was checked, not its name)"
+    )]
+    UnsupportedPageFormat { page: u32 },
+    /// The manifest is not what the API expects.
+    #[error("{0}")]
+    InvalidManifest(String),
+    /// The manifest names a workflow that is not configured.
+    #[error("workflow `{name}` is not configured; configured workflows: {known}")]
+    UnknownWorkflow { name: String, known: String },
+    /// More pages than allowed.
+    #[error(
+        "the job has {count} pages but at most {limit} are allowed; split the scan into several jobs"
+    )]
+    TooManyPages { count: u32, limit: u32 },
+    /// The manifest's page count and the page parts differ.
+    #[error("the manifest declares {declared} pages but the upload carried {received}")]
+    PageCountMismatch { declared: u32, received: u32 },
+    /// Too many failed logins.
+    #[error("too many failed logins from this device; wait {retry_after} seconds")]
+    RateLimited { retry_after: u32 },
+    /// The server is in maintenance mode.
+    #[error(
+        "this server is in maintenance mode and takes no new logins or jobs; use the other server or retry later"
+    )]
+    Maintenance { retry_after: u32 },
+    /// The data service (database, spool, workers) is down.
+    #[error("this server's data service is down ({cause}); use the other server or retry later")]
+    DataServiceDown { cause: String },
+    /// No valid license.
+    #[error(
+        "this server is not licensed ({0}); an admin activates it with `gateway license activate <key>`"
+    )]
+    NotLicensed(String),
+    /// A bug or an unexpected failure. The message is logged, not sent.
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// The HTTP status of each error.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            BadRequest(_) | InvalidJobId(_) => StatusCode::BAD_REQUEST,
+            DeviceTokenMissing | DeviceTokenInvalid | SessionMissing | SessionInvalid(_)
+            | SessionExpired(_) | BadCredentials => StatusCode::UNAUTHORIZED,
+            DevicePending(_) | DeviceRevoked | SeatLimit { .. } => StatusCode::FORBIDDEN,
+            NotFound(_) => StatusCode::NOT_FOUND,
+            JobIdConflict(_) | UploadInProgress(_) | ReadOnlySecondary(_) | DeviceNameTaken(_) => {
+                StatusCode::CONFLICT
+            }
+            JobTooLarge { .. } | PageTooLarge { .. } | ManifestTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            UnsupportedPageFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            InvalidManifest(_)
+            | UnknownWorkflow { .. }
+            | TooManyPages { .. }
+            | PageCountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited { .. } | TooManyPendingDevices(_) => StatusCode::TOO_MANY_REQUESTS,
+            Maintenance { .. } | DataServiceDown { .. } | NotLicensed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code of each error.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            InvalidJobId(_) => "invalid_job_id",
+            DeviceTokenMissing => "device_token_missing",
+            DeviceTokenInvalid => "device_token_invalid",
+            SessionMissing => "session_missing",
+            SessionInvalid(_) => "session_invalid",
+            SessionExpired(_) => "session_expired",
+            BadCredentials => "bad_credentials",
+            DevicePending(_) => "device_pending",
+            DeviceRevoked => "device_revoked",
+            SeatLimit { .. } => "seat_limit",
+            NotFound(_) => "not_found",
+            JobIdConflict(_) => "job_id_conflict",
+            UploadInProgress(_) => "upload_in_progress",
+            ReadOnlySecondary(_) => "read_only_secondary",
+            DeviceNameTaken(_) => "device_name_taken",
+            TooManyPendingDevices(_) => "too_many_pending_devices",
+            JobTooLarge { .. } => "job_too_large",
+            PageTooLarge { .. } => "page_too_large",
+            ManifestTooLarge { .. } => "manifest_too_large",
+            UnsupportedPageFormat { .. } => "unsupported_page_format",
+            InvalidManifest(_) => "invalid_manifest",
+            UnknownWorkflow { .. } => "unknown_workflow",
+            TooManyPages { .. } => "too_many_pages",
+            PageCountMismatch { .. } => "page_count_mismatch",
+            RateLimited { .. } => "rate_limited",
+            Maintenance { .. } => "maintenance",
+            DataServiceDown { .. } => "data_service_down",
+            NotLicensed(_) => "not_licensed",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds after which a retry makes sense, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::Maintenance { retry_after } | ApiError::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
+            ApiError::DataServiceDown { .. } | ApiError::NotLicensed(_) => Some(30),
+            ApiError::UploadInProgress(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The message sent to the client.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => {
+                "the server failed to handle this request; the details are in its log".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        } else {
+            tracing::debug!(code = self.code(), error = %self, "request refused");
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::BadRequest(format!("the JSON body is not valid: {}", r.body_text()))
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(format!("the query string is not valid: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(format!("the path is not valid: {}", r.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn render(e: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let retry = r
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn maintenance_has_retry_after_and_stable_code() {
+        let (status, retry, body) = render(ApiError::Maintenance { retry_after: 60 }).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.as_deref(), Some("60"));
+        assert_eq!(body["error"]["code"], "maintenance");
+    }
+
+    #[tokio::test]
+    async fn internal_errors_do_not_leak() {
+        let (status, _, body) = render(ApiError::Internal(anyhow::anyhow!(
+            "secret path /var/lib/x"
+        )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.to_string().contains("/var/lib/x"));
+    }
+
+    #[test]
+    fn limits_are_named_in_messages() {
+        let e = ApiError::PageTooLarge {
+            page: 3,
+            limit: 64 << 20,
+        };
+        assert_eq!(
+            e.to_string(),
+            "page 3 is larger than the per-page limit of 64 MiB; scan it at a lower resolution"
+        );
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

@@ -1,0 +1,810 @@
+//! Settings: the TOML configuration file (one file may serve several named
+//! instances), environment overrides, and the embedded defaults, turned once
+//! at start-up into typed, validated values. Nothing after start-up reads raw
+//! strings from the file again.
+//!
+//! The file has two kinds of content:
+//! * instance settings (`[defaults]`, `[instances.NAME]`, `[licensing]`):
+//!   where this server listens and keeps its data — local to each server;
+//! * site configuration (`[limits]`, `[sessions]`, `[users]`, `[workflows]`):
+//!   what the pair shares. The primary imports it into its store as a new
+//!   configuration version; a secondary only uses it to seed an empty store.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::security::PasswordHash;
+
+/// The configuration used when no file is given: one instance on loopback
+/// with the built-in workflows.
+pub const EMBEDDED_DEFAULTS: &str = include_str!("../default-config.toml");
+
+/// Every environment variable that overrides an instance setting.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("SCANGW_DATA_DIR", "data_dir"),
+    ("SCANGW_LISTEN", "listen"),
+    ("SCANGW_LISTEN_PLAIN", "listen_plain"),
+    ("SCANGW_LISTEN_PROXY", "listen_proxy"),
+    ("SCANGW_TLS_CERT", "tls_cert"),
+    ("SCANGW_TLS_KEY", "tls_key"),
+    ("SCANGW_WORKERS", "workers"),
+    ("SCANGW_TIME_ZONE", "time_zone"),
+    ("SCANGW_LOG_FORMAT", "log_format"),
+    ("SCANGW_LOG_LEVEL", "log_level"),
+    ("SCANGW_TESSERACT", "tesseract"),
+    ("SCANGW_OCR_PARALLELISM", "ocr_parallelism"),
+    ("SCANGW_MAX_ATTEMPTS", "max_attempts"),
+    ("SCANGW_STEP_TIMEOUT_SECS", "step_timeout_secs"),
+];
+
+/// A configuration problem, naming the key (or variable) and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read configuration file {path}: {source} — check the path given to --config")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("instance `{name}` is not in {path}; instances there: {known}")]
+    UnknownInstance {
+        name: String,
+        path: String,
+        known: String,
+    },
+    #[error("{path} defines several instances ({known}): choose one with --instance")]
+    InstanceRequired { path: String, known: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ----- raw file shape -------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    licensing: RawLicensing,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    sessions: RawSessions,
+    #[serde(default)]
+    users: BTreeMap<String, RawUser>,
+    #[serde(default)]
+    workflows: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    defaults: RawInstance,
+    #[serde(default)]
+    instances: BTreeMap<String, RawInstance>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLicensing {
+    #[serde(default)]
+    trusted_vendor_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_job_bytes: Option<ByteSize>,
+    max_pages: Option<u32>,
+    max_page_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    password_hash: String,
+    display_name: Option<String>,
+}
+
+/// Instance settings as written; every field optional so `[defaults]`,
+/// `[instances.NAME]` and the environment can be layered.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    data_dir: Option<String>,
+    listen: Option<String>,
+    listen_plain: Option<String>,
+    listen_proxy: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    workers: Option<TomlScalar>,
+    time_zone: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    tesseract: Option<String>,
+    ocr_parallelism: Option<TomlScalar>,
+    max_attempts: Option<TomlScalar>,
+    step_timeout_secs: Option<TomlScalar>,
+    maintenance_retry_after_secs: Option<TomlScalar>,
+    login_failures_per_minute: Option<TomlScalar>,
+}
+
+/// A number as written in the file, or as text from the environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TomlScalar {
+    Int(i64),
+    Text(String),
+}
+
+/// A size in bytes, written as a number or as text with a unit (`20MiB`, `1 GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match TomlScalar::deserialize(d)? {
+            TomlScalar::Int(n) if n > 0 => Ok(ByteSize(n as u64)),
+            TomlScalar::Int(n) => Err(serde::de::Error::custom(format!(
+                "size must be positive, found {n}"
+            ))),
+            TomlScalar::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl ByteSize {
+    /// Parses `123`, `20MiB`, `20 MB`, `1.5GiB`, `512k`.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size; write e.g. 20MiB or 1048576"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{text}`; use B, KB, KiB, MB, MiB, GB or GiB"
+                ));
+            }
+        };
+        let bytes = (num * mult as f64).round();
+        if !(1.0..=(u64::MAX as f64)).contains(&bytes) {
+            return Err(format!("size `{text}` is out of range"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl std::fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{} GiB", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{} MiB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{} KiB", b >> 10)
+        } else {
+            write!(f, "{b} bytes")
+        }
+    }
+}
+
+// ----- typed settings --------------------------------------------------------------
+
+/// Everything an instance needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub instance: InstanceSettings,
+    /// Extra vendor public keys (base64) trusted beside the built-in one.
+    pub trusted_vendor_keys: Vec<String>,
+    pub site: SiteConfig,
+    /// Where the settings came from, for status output.
+    pub source: String,
+}
+
+/// A valid instance name: it appears in paths, log lines and unit names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    pub fn parse(name: &str) -> Result<InstanceName, String> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(InstanceName(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{name}` is not a valid instance name: use 1-32 lower-case letters, digits and dashes, starting with a letter or digit"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of connections a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// HTTPS.
+    Https,
+    /// Plain HTTP; only allowed on loopback addresses.
+    Plain,
+    /// HTTPS behind an L4 load balancer that prefixes each connection with a
+    /// PROXY protocol (v1 or v2) header carrying the client's address.
+    ProxyHttps,
+}
+
+/// One address to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ListenerSettings {
+    pub addr: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files given by the admin.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated on first start in the data directory.
+    SelfSigned,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Local settings of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    pub name: InstanceName,
+    pub data_dir: PathBuf,
+    pub listeners: Vec<ListenerSettings>,
+    pub tls: TlsSource,
+    pub workers: usize,
+    pub time_zone: chrono_tz::Tz,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub tesseract: PathBuf,
+    pub ocr_parallelism: usize,
+    pub max_attempts: u32,
+    pub step_timeout: Duration,
+    pub maintenance_retry_after_secs: u32,
+    pub login_failures_per_minute: u32,
+}
+
+/// Size and count limits on uploads (shared configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_job_bytes: u64,
+    pub max_pages: u32,
+    pub max_page_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_job_bytes: 512 << 20,
+            max_pages: 500,
+            max_page_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A user who may log in at a panel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserEntry {
+    pub password_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+/// The configuration the pair shares, as read from the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteConfig {
+    pub limits: Limits,
+    pub session_ttl_secs: u64,
+    pub users: BTreeMap<String, UserEntry>,
+    /// Workflow definitions as written; the plugin registry validates them
+    /// at start-up (it knows which plugins and settings exist).
+    pub workflows: BTreeMap<String, serde_json::Value>,
+}
+
+// ----- loading --------------------------------------------------------------------
+
+/// Where the configuration text comes from.
+pub enum Source<'a> {
+    File(&'a Path),
+    Embedded,
+}
+
+/// Loads settings for one instance: file (or embedded defaults), then
+/// `[defaults]`, then `[instances.NAME]`, then the environment.
+pub fn load(
+    source: Source<'_>,
+    instance: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, SettingsError> {
+    let (text, label, base_dir) = match source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+            (text, path.display().to_string(), dir)
+        }
+        Source::Embedded => (
+            EMBEDDED_DEFAULTS.to_owned(),
+            "embedded defaults".to_owned(),
+            PathBuf::from("."),
+        ),
+    };
+    let raw: RawFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
+        path: label.clone(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    for key in raw.instances.keys() {
+        InstanceName::parse(key).map_err(|m| invalid(format!("instances.{key}"), m))?;
+    }
+    let known = || raw.instances.keys().cloned().collect::<Vec<_>>().join(", ");
+    let name = match instance {
+        Some(n) => n.to_owned(),
+        None if raw.instances.len() == 1 => {
+            raw.instances.keys().next().cloned().unwrap_or_default()
+        }
+        None if raw.instances.is_empty() => "gw1".to_owned(),
+        None => {
+            return Err(SettingsError::InstanceRequired {
+                path: label,
+                known: known(),
+            });
+        }
+    };
+    let name = InstanceName::parse(&name).map_err(|m| invalid("--instance", m))?;
+    if !raw.instances.is_empty() && !raw.instances.contains_key(name.as_str()) {
+        return Err(SettingsError::UnknownInstance {
+            name: name.to_string(),
+            path: label,
+            known: known(),
+        });
+    }
+
+    // Layer defaults, the instance table and the environment, remembering
+    // where each value came from so an error can name it.
+    let mut origin: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut merged = RawInstance::default();
+    let layers = [
+        ("defaults".to_owned(), Some(&raw.defaults)),
+        (
+            format!("instances.{name}"),
+            raw.instances.get(name.as_str()),
+        ),
+    ];
+    for (prefix, layer) in layers {
+        if let Some(layer) = layer {
+            merge(&mut merged, layer, &prefix, &mut origin);
+        }
+    }
+    for (var, field) in ENV_OVERRIDES {
+        if let Some(value) = env(var) {
+            set_text_field(&mut merged, field, value);
+            origin.insert(field, format!("environment variable {var}"));
+        }
+    }
+    let key = |field: &'static str| {
+        origin
+            .get(field)
+            .cloned()
+            .unwrap_or_else(|| format!("defaults.{field}"))
+    };
+
+    let instance = validate_instance(name, merged, &base_dir, &key)?;
+    let site = validate_site(&raw)?;
+    for (i, k) in raw.licensing.trusted_vendor_keys.iter().enumerate() {
+        licensing::VendorPublicKey::from_text(k)
+            .map_err(|e| invalid(format!("licensing.trusted_vendor_keys[{i}]"), e.to_string()))?;
+    }
+    Ok(Settings {
+        instance,
+        trusted_vendor_keys: raw.licensing.trusted_vendor_keys.clone(),
+        site,
+        source: label,
+    })
+}
+
+fn merge(
+    into: &mut RawInstance,
+    layer: &RawInstance,
+    prefix: &str,
+    origin: &mut BTreeMap<&'static str, String>,
+) {
+    macro_rules! take {
+        ($($f:ident),*) => {$(
+            if let Some(v) = &layer.$f {
+                into.$f = Some(v.clone());
+                origin.insert(stringify!($f), format!("{prefix}.{}", stringify!($f)));
+            }
+        )*};
+    }
+    take!(
+        data_dir,
+        listen,
+        listen_plain,
+        listen_proxy,
+        tls_cert,
+        tls_key,
+        workers,
+        time_zone,
+        log_format,
+        log_level,
+        tesseract,
+        ocr_parallelism,
+        max_attempts,
+        step_timeout_secs,
+        maintenance_retry_after_secs,
+        login_failures_per_minute
+    );
+}
+
+fn set_text_field(into: &mut RawInstance, field: &str, value: String) {
+    match field {
+        "data_dir" => into.data_dir = Some(value),
+        "listen" => into.listen = Some(value),
+        "listen_plain" => into.listen_plain = Some(value),
+        "listen_proxy" => into.listen_proxy = Some(value),
+        "tls_cert" => into.tls_cert = Some(value),
+        "tls_key" => into.tls_key = Some(value),
+        "workers" => into.workers = Some(TomlScalar::Text(value)),
+        "time_zone" => into.time_zone = Some(value),
+        "log_format" => into.log_format = Some(value),
+        "log_level" => into.log_level = Some(value),
+        "tesseract" => into.tesseract = Some(value),
+        "ocr_parallelism" => into.ocr_parallelism = Some(TomlScalar::Text(value)),
+        "max_attempts" => into.max_attempts = Some(TomlScalar::Text(value)),
+        "step_timeout_secs" => into.step_timeout_secs = Some(TomlScalar::Text(value)),
+        other => unreachable!("ENV_OVERRIDES names unknown field {other}"),
+    }
+}
+
+fn number(
+    value: &Option<TomlScalar>,
+    key: &dyn Fn(&'static str) -> String,
+    field: &'static str,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, SettingsError> {
+    let n = match value {
+        None => return Ok(default),
+        Some(TomlScalar::Int(n)) => *n,
+        Some(TomlScalar::Text(t)) => t
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| invalid(key(field), format!("`{t}` is not a whole number")))?,
+    };
+    if n < 0 || !range.contains(&(n as u64)) {
+        return Err(invalid(
+            key(field),
+            format!(
+                "{n} is out of range; use {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ));
+    }
+    Ok(n as u64)
+}
+
+fn address(value: &str, key: String) -> Result<SocketAddr, SettingsError> {
+    value.trim().parse().map_err(|_| {
+        invalid(
+            key,
+            format!("`{value}` is not an address:port such as 127.0.0.1:8443 or [::]:8443"),
+        )
+    })
+}
+
+fn validate_instance(
+    name: InstanceName,
+    raw: RawInstance,
+    base_dir: &Path,
+    key: &dyn Fn(&'static str) -> String,
+) -> Result<InstanceSettings, SettingsError> {
+    let data_dir = raw
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| "gateway-data/{instance}".to_owned())
+        .replace("{instance}", name.as_str());
+    if data_dir.trim().is_empty() {
+        return Err(invalid(key("data_dir"), "must not be empty"));
+    }
+    let data_dir = base_dir.join(data_dir);
+
+    let mut listeners = Vec::new();
+    if let Some(v) = &raw.listen {
+        listeners.push(ListenerSettings {
+            addr: address(v, key("listen"))?,
+            kind: ListenerKind::Https,
+        });
+    }
+    if let Some(v) = &raw.listen_plain {
+        let addr = address(v, key("listen_plain"))?;
+        // Plain HTTP carries device tokens and passwords in the clear, so it
+        // is only ever allowed where nothing leaves the machine.
+        if !addr.ip().is_loopback() {
+            return Err(invalid(
+                key("listen_plain"),
+                format!(
+                    "plain HTTP is only allowed on a loopback address (127.0.0.1 or ::1), not {addr}; use `listen` for HTTPS"
+                ),
+            ));
+        }
+        listeners.push(ListenerSettings {
+            addr,
+            kind: ListenerKind::Plain,
+        });
+    }
+    if let Some(v) = &raw.listen_proxy {
+        listeners.push(ListenerSettings {
+            addr: address(v, key("listen_proxy"))?,
+            kind: ListenerKind::ProxyHttps,
+        });
+    }
+    if listeners.is_empty() {
+        listeners.push(ListenerSettings {
+            addr: "127.0.0.1:8443".parse().expect("literal address"),
+            kind: ListenerKind::Https,
+        });
+    }
+    for (i, a) in listeners.iter().enumerate() {
+        if a.addr.port() != 0 && listeners[..i].iter().any(|b| b.addr == a.addr) {
+            return Err(invalid(
+                key("listen"),
+                format!("{} is configured for two listeners", a.addr),
+            ));
+        }
+    }
+
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(c), Some(k)) => TlsSource::Files {
+            cert: base_dir.join(c),
+            key: base_dir.join(k),
+        },
+        (None, None) => TlsSource::SelfSigned,
+        (Some(_), None) => {
+            return Err(invalid(
+                key("tls_cert"),
+                "tls_cert is set but tls_key is not; set both or neither",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                key("tls_key"),
+                "tls_key is set but tls_cert is not; set both or neither",
+            ));
+        }
+    };
+
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let time_zone = match &raw.time_zone {
+        Some(tz) => tz.parse::<chrono_tz::Tz>().map_err(|_| {
+            invalid(
+                key("time_zone"),
+                format!("`{tz}` is not an IANA time zone name such as Europe/Berlin or UTC"),
+            )
+        })?,
+        None => system_time_zone(),
+    };
+    let log_format = match raw.log_format.as_deref().unwrap_or("human") {
+        "human" => LogFormat::Human,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                key("log_format"),
+                format!("`{other}` is not a log format; use human or json"),
+            ));
+        }
+    };
+    let log_level = raw.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(invalid(
+            key("log_level"),
+            format!("`{log_level}` is not a log filter such as info or gateway=debug"),
+        ));
+    }
+
+    Ok(InstanceSettings {
+        workers: number(&raw.workers, key, "workers", cores * 2, 1..=256)? as usize,
+        ocr_parallelism: number(&raw.ocr_parallelism, key, "ocr_parallelism", cores, 1..=256)?
+            as usize,
+        max_attempts: number(&raw.max_attempts, key, "max_attempts", 5, 1..=100)? as u32,
+        step_timeout: Duration::from_secs(number(
+            &raw.step_timeout_secs,
+            key,
+            "step_timeout_secs",
+            600,
+            1..=86_400,
+        )?),
+        maintenance_retry_after_secs: number(
+            &raw.maintenance_retry_after_secs,
+            key,
+            "maintenance_retry_after_secs",
+            60,
+            1..=86_400,
+        )? as u32,
+        login_failures_per_minute: number(
+            &raw.login_failures_per_minute,
+            key,
+            "login_failures_per_minute",
+            10,
+            1..=10_000,
+        )? as u32,
+        tesseract: PathBuf::from(
+            raw.tesseract
+                .clone()
+                .unwrap_or_else(|| "tesseract".to_owned()),
+        ),
+        name,
+        data_dir,
+        listeners,
+        tls,
+        time_zone,
+        log_format,
+        log_level,
+    })
+}
+
+fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_job_bytes: raw
+            .limits
+            .max_job_bytes
+            .map_or(defaults.max_job_bytes, |b| b.0),
+        max_pages: raw.limits.max_pages.unwrap_or(defaults.max_pages),
+        max_page_bytes: raw
+            .limits
+            .max_page_bytes
+            .map_or(defaults.max_page_bytes, |b| b.0),
+    };
+    if limits.max_pages == 0 || limits.max_pages > 100_000 {
+        return Err(invalid("limits.max_pages", "must be between 1 and 100000"));
+    }
+    if limits.max_page_bytes > limits.max_job_bytes {
+        return Err(invalid(
+            "limits.max_page_bytes",
+            format!(
+                "{} is larger than limits.max_job_bytes ({}); a page cannot be larger than its job",
+                ByteSize(limits.max_page_bytes),
+                ByteSize(limits.max_job_bytes)
+            ),
+        ));
+    }
+    let session_ttl_secs = raw.sessions.ttl_secs.unwrap_or(3600);
+    if !(60..=7 * 86_400).contains(&session_ttl_secs) {
+        return Err(invalid(
+            "sessions.ttl_secs",
+            "must be between 60 and 604800 (7 days)",
+        ));
+    }
+    let mut users = BTreeMap::new();
+    for (name, user) in &raw.users {
+        validate_user_name(name).map_err(|m| invalid(format!("users.{name}"), m))?;
+        PasswordHash::parse(&user.password_hash)
+            .map_err(|m| invalid(format!("users.{name}.password_hash"), m))?;
+        users.insert(
+            name.clone(),
+            UserEntry {
+                password_hash: user.password_hash.clone(),
+                display_name: user.display_name.clone(),
+            },
+        );
+    }
+    for name in raw.workflows.keys() {
+        validate_workflow_name(name).map_err(|m| invalid(format!("workflows.{name}"), m))?;
+    }
+    Ok(SiteConfig {
+        limits,
+        session_ttl_secs,
+        users,
+        workflows: raw.workflows.clone(),
+    })
+}
+
+/// User names appear in file names and logs: keep them plain.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid user name: use 1-64 letters, digits and . _ - @"
+        ))
+    }
+}
+
+/// Workflow names appear in URLs and manifests.
+pub fn validate_workflow_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid workflow name: use 1-64 letters, digits, _ and -"
+        ))
+    }
+}
+
+/// The zone this machine runs in: `TZ`, then `/etc/timezone`, then the
+/// `/etc/localtime` link, then UTC.
+pub fn system_time_zone() -> chrono_tz::Tz {
+    let candidates = [
+        std::env::var("TZ")
+            .ok()
+            .map(|s| s.trim_start_matches(':').to_owned()),
+        std::fs::read_to_string("/etc/timezone")
+            .ok()
+            .map(|s| s.trim().to_owned()),
+        std::fs::read_link("/etc/localtime").ok().and_then(|p| {
+            let s = p.to_string_lossy().into_owned();
+            s.split_once("zoneinfo/").map(|(_, z)| z.to_owned())
+        }),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|name| name.parse().ok())
+        .unwrap_or(chrono_tz::UTC)
+}
+
+#[cfg(test)]
+mod tests;

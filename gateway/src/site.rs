@@ -1,0 +1,238 @@
+//! The configuration in use: the shared documents of the store (workflows,
+//! users, limits, sessions, the session key), parsed and with every workflow
+//! built by the plugin registry. Rebuilt whenever the documents change; request
+//! handlers read one immutable snapshot.
+//!
+//! This module also imports the file's site configuration into the store: as
+//! a new version on the primary, as a version-0 seed on any other server whose
+//! store is still empty (so a secondary can work alone until the primary's
+//! configuration arrives).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use plugins::{Registry, Workflow, WorkflowSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::role::RoleSnapshot;
+use crate::security::{PasswordHash, SessionKey, tokens};
+use crate::settings::{Limits, SiteConfig, UserEntry};
+use crate::store::{ConfigMeta, ConfigWrite, Store, StoreError};
+
+/// Names of the shared configuration documents.
+pub const DOC_LIMITS: &str = "limits";
+pub const DOC_SESSIONS: &str = "sessions";
+pub const DOC_USERS: &str = "users";
+pub const DOC_WORKFLOWS: &str = "workflows";
+pub const DOC_SESSION_KEY: &str = "session_key";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionsDoc {
+    ttl_secs: u64,
+}
+
+/// A user who may log in.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub hash: PasswordHash,
+    pub display_name: Option<String>,
+}
+
+/// One immutable snapshot of the configuration in use.
+pub struct ActiveConfig {
+    pub meta: ConfigMeta,
+    pub limits: Limits,
+    pub session_ttl_secs: u64,
+    pub users: BTreeMap<String, User>,
+    pub workflows: BTreeMap<String, Arc<Workflow>>,
+    /// Workflows this server could not build (e.g. a plugin setting it
+    /// refuses), with the reason; jobs for them fail with that reason.
+    pub broken_workflows: BTreeMap<String, String>,
+    pub session_key: SessionKey,
+}
+
+impl ActiveConfig {
+    /// Names of the workflows devices may choose.
+    pub fn workflow_names(&self) -> Vec<String> {
+        self.workflows.keys().cloned().collect()
+    }
+}
+
+/// The current snapshot, swapped as a whole.
+#[derive(Default)]
+pub struct ConfigCell(RwLock<Option<Arc<ActiveConfig>>>);
+
+impl ConfigCell {
+    pub fn current(&self) -> Option<Arc<ActiveConfig>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, next: ActiveConfig) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(next));
+    }
+}
+
+/// Builds every workflow of the file with the registry, so a bad workflow
+/// stops start-up with its name, step and key instead of failing jobs later.
+pub fn check_workflows(
+    site: &SiteConfig,
+    registry: &Registry,
+    data_dir: &Path,
+) -> Result<(), String> {
+    for (name, raw) in &site.workflows {
+        build_workflow(registry, name, raw, data_dir)?;
+    }
+    Ok(())
+}
+
+fn build_workflow(
+    registry: &Registry,
+    name: &str,
+    raw: &serde_json::Value,
+    data_dir: &Path,
+) -> Result<Workflow, String> {
+    let expanded = expand_placeholders(raw, data_dir);
+    let spec: WorkflowSpec =
+        serde_json::from_value(expanded).map_err(|e| format!("workflows.{name}: {e}"))?;
+    registry
+        .build_workflow(name, &spec)
+        .map_err(|e| e.to_string())
+}
+
+/// `{data_dir}` in workflow settings stands for this server's data
+/// directory, so one shared definition can deliver into each server's own
+/// directory. It is expanded when the workflow is built, never stored.
+fn expand_placeholders(value: &serde_json::Value, data_dir: &Path) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(s.replace("{data_dir}", &data_dir.display().to_string())),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| expand_placeholders(v, data_dir))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), expand_placeholders(v, data_dir)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Writes the file's site configuration into the store as this server's
+/// role allows, creating the session key if there is none. Returns the new
+/// version when something changed.
+pub fn import_site_config(
+    store: &Store,
+    site: &SiteConfig,
+    role: &RoleSnapshot,
+    instance: &str,
+) -> Result<Option<u64>, StoreError> {
+    let write = role
+        .config_write(instance)
+        .unwrap_or(ConfigWrite::Bootstrap);
+    let docs = [
+        (DOC_LIMITS, json(&site.limits)),
+        (
+            DOC_SESSIONS,
+            json(&SessionsDoc {
+                ttl_secs: site.session_ttl_secs,
+            }),
+        ),
+        (DOC_USERS, json(&site.users)),
+        (DOC_WORKFLOWS, json(&site.workflows)),
+    ];
+    let mut changed = store.put_config_docs(&docs, write)?;
+    if store.config_doc(DOC_SESSION_KEY)?.is_none() {
+        let key = B64.encode(tokens::random_key());
+        changed = store
+            .put_config_docs(&[(DOC_SESSION_KEY, key)], write)?
+            .or(changed);
+    }
+    Ok(changed)
+}
+
+/// Reads the documents from the store and builds the snapshot.
+pub fn load_active(
+    store: &Store,
+    registry: &Registry,
+    data_dir: &Path,
+) -> Result<ActiveConfig, String> {
+    fn doc<T: for<'de> Deserialize<'de>>(store: &Store, name: &str) -> Result<Option<T>, String> {
+        match store.config_doc(name).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(d) => serde_json::from_str(&d.body)
+                .map(Some)
+                .map_err(|e| format!("configuration document `{name}` is not valid: {e}")),
+        }
+    }
+    let meta = store.config_meta().map_err(|e| e.to_string())?;
+    let limits: Limits = doc(store, DOC_LIMITS)?.unwrap_or_default();
+    let sessions: SessionsDoc = doc(store, DOC_SESSIONS)?.unwrap_or(SessionsDoc { ttl_secs: 3600 });
+    let raw_users: BTreeMap<String, UserEntry> = doc(store, DOC_USERS)?.unwrap_or_default();
+    let raw_workflows: BTreeMap<String, serde_json::Value> =
+        doc(store, DOC_WORKFLOWS)?.unwrap_or_default();
+    let key_text: String = store
+        .config_doc(DOC_SESSION_KEY)
+        .map_err(|e| e.to_string())?
+        .map(|d| d.body)
+        .ok_or("the configuration has no session key yet")?;
+    let key = B64
+        .decode(key_text.trim())
+        .map_err(|_| "the session key in the configuration is not base64".to_string())?;
+
+    let mut users = BTreeMap::new();
+    for (name, entry) in raw_users {
+        match PasswordHash::parse(&entry.password_hash) {
+            Ok(hash) => {
+                users.insert(
+                    name,
+                    User {
+                        hash,
+                        display_name: entry.display_name,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(
+                user = name,
+                problem = e,
+                "user cannot log in: bad password hash"
+            ),
+        }
+    }
+    let mut workflows = BTreeMap::new();
+    let mut broken = BTreeMap::new();
+    for (name, raw) in raw_workflows {
+        match build_workflow(registry, &name, &raw, data_dir) {
+            Ok(w) => {
+                workflows.insert(name, Arc::new(w));
+            }
+            Err(e) => {
+                tracing::error!(
+                    workflow = name,
+                    problem = e,
+                    "workflow cannot run on this server"
+                );
+                broken.insert(name, e);
+            }
+        }
+    }
+    Ok(ActiveConfig {
+        meta,
+        limits,
+        session_ttl_secs: sessions.ttl_secs,
+        users,
+        workflows,
+        broken_workflows: broken,
+        session_key: SessionKey::from_bytes(&key),
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("configuration documents serialise")
+}

@@ -1,0 +1,515 @@
+//! The job log: jobs, their page files and the attempts of each pipeline
+//! step. Written by whichever server accepted the job.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, StoreError, now_text, parse_time, time_text};
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Durable in the spool, waiting for a worker.
+    Received,
+    /// A worker runs its pipeline.
+    Processing,
+    /// Every step completed.
+    Done,
+    /// Dead letter: a step failed for good; `reason` says which and why. An
+    /// admin can send it back to `received`.
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Received => "received",
+            JobState::Processing => "processing",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<JobState, StoreError> {
+        Ok(match s {
+            "received" => JobState::Received,
+            "processing" => JobState::Processing,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            other => return Err(StoreError::Corrupt(format!("unknown job state `{other}`"))),
+        })
+    }
+}
+
+/// A job to commit, after its files are durable in the spool.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub user: String,
+    pub workflow: String,
+    pub manifest: String,
+    pub manifest_sha256: String,
+    pub bytes: u64,
+    pub accepted_by: String,
+    pub accepted_role: String,
+    pub accepted_epoch: u64,
+    pub client_addr: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub pages: Vec<NewPage>,
+}
+
+/// One page file of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewPage {
+    pub seq: u32,
+    pub file_name: String,
+    pub format: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub user: String,
+    pub workflow: String,
+    #[serde(skip)]
+    pub manifest: String,
+    #[serde(skip)]
+    pub manifest_sha256: String,
+    pub page_count: u32,
+    pub bytes: u64,
+    pub accepted_by: String,
+    pub accepted_role: String,
+    pub accepted_epoch: u64,
+    pub client_addr: Option<String>,
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One attempt of one pipeline step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub step: u32,
+    pub attempt: u32,
+    pub plugin: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+}
+
+const JOB_COLUMNS: &str = "id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes, \
+     accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at";
+
+fn uuid_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+    let s: String = row.get(i)?;
+    Uuid::parse_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>> {
+    let state: String = row.get(12)?;
+    let received: String = row.get(14)?;
+    let updated: String = row.get(15)?;
+    let build = || -> Result<JobRecord, StoreError> {
+        Ok(JobRecord {
+            id: uuid_col(row, 0)?,
+            device_id: uuid_col(row, 1)?,
+            user: row.get(2)?,
+            workflow: row.get(3)?,
+            manifest: row.get(4)?,
+            manifest_sha256: row.get(5)?,
+            page_count: row.get(6)?,
+            bytes: row.get::<_, i64>(7)? as u64,
+            accepted_by: row.get(8)?,
+            accepted_role: row.get(9)?,
+            accepted_epoch: row.get::<_, i64>(10)? as u64,
+            client_addr: row.get(11)?,
+            state: JobState::parse(&state)?,
+            reason: row.get(13)?,
+            received_at: parse_time(&received)?,
+            updated_at: parse_time(&updated)?,
+        })
+    };
+    Ok(build())
+}
+
+impl Store {
+    /// Commits a job and its pages in one transaction. Returns `false` (and
+    /// changes nothing) when a job with this id already exists.
+    pub fn insert_job(&self, job: &NewJob) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT INTO jobs (id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes,
+                               accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13)
+             ON CONFLICT (id) DO NOTHING",
+            params![
+                job.id.to_string(),
+                job.device_id.to_string(),
+                job.user,
+                job.workflow,
+                job.manifest,
+                job.manifest_sha256,
+                job.pages.len() as u32,
+                job.bytes as i64,
+                job.accepted_by,
+                job.accepted_role,
+                job.accepted_epoch as i64,
+                job.client_addr,
+                time_text(job.received_at),
+            ],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO job_pages (job_id, seq, file_name, format, bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for page in &job.pages {
+                stmt.execute(params![
+                    job.id.to_string(),
+                    page.seq,
+                    page.file_name,
+                    page.format,
+                    page.bytes as i64,
+                    page.sha256
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// One job by id.
+    pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+        conn.query_row(&sql, [id.to_string()], job_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// Whether a job row exists (the spool uses this to tell orphans apart).
+    pub fn job_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM jobs WHERE id = ?1", [id.to_string()], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// A device's jobs, newest first.
+    pub fn jobs_of_device(&self, device: Uuid, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE device_id = ?1 ORDER BY received_at DESC, id LIMIT ?2"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![device.to_string(), limit], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Jobs in a given state, oldest first (the admin's dead-letter list).
+    pub fn jobs_in_state(&self, state: JobState, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state = ?1 ORDER BY received_at, id LIMIT ?2"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![state.as_str(), limit], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// The page files of a job, in order.
+    pub fn job_pages(&self, id: Uuid) -> Result<Vec<NewPage>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, file_name, format, bytes, sha256 FROM job_pages WHERE job_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id.to_string()], |r| {
+            Ok(NewPage {
+                seq: r.get(0)?,
+                file_name: r.get(1)?,
+                format: r.get(2)?,
+                bytes: r.get::<_, i64>(3)? as u64,
+                sha256: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs waiting for or in the pipeline.
+    pub fn queue_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE state IN ('received', 'processing')",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// Takes the oldest received job for a worker.
+    pub fn claim_next_job(&self) -> Result<Option<Uuid>, StoreError> {
+        let conn = self.conn();
+        let id: Option<String> = conn
+            .query_row(
+                "UPDATE jobs SET state = 'processing', updated_at = ?1
+                 WHERE id = (SELECT id FROM jobs WHERE state = 'received' ORDER BY received_at, id LIMIT 1)
+                 RETURNING id",
+                [now_text()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        id.map(|s| {
+            Uuid::parse_str(&s).map_err(|e| StoreError::Corrupt(format!("job id `{s}`: {e}")))
+        })
+        .transpose()
+    }
+
+    /// At start-up: jobs a previous run was processing go back to the queue;
+    /// the pipeline resumes each at the step it was in.
+    pub fn requeue_processing(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = 'received', updated_at = ?1 WHERE state = 'processing'",
+            [now_text()],
+        )? as u64)
+    }
+
+    /// Sets a job's state and reason.
+    pub fn set_job_state(
+        &self,
+        id: Uuid,
+        state: JobState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id.to_string(), state.as_str(), reason, now_text()],
+        )?;
+        Ok(())
+    }
+
+    /// Sends a dead-lettered job back to the queue with a fresh retry budget
+    /// for the step that failed. Returns `false` when the job is not failed.
+    pub fn retry_failed_job(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE jobs SET state = 'received', reason = NULL, updated_at = ?2 WHERE id = ?1 AND state = 'failed'",
+            params![id.to_string(), now_text()],
+        )?;
+        if changed == 1 {
+            // Attempts of steps that never completed are forgotten, so the
+            // retry budget starts afresh; completed steps stay completed.
+            tx.execute(
+                "DELETE FROM job_steps WHERE job_id = ?1 AND step NOT IN
+                   (SELECT step FROM job_steps WHERE job_id = ?1 AND outcome = 'done')",
+                [id.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
+    // ----- pipeline progress ------------------------------------------------------
+
+    /// How far a job's pipeline got: the number of leading steps completed,
+    /// and how many attempts the next step has had (a crash mid-step counts
+    /// as an attempt, so a job that kills the server cannot loop forever).
+    pub fn job_progress(&self, id: Uuid) -> Result<(usize, u32), StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT DISTINCT step FROM job_steps WHERE job_id = ?1 AND outcome = 'done' ORDER BY step")?;
+        let done: Vec<u32> = stmt
+            .query_map([id.to_string()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut completed = 0usize;
+        for step in done {
+            if step as usize == completed {
+                completed += 1;
+            } else {
+                break;
+            }
+        }
+        let attempts: u32 = conn.query_row(
+            "SELECT count(*) FROM job_steps WHERE job_id = ?1 AND step = ?2",
+            params![id.to_string(), completed as u32],
+            |r| r.get(0),
+        )?;
+        Ok((completed, attempts))
+    }
+
+    /// Records the start of a step attempt.
+    pub fn step_started(
+        &self,
+        id: Uuid,
+        step: u32,
+        plugin: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO job_steps (job_id, step, attempt, plugin, started_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
+                 finished_at = NULL, outcome = NULL, reason = NULL",
+            params![id.to_string(), step, attempt, plugin, time_text(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Records how a step attempt ended.
+    pub fn step_finished(
+        &self,
+        id: Uuid,
+        step: u32,
+        attempt: u32,
+        outcome: &str,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE job_steps SET finished_at = ?4, outcome = ?5, reason = ?6 WHERE job_id = ?1 AND step = ?2 AND attempt = ?3",
+            params![id.to_string(), step, attempt, time_text(at), outcome, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Every recorded step attempt of a job.
+    pub fn job_steps(&self, id: Uuid) -> Result<Vec<StepRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT step, attempt, plugin, started_at, finished_at, outcome, reason FROM job_steps
+             WHERE job_id = ?1 ORDER BY step, attempt",
+        )?;
+        let rows = stmt.query_map([id.to_string()], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (step, attempt, plugin, started, finished, outcome, reason) = row?;
+            out.push(StepRow {
+                step,
+                attempt,
+                plugin,
+                started_at: parse_time(&started)?,
+                finished_at: finished.as_deref().map(parse_time).transpose()?,
+                outcome,
+                reason,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_job(id: Uuid) -> NewJob {
+        NewJob {
+            id,
+            device_id: Uuid::new_v4(),
+            user: "alice".into(),
+            workflow: "scan-to-folder".into(),
+            manifest: "{}".into(),
+            manifest_sha256: "00".into(),
+            bytes: 10,
+            accepted_by: "gw-a".into(),
+            accepted_role: "primary".into(),
+            accepted_epoch: 1,
+            client_addr: Some("127.0.0.1:5000".into()),
+            received_at: Utc::now(),
+            pages: vec![NewPage {
+                seq: 1,
+                file_name: "page-0001.png".into(),
+                format: "png".into(),
+                bytes: 10,
+                sha256: "ab".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn insert_is_idempotent_by_job_id() {
+        let store = Store::open_in_memory().unwrap();
+        let id = Uuid::new_v4();
+        assert!(store.insert_job(&sample_job(id)).unwrap());
+        assert!(!store.insert_job(&sample_job(id)).unwrap());
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Received);
+        assert_eq!(job.page_count, 1);
+        assert_eq!(store.job_pages(id).unwrap().len(), 1);
+        assert_eq!(store.queue_depth().unwrap(), 1);
+    }
+
+    #[test]
+    fn claim_takes_oldest_once() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut ja = sample_job(a);
+        ja.received_at = Utc::now() - chrono::Duration::seconds(5);
+        store.insert_job(&ja).unwrap();
+        store.insert_job(&sample_job(b)).unwrap();
+        assert_eq!(store.claim_next_job().unwrap(), Some(a));
+        assert_eq!(store.claim_next_job().unwrap(), Some(b));
+        assert_eq!(store.claim_next_job().unwrap(), None);
+        assert_eq!(store.requeue_processing().unwrap(), 2);
+        assert_eq!(store.claim_next_job().unwrap(), Some(a));
+    }
+
+    #[test]
+    fn progress_counts_leading_done_steps_and_attempts() {
+        let store = Store::open_in_memory().unwrap();
+        let id = Uuid::new_v4();
+        store.insert_job(&sample_job(id)).unwrap();
+        let now = Utc::now();
+        assert_eq!(store.job_progress(id).unwrap(), (0, 0));
+        store.step_started(id, 0, "ocr", 1, now).unwrap();
+        store.step_finished(id, 0, 1, "done", None, now).unwrap();
+        store.step_started(id, 1, "assemble", 1, now).unwrap();
+        store
+            .step_finished(id, 1, 1, "retry", Some("busy"), now)
+            .unwrap();
+        // An attempt that was started but never finished (a crash) counts too.
+        store.step_started(id, 1, "assemble", 2, now).unwrap();
+        assert_eq!(store.job_progress(id).unwrap(), (1, 2));
+        store
+            .step_finished(id, 1, 2, "failed", Some("bad"), now)
+            .unwrap();
+        store
+            .set_job_state(id, JobState::Failed, Some("bad"))
+            .unwrap();
+        assert!(store.retry_failed_job(id).unwrap());
+        assert!(
+            !store.retry_failed_job(id).unwrap(),
+            "only failed jobs are retried"
+        );
+        assert_eq!(
+            store.job_progress(id).unwrap(),
+            (1, 0),
+            "completed step kept, budget reset"
+        );
+        assert_eq!(store.job(id).unwrap().unwrap().state, JobState::Received);
+    }
+}

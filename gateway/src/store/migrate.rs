@@ -1,0 +1,190 @@
+//! Schema migrations: the numbered SQL files of `migrations/`, embedded in the
+//! binary at build time and applied in order at start-up. Only this module
+//! changes the schema.
+
+use ring::digest;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{StoreError, hex, now_text};
+
+/// One numbered migration file.
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration this binary knows, in order. A test checks that this list
+/// and the files in `migrations/` agree, so a new file cannot be forgotten.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_initial.sql",
+    sql: include_str!("../../../migrations/0001_initial.sql"),
+}];
+
+/// The newest schema version this binary understands.
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+fn checksum(sql: &str) -> String {
+    hex(digest::digest(&digest::SHA256, sql.as_bytes()).as_ref())
+}
+
+/// Applies every migration the database has not seen yet, each in its own
+/// transaction, and refuses a database written by a newer binary or one whose
+/// applied migrations were edited afterwards.
+pub fn apply(conn: &mut Connection) -> Result<Vec<u32>, StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             sha256     TEXT NOT NULL,
+             applied_at TEXT NOT NULL
+         ) STRICT;",
+    )?;
+    let newest: Option<u32> = conn
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten();
+    if let Some(newest) = newest
+        && newest > latest_version()
+    {
+        return Err(StoreError::SchemaTooNew {
+            found: newest,
+            known: latest_version(),
+        });
+    }
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS {
+        let recorded: Option<String> = conn
+            .query_row(
+                "SELECT sha256 FROM schema_migrations WHERE version = ?1",
+                [migration.version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let sum = checksum(migration.sql);
+        match recorded {
+            Some(found) if found == sum => continue,
+            Some(_) => {
+                return Err(StoreError::MigrationChanged {
+                    version: migration.version,
+                    name: migration.name,
+                });
+            }
+            None => {}
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration.sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, sha256, applied_at) VALUES (?1, ?2, ?3, ?4)",
+            params![migration.version, migration.name, sum, now_text()],
+        )?;
+        tx.commit()?;
+        applied.push(migration.version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_list_matches_the_migrations_directory() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("migrations directory")
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
+        assert_eq!(
+            files, embedded,
+            "every file in migrations/ must be listed in MIGRATIONS, in order"
+        );
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "versions are consecutive from 1");
+            assert!(
+                m.name.starts_with(&format!("{:04}_", m.version)),
+                "file name starts with its number"
+            );
+            let on_disk = std::fs::read_to_string(dir.join(m.name)).unwrap();
+            assert_eq!(on_disk, m.sql);
+        }
+    }
+
+    #[test]
+    fn fresh_database_gets_every_table() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(apply(&mut conn).unwrap(), vec![1]);
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let tables: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        drop(stmt);
+        assert_eq!(
+            tables,
+            [
+                "config_docs",
+                "config_meta",
+                "devices",
+                "ended_sessions",
+                "job_pages",
+                "job_steps",
+                "jobs",
+                "local_state",
+                "schema_migrations"
+            ]
+        );
+        // Applying again is a no-op.
+        assert!(apply(&mut conn).unwrap().is_empty());
+    }
+
+    #[test]
+    fn newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (99, '0099_future.sql', 'x', '2030-01-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+        let err = apply(&mut conn).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer gateway"), "{err}");
+    }
+
+    #[test]
+    fn edited_migration_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        apply(&mut conn).unwrap();
+        conn.execute(
+            "UPDATE schema_migrations SET sha256 = 'edited' WHERE version = 1",
+            [],
+        )
+        .unwrap();
+        let err = apply(&mut conn).unwrap_err();
+        assert!(
+            matches!(err, StoreError::MigrationChanged { version: 1, .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The instance's SQLite store: the one place that opens the database and
+//! holds SQL. Everything else calls the typed methods here. The schema comes
+//! from `migrations/` (see [`migrate`]).
+//!
+//! The store is synchronous (rusqlite); async callers go through
+//! `tokio::task::spawn_blocking`. One connection behind a mutex is enough:
+//! every statement here is short, and the only slow part of a job commit is
+//! the fsync, which SQLite serialises anyway.
+
+pub mod config;
+pub mod jobs;
+pub mod migrate;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+pub use config::{ConfigDoc, ConfigMeta, ConfigWrite, Device, DeviceStatus};
+pub use jobs::{JobRecord, JobState, NewJob, NewPage, StepRow};
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (I/O, disk full, constraint, ...).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer gateway.
+    #[error(
+        "the database has schema version {found} but this gateway knows only up to {known}: \
+         run a newer gateway, or restore a backup made with this version"
+    )]
+    SchemaTooNew { found: u32, known: u32 },
+    /// A migration that was already applied has different content now.
+    #[error(
+        "migration {version} ({name}) differs from the one applied to this database: \
+         migrations must never be edited once released; add a new numbered file instead"
+    )]
+    MigrationChanged { version: u32, name: &'static str },
+    /// A stored value could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the error comes from the machine rather than from the
+    /// request: the disk is full or read-only, the file vanished, an I/O
+    /// error. These take the data service down (failover cause 3); the other
+    /// errors are answered to the caller.
+    pub fn is_environmental(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                DiskFull
+                    | SystemIoFailure
+                    | ReadOnly
+                    | CannotOpen
+                    | DatabaseCorrupt
+                    | NotADatabase
+                    | PermissionDenied
+                    | DatabaseBusy
+                    | DatabaseLocked
+                    | FileLockingProtocolFailed
+            ),
+            StoreError::Sqlite(_) => false,
+            StoreError::SchemaTooNew { .. } | StoreError::MigrationChanged { .. } => true,
+            StoreError::Corrupt(_) => true,
+        }
+    }
+}
+
+/// A table and its columns, for `gateway db schema`.
+#[derive(Debug, Serialize)]
+pub struct TableInfo {
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// One column of a table.
+#[derive(Debug, Serialize)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub decl_type: String,
+    pub not_null: bool,
+    pub primary_key: bool,
+}
+
+/// The instance's database.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode with
+    /// full fsync on commit, and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = Connection::open(path)?;
+        Self::configure(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// An in-memory store, for tests and the `rate` self-benchmark.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        Self::configure(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: PathBuf::from(":memory:"),
+        })
+    }
+
+    fn configure(conn: &mut Connection) -> Result<(), StoreError> {
+        // synchronous=FULL: a commit returns only after the WAL is on disk,
+        // which is what lets the intake acknowledge a job as durable.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )?;
+        migrate::apply(conn)?;
+        Ok(())
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A cheap write that proves the database accepts writes right now.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO local_state (key, value) VALUES ('probe', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now_text()],
+        )?;
+        Ok(())
+    }
+
+    // ----- local state: never replicated -------------------------------------------
+
+    /// Reads one local-state value.
+    pub fn local_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM local_state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Writes (or with `None`, deletes) one local-state value.
+    pub fn local_set(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let conn = self.conn();
+        match value {
+            Some(v) => conn.execute(
+                "INSERT INTO local_state (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, v],
+            )?,
+            None => conn.execute("DELETE FROM local_state WHERE key = ?1", [key])?,
+        };
+        Ok(())
+    }
+
+    /// Records that a session was ended (logout), until it would have expired.
+    pub fn end_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO ended_sessions (session_id, expires_at) VALUES (?1, ?2)",
+            params![session_id, expires_at],
+        )?;
+        conn.execute(
+            "DELETE FROM ended_sessions WHERE expires_at < ?1",
+            [Utc::now().timestamp()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a session was ended by logout.
+    pub fn session_ended(&self, session_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM ended_sessions WHERE session_id = ?1",
+                [session_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    // ----- administration ---------------------------------------------------------
+
+    /// SQLite's own integrity and foreign-key checks; empty when all is well.
+    pub fn integrity_problems(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut problems = Vec::new();
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            let row = row?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+        for row in stmt.query_map([], |r| {
+            Ok(format!(
+                "row {} of table {} points to a missing row of {}",
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(2)?
+            ))
+        })? {
+            problems.push(row?);
+        }
+        Ok(problems)
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Tables and columns, for `gateway db schema`.
+    pub fn schema(&self) -> Result<Vec<TableInfo>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut tables = Vec::new();
+        for name in names {
+            let mut stmt =
+                conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
+            let columns = stmt
+                .query_map([&name], |r| {
+                    Ok(ColumnInfo {
+                        name: r.get(0)?,
+                        decl_type: r.get(1)?,
+                        not_null: r.get::<_, i64>(2)? != 0,
+                        primary_key: r.get::<_, i64>(3)? != 0,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            tables.push(TableInfo { name, columns });
+        }
+        Ok(tables)
+    }
+}
+
+/// Timestamps are stored as RFC 3339 text in UTC with milliseconds, so they
+/// sort as text and read well in `sqlite3`.
+pub fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(crate) fn now_text() -> String {
+    time_text(Utc::now())
+}
+
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_store_is_wal_with_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.sqlite")).unwrap();
+        let conn = store.conn();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[test]
+    fn local_state_round_trip_and_delete() {
+        let store = Store::open_in_memory().unwrap();
+        assert_eq!(store.local_get("maintenance").unwrap(), None);
+        store.local_set("maintenance", Some("on")).unwrap();
+        store.local_set("maintenance", Some("off")).unwrap();
+        assert_eq!(
+            store.local_get("maintenance").unwrap().as_deref(),
+            Some("off")
+        );
+        store.local_set("maintenance", None).unwrap();
+        assert_eq!(store.local_get("maintenance").unwrap(), None);
+    }
+
+    #[test]
+    fn ended_sessions_are_remembered() {
+        let store = Store::open_in_memory().unwrap();
+        let exp = Utc::now().timestamp() + 60;
+        assert!(!store.session_ended("s1").unwrap());
+        store.end_session("s1", exp).unwrap();
+        store.end_session("s1", exp).unwrap();
+        assert!(store.session_ended("s1").unwrap());
+    }
+
+    #[test]
+    fn integrity_check_of_fresh_store_is_clean() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(store.integrity_problems().unwrap().is_empty());
+        assert_eq!(store.schema_version().unwrap(), 1);
+    }
+}

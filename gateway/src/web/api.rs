@@ -1,0 +1,303 @@
+//! Device API handlers other than job submission: registration, login and
+//! logout, workflows, job status. See `docs/API.md`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::instance::Gateway;
+use crate::security::{PasswordHash, passwords, tokens};
+use crate::store::{DeviceStatus, JobRecord, StepRow};
+use crate::web::ApiJson;
+use crate::web::auth::{AnyDevice, ApprovedDevice, check_seat, verify_session};
+
+/// Registrations waiting for approval are capped so that an open
+/// registration endpoint cannot fill the store.
+const MAX_PENDING_DEVICES: u64 = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    name: String,
+    #[serde(default)]
+    serial: Option<String>,
+}
+
+/// Device names appear in file names and logs.
+pub fn validate_device_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "device name `{name}` is not valid: use 1-64 letters, digits and . _ -"
+        ))
+    }
+}
+
+pub async fn register(
+    State(gw): State<Arc<Gateway>>,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    gw.check_accepting()?;
+    validate_device_name(&req.name).map_err(ApiError::BadRequest)?;
+    if let Some(serial) = &req.serial
+        && (serial.len() > 64 || serial.chars().any(char::is_control))
+    {
+        return Err(ApiError::BadRequest(
+            "serial must be at most 64 characters without control characters".into(),
+        ));
+    }
+    let role = gw.role.snapshot();
+    let instance = gw.name().to_owned();
+    role.config_write(&instance)
+        .map_err(|e| ApiError::ReadOnlySecondary(e.to_string()))?;
+    let token = tokens::new_device_token();
+    let digest = tokens::token_digest(&token);
+    let name = req.name.clone();
+    let outcome = gw
+        .data
+        .run(move |s| {
+            if s.device_by_name(&name)?.is_some() {
+                return Ok(Err(ApiError::DeviceNameTaken(name)));
+            }
+            let pending = s.pending_devices()?;
+            if pending >= MAX_PENDING_DEVICES {
+                return Ok(Err(ApiError::TooManyPendingDevices(pending)));
+            }
+            let write = role.config_write(&instance).expect("checked above");
+            Ok(Ok(s.insert_device(
+                &name,
+                req.serial.as_deref(),
+                &digest,
+                DeviceStatus::Pending,
+                write,
+            )?))
+        })
+        .await??;
+    tracing::info!(device = %outcome.id, name = outcome.name, "device registered, waiting for approval");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({"device_id": outcome.id, "name": outcome.name, "token": token, "status": "pending"}),
+        ),
+    ))
+}
+
+pub async fn device(
+    State(gw): State<Arc<Gateway>>,
+    AnyDevice(device): AnyDevice,
+) -> Result<impl IntoResponse, ApiError> {
+    let within = match device.status {
+        DeviceStatus::Approved => check_seat(&gw, &device).await.is_ok(),
+        _ => false,
+    };
+    Ok(Json(json!({
+        "device_id": device.id,
+        "name": device.name,
+        "status": device.status,
+        "within_seats": within,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LoginRequest {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+/// A hash to check against when the user does not exist, so that an unknown
+/// user takes as long to refuse as a wrong password.
+fn decoy_hash() -> &'static PasswordHash {
+    static DECOY: OnceLock<PasswordHash> = OnceLock::new();
+    DECOY.get_or_init(|| PasswordHash::create("decoy", passwords::DEFAULT_ITERATIONS))
+}
+
+pub async fn login(
+    State(gw): State<Arc<Gateway>>,
+    ApprovedDevice(device): ApprovedDevice,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    gw.check_accepting()?;
+    check_seat(&gw, &device).await?;
+    gw.logins
+        .check(device.id, Instant::now())
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    if req.user.len() > 64 || req.password.len() > 1024 {
+        return Err(ApiError::BadCredentials);
+    }
+    let config = gw.active_config()?;
+    let user = config.users.get(&req.user).cloned();
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || match &user {
+        Some(u) => u.hash.verify(&password),
+        None => {
+            decoy_hash().verify(&password);
+            false
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    gw.metrics.login(ok);
+    if !ok {
+        gw.logins.failed(device.id, Instant::now());
+        tracing::info!(device = %device.id, user = req.user, "login refused");
+        return Err(ApiError::BadCredentials);
+    }
+    gw.logins.succeeded(device.id);
+    let (token, session) =
+        config
+            .session_key
+            .issue(&req.user, device.id, Utc::now(), config.session_ttl_secs);
+    tracing::info!(device = %device.id, user = req.user, session = %session.id, "user logged in");
+    let display = config
+        .users
+        .get(&req.user)
+        .and_then(|u| u.display_name.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "session": token,
+            "user": req.user,
+            "display_name": display,
+            "expires_at": session.expires_at(),
+        })),
+    ))
+}
+
+pub async fn logout(
+    State(gw): State<Arc<Gateway>>,
+    ApprovedDevice(device): ApprovedDevice,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let session = verify_session(&gw, &headers, &device).await?;
+    let (sid, exp) = (session.id.to_string(), session.exp);
+    gw.data.run(move |s| s.end_session(&sid, exp)).await?;
+    tracing::info!(device = %device.id, user = session.user, session = %session.id, "user logged out");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn workflows(
+    State(gw): State<Arc<Gateway>>,
+    ApprovedDevice(_): ApprovedDevice,
+) -> Result<impl IntoResponse, ApiError> {
+    let config = gw.active_config()?;
+    Ok(Json(json!({"workflows": config.workflow_names()})))
+}
+
+/// A job as the device sees it.
+#[derive(Serialize)]
+pub struct JobView {
+    job_id: Uuid,
+    state: crate::store::JobState,
+    reason: Option<String>,
+    workflow: String,
+    user: String,
+    pages: u32,
+    bytes: u64,
+    received_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    accepted_by: String,
+    accepted_role: String,
+    accepted_epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<StepRow>>,
+}
+
+impl JobView {
+    pub fn new(job: JobRecord, steps: Option<Vec<StepRow>>) -> JobView {
+        JobView {
+            job_id: job.id,
+            state: job.state,
+            reason: job.reason,
+            workflow: job.workflow,
+            user: job.user,
+            pages: job.page_count,
+            bytes: job.bytes,
+            received_at: job.received_at,
+            updated_at: job.updated_at,
+            accepted_by: job.accepted_by,
+            accepted_role: job.accepted_role,
+            accepted_epoch: job.accepted_epoch,
+            steps,
+        }
+    }
+}
+
+pub fn parse_job_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::InvalidJobId(text.chars().take(64).collect()))
+}
+
+pub async fn job_status(
+    State(gw): State<Arc<Gateway>>,
+    ApprovedDevice(device): ApprovedDevice,
+    Path(job_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_job_id(&job_id)?;
+    let found = gw
+        .data
+        .run(move |s| match s.job(id)? {
+            Some(job) => Ok(Some((job, s.job_steps(id)?))),
+            None => Ok(None),
+        })
+        .await?;
+    match found {
+        // Another device's job is reported as absent, not as forbidden, so
+        // job ids cannot be probed.
+        Some((job, steps)) if job.device_id == device.id => {
+            Ok(Json(JobView::new(job, Some(steps))))
+        }
+        _ => Err(ApiError::NotFound(format!("no job {id} from this device"))),
+    }
+}
+
+pub async fn list_jobs(
+    State(gw): State<Arc<Gateway>>,
+    ApprovedDevice(device): ApprovedDevice,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = match params.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit `{v}` must be a number from 1 to 200"))
+            })?,
+    };
+    if let Some(other) = params.keys().find(|k| *k != "limit") {
+        return Err(ApiError::BadRequest(format!(
+            "unknown query parameter `{other}`; only `limit` is supported"
+        )));
+    }
+    let id = device.id;
+    let jobs = gw.data.run(move |s| s.jobs_of_device(id, limit)).await?;
+    let views: Vec<JobView> = jobs.into_iter().map(|j| JobView::new(j, None)).collect();
+    Ok(Json(json!({"jobs": views})))
+}

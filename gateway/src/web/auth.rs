@@ -1,0 +1,114 @@
+//! Who is calling: the device (by its bearer token) and, for work done on a
+//! person's behalf, the user session (a signed token in `X-Scan-Session`).
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use chrono::Utc;
+
+use crate::error::ApiError;
+use crate::instance::Gateway;
+use crate::security::{Session, SessionError, tokens};
+use crate::store::{Device, DeviceStatus};
+
+pub const SESSION_HEADER: &str = "x-scan-session";
+
+/// A device that presented a known token, whatever its approval state.
+pub struct AnyDevice(pub Device);
+
+/// A device that presented a known token and is approved.
+pub struct ApprovedDevice(pub Device);
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(ApiError::DeviceTokenMissing)?
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("the Authorization header is not ASCII text".into()))?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::DeviceTokenMissing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::DeviceTokenMissing);
+    }
+    Ok(token.trim())
+}
+
+impl FromRequestParts<Arc<Gateway>> for AnyDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        // A token of the wrong shape cannot exist in the store: refuse it
+        // without a database round trip.
+        if !tokens::looks_like_device_token(token) {
+            return Err(ApiError::DeviceTokenInvalid);
+        }
+        let digest = tokens::token_digest(token);
+        let device = gw
+            .data
+            .run(move |s| s.device_by_token(&digest))
+            .await?
+            .ok_or(ApiError::DeviceTokenInvalid)?;
+        Ok(AnyDevice(device))
+    }
+}
+
+impl FromRequestParts<Arc<Gateway>> for ApprovedDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+        let AnyDevice(device) = AnyDevice::from_request_parts(parts, gw).await?;
+        match device.status {
+            DeviceStatus::Approved => Ok(ApprovedDevice(device)),
+            DeviceStatus::Pending => Err(ApiError::DevicePending(device.id.to_string())),
+            DeviceStatus::Revoked => Err(ApiError::DeviceRevoked),
+        }
+    }
+}
+
+/// Refuses a device beyond the license's seats.
+pub async fn check_seat(gw: &Gateway, device: &Device) -> Result<(), ApiError> {
+    let seats = gw.role.snapshot().seats();
+    let id = device.id;
+    let rank = gw.data.run(move |s| s.seat_rank(id)).await?;
+    match rank {
+        Some(rank) if rank <= u64::from(seats) => Ok(()),
+        _ => Err(ApiError::SeatLimit { seats }),
+    }
+}
+
+/// Verifies the user session sent with a request by `device`.
+pub async fn verify_session(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    device: &Device,
+) -> Result<Session, ApiError> {
+    let token = headers
+        .get(SESSION_HEADER)
+        .ok_or(ApiError::SessionMissing)?
+        .to_str()
+        .map_err(|_| {
+            ApiError::SessionInvalid("the session header is not ASCII text: log in again".into())
+        })?;
+    let config = gw.active_config()?;
+    let session = config
+        .session_key
+        .verify(token, Utc::now())
+        .map_err(|e| match e {
+            SessionError::Expired(_) => ApiError::SessionExpired(e.to_string()),
+            other => ApiError::SessionInvalid(other.to_string()),
+        })?;
+    if session.device != device.id {
+        return Err(ApiError::SessionInvalid(
+            "the session was started at another device: log in at this device".into(),
+        ));
+    }
+    let sid = session.id.to_string();
+    if gw.data.run(move |s| s.session_ended(&sid)).await? {
+        return Err(ApiError::SessionExpired(
+            "the session was ended by logging out: log in again".into(),
+        ));
+    }
+    Ok(session)
+}

@@ -1,0 +1,123 @@
+//! Per-request guards kept in memory: one upload at a time per job id, and a
+//! limit on failed logins per device (which also bounds the CPU an attacker
+//! can make us spend on password hashing).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+/// Job ids with an upload streaming right now.
+#[derive(Default, Clone)]
+pub struct UploadClaims(Arc<Mutex<HashSet<Uuid>>>);
+
+/// Held while an upload of a job id streams; released on drop.
+pub struct UploadClaim {
+    claims: UploadClaims,
+    id: Uuid,
+}
+
+impl UploadClaims {
+    /// Claims `id`, or `None` when another upload of it is streaming.
+    pub fn claim(&self, id: Uuid) -> Option<UploadClaim> {
+        let fresh = self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        fresh.then(|| UploadClaim {
+            claims: self.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        self.claims
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed logins per device in the last minute.
+pub struct LoginLimiter {
+    per_minute: u32,
+    failures: Mutex<HashMap<Uuid, VecDeque<Instant>>>,
+}
+
+impl LoginLimiter {
+    pub fn new(per_minute: u32) -> LoginLimiter {
+        LoginLimiter {
+            per_minute,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` when the device used up its failures.
+    pub fn check(&self, device: Uuid, now: Instant) -> Result<(), u32> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = map.get_mut(&device) else {
+            return Ok(());
+        };
+        while q.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+            q.pop_front();
+        }
+        if q.len() as u32 >= self.per_minute {
+            let oldest = *q.front().expect("non-empty");
+            let wait = WINDOW.saturating_sub(now.duration_since(oldest));
+            return Err(wait.as_secs().max(1) as u32);
+        }
+        Ok(())
+    }
+
+    pub fn failed(&self, device: Uuid, now: Instant) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(device)
+            .or_default()
+            .push_back(now);
+    }
+
+    pub fn succeeded(&self, device: Uuid) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&device);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_upload_per_job_id() {
+        let claims = UploadClaims::default();
+        let id = Uuid::new_v4();
+        let first = claims.claim(id).unwrap();
+        assert!(claims.claim(id).is_none());
+        assert!(claims.claim(Uuid::new_v4()).is_some());
+        drop(first);
+        assert!(claims.claim(id).is_some());
+    }
+
+    #[test]
+    fn failures_expire_after_a_minute() {
+        let limiter = LoginLimiter::new(2);
+        let dev = Uuid::new_v4();
+        let t0 = Instant::now();
+        limiter.failed(dev, t0);
+        assert!(limiter.check(dev, t0).is_ok());
+        limiter.failed(dev, t0 + Duration::from_secs(10));
+        let wait = limiter
+            .check(dev, t0 + Duration::from_secs(20))
+            .unwrap_err();
+        assert_eq!(wait, 40);
+        assert!(limiter.check(dev, t0 + Duration::from_secs(61)).is_ok());
+        limiter.succeeded(dev);
+        assert!(limiter.check(dev, t0 + Duration::from_secs(20)).is_ok());
+    }
+}

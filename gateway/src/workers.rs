@@ -1,0 +1,270 @@
+//! The pipeline worker pool. It follows the data service: while the data
+//! service is up, `workers` tasks take received jobs oldest first and run
+//! their workflow through the plugin runner; when it goes down they are
+//! stopped at once (each job resumes at the step it was in, because the
+//! runner records every step attempt in the store before and after it runs).
+//! A worker that panics takes the data service down as "crashed", and the
+//! supervisor brings it back.
+//!
+//! Maintenance mode does not stop the pool: accepted jobs drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use plugins::{
+    JobContext, JobOutcome, JobProgress, JobRunner, PageFile, PageFormat, ProgressStore,
+    RetryPolicy, StepRecord,
+};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::data::{DataParts, DownReason};
+use crate::instance::Gateway;
+use crate::store::{JobState, Store};
+use crate::web::intake::Manifest;
+
+/// How long an idle worker sleeps when no commit woke it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Runs until the instance shuts down.
+pub async fn run_pool(gw: Arc<Gateway>) {
+    let mut data = gw.data.subscribe();
+    let mut shutdown = gw.shutdown_signal();
+    loop {
+        // Wait for the data service.
+        let state = tokio::select! {
+            s = data.wait_for(|s| s.up) => match s { Ok(s) => s.clone(), Err(_) => return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok(parts) = gw.data.parts() else { continue };
+        let runner = Arc::new(JobRunner::new(retry_policy(&gw)));
+        let mut set = JoinSet::new();
+        for _ in 0..gw.settings.instance.workers {
+            set.spawn(worker(gw.clone(), parts.clone(), runner.clone()));
+        }
+        drop(parts);
+        tracing::info!(
+            workers = gw.settings.instance.workers,
+            "pipeline workers started"
+        );
+        let generation = state.generation;
+        tokio::select! {
+            _ = data.wait_for(|s| !s.up || s.generation != generation) => {}
+            Some(ended) = set.join_next() => {
+                if let Err(e) = ended
+                    && e.is_panic()
+                {
+                    gw.data.fail(DownReason::Crashed, &format!("a pipeline worker crashed: {e}"));
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        tracing::info!("pipeline workers stopped");
+    }
+}
+
+fn retry_policy(gw: &Gateway) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: gw.settings.instance.max_attempts,
+        step_timeout: gw.settings.instance.step_timeout,
+        ..RetryPolicy::default()
+    }
+}
+
+async fn worker(gw: Arc<Gateway>, parts: Arc<DataParts>, runner: Arc<JobRunner>) {
+    loop {
+        let store = parts.store.clone();
+        let claimed = tokio::task::spawn_blocking(move || store.claim_next_job()).await;
+        match claimed {
+            Ok(Ok(Some(id))) => process(&gw, &parts, &runner, id).await,
+            Ok(Ok(None)) => {
+                let _ = tokio::time::timeout(IDLE_POLL, gw.job_ready.notified()).await;
+            }
+            Ok(Err(e)) => {
+                gw.data.classify(e);
+                return;
+            }
+            Err(e) => {
+                gw.data
+                    .fail(DownReason::Crashed, &format!("a database task failed: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, id: Uuid) {
+    let store = parts.store.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((store.job(id)?, store.job_pages(id)?))
+    })
+    .await;
+    let (job, pages) = match loaded {
+        Ok(Ok((Some(job), pages))) => (job, pages),
+        Ok(Ok((None, _))) => return,
+        Ok(Err(e)) => {
+            gw.data.classify(e);
+            return;
+        }
+        Err(_) => return,
+    };
+    let finish = |state: JobState, reason: Option<String>| {
+        let store = parts.store.clone();
+        async move {
+            let result = tokio::task::spawn_blocking(move || {
+                store.set_job_state(id, state, reason.as_deref())
+            })
+            .await;
+            if let Ok(Err(e)) = result {
+                gw.data.classify(e);
+            }
+        }
+    };
+
+    let config = gw.config.current();
+    let workflow = config
+        .as_ref()
+        .and_then(|c| c.workflows.get(&job.workflow).cloned());
+    let Some(workflow) = workflow else {
+        let why = config
+            .as_ref()
+            .and_then(|c| c.broken_workflows.get(&job.workflow).cloned())
+            .unwrap_or_else(|| "it is no longer configured".into());
+        let reason = format!(
+            "workflow `{}` cannot run on this server: {why}",
+            job.workflow
+        );
+        tracing::error!(job = %id, reason, "job failed");
+        gw.metrics.job_finished(false);
+        finish(JobState::Failed, Some(reason)).await;
+        return;
+    };
+
+    let metadata = serde_json::from_str::<Manifest>(&job.manifest)
+        .map(|m| m.metadata)
+        .unwrap_or_default();
+    let job_dir = parts.spool.job_dir(id);
+    let context = JobContext {
+        job_id: id,
+        workflow: job.workflow.clone(),
+        user: job.user.clone(),
+        device: device_name(parts, job.device_id).await,
+        submitted_at: job.received_at,
+        time_zone: gw.settings.instance.time_zone,
+        metadata,
+        pages: pages
+            .iter()
+            .map(|p| PageFile {
+                path: job_dir.join(&p.file_name),
+                format: page_format(&p.format),
+            })
+            .collect(),
+        work_dir: gw.paths.work_dir(id),
+    };
+    tracing::info!(job = %id, workflow = job.workflow, "pipeline started");
+    let progress: Arc<dyn ProgressStore> = Arc::new(StoreProgress(parts.store.clone()));
+    match runner.run(&workflow, &context, progress).await {
+        JobOutcome::Done => {
+            tracing::info!(job = %id, "pipeline done");
+            gw.metrics.job_finished(true);
+            finish(JobState::Done, None).await;
+            // The delivered document lives at its destinations now; the
+            // spool copy and the scratch files are no longer needed.
+            let (spool, work) = (parts.spool.clone(), context.work_dir.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = spool.remove_job(id);
+                let _ = std::fs::remove_dir_all(work);
+            })
+            .await;
+        }
+        JobOutcome::DeadLetter {
+            step,
+            plugin,
+            reason,
+        } => {
+            let reason = format!("step {} ({plugin}) failed: {reason}", step + 1);
+            tracing::error!(job = %id, reason, "job moved to the dead-letter state");
+            gw.metrics.job_finished(false);
+            finish(JobState::Failed, Some(reason)).await;
+        }
+        JobOutcome::Interrupted { reason } => {
+            // The store failed under the runner: the job stays `processing`
+            // and goes back to the queue when the data service restarts.
+            gw.data.fail(
+                DownReason::Failed,
+                &format!("pipeline progress could not be recorded: {reason}"),
+            );
+        }
+    }
+}
+
+async fn device_name(parts: &Arc<DataParts>, device: Uuid) -> String {
+    let store = parts.store.clone();
+    tokio::task::spawn_blocking(move || store.device(device))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .map_or_else(|| device.to_string(), |d| d.name)
+}
+
+fn page_format(ext: &str) -> PageFormat {
+    match ext {
+        "tiff" | "tif" => PageFormat::Tiff,
+        "jpg" | "jpeg" => PageFormat::Jpeg,
+        "png" => PageFormat::Png,
+        _ => PageFormat::Pdf,
+    }
+}
+
+/// The runner's view of the store: every step attempt is recorded before
+/// and after it runs.
+struct StoreProgress(Arc<Store>);
+
+fn store_error(e: crate::store::StoreError) -> plugins::StoreError {
+    plugins::StoreError::new(e.to_string())
+}
+
+impl ProgressStore for StoreProgress {
+    fn load(&self, job: Uuid) -> Result<JobProgress, plugins::StoreError> {
+        let (completed_steps, attempts_on_next) = self.0.job_progress(job).map_err(store_error)?;
+        Ok(JobProgress {
+            completed_steps,
+            attempts_on_next,
+        })
+    }
+
+    fn step_started(
+        &self,
+        job: Uuid,
+        step: usize,
+        plugin: &str,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> Result<(), plugins::StoreError> {
+        self.0
+            .step_started(job, step as u32, plugin, attempt, at)
+            .map_err(store_error)
+    }
+
+    fn step_finished(
+        &self,
+        job: Uuid,
+        step: usize,
+        attempt: u32,
+        outcome: &StepRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), plugins::StoreError> {
+        let (name, reason) = match outcome {
+            StepRecord::Done => ("done", None),
+            StepRecord::Retry { reason } => ("retry", Some(reason.as_str())),
+            StepRecord::Failed { reason } => ("failed", Some(reason.as_str())),
+        };
+        self.0
+            .step_finished(job, step as u32, attempt, name, reason, at)
+            .map_err(store_error)
+    }
+}
