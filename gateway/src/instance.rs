@@ -70,7 +70,13 @@ impl Gateway {
     pub async fn build(settings: Settings) -> anyhow::Result<Arc<Gateway>> {
         let name = settings.instance.name.to_string();
         let paths = InstancePaths::new(&settings.instance.data_dir, &name);
-        for dir in [&paths.data_dir, &paths.logs, &paths.tls, &paths.temp] {
+        for dir in [
+            &paths.data_dir,
+            &paths.logs,
+            &paths.tls,
+            &paths.temp,
+            &paths.delivered,
+        ] {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(
                     "cannot create {} — check that the service user owns the data directory",

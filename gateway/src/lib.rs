@@ -17,18 +17,22 @@
 //!   the supporting pieces their names say.
 
 pub mod admin;
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod instance;
+pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod proxy_protocol;
+pub mod rate;
 pub mod role;
 pub mod security;
 pub mod settings;
 pub mod site;
 pub mod spool;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod web;
 pub mod workers;

@@ -14,6 +14,9 @@ pub struct InstancePaths {
     pub logs: PathBuf,
     pub log_file: PathBuf,
     pub tls: PathBuf,
+    /// The instance's own delivery folder (`{data_dir}/delivered` in
+    /// workflow settings), created at start so the embedded workflows work.
+    pub delivered: PathBuf,
     pub temp: PathBuf,
     pub admin_socket: PathBuf,
     pub run_file: PathBuf,
@@ -29,6 +32,7 @@ impl InstancePaths {
             logs: d.join("logs"),
             log_file: d.join("logs").join(format!("{instance}.log")),
             tls: d.join("tls"),
+            delivered: d.join("delivered"),
             temp: d.join(format!("{instance}-tmp")),
             admin_socket: d.join(format!("{instance}.admin.sock")),
             run_file: d.join(format!("{instance}.run.json")),

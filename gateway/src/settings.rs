@@ -378,8 +378,22 @@ pub fn load(
         Source::Embedded => (
             EMBEDDED_DEFAULTS.to_owned(),
             "embedded defaults".to_owned(),
-            PathBuf::from("."),
+            PathBuf::new(),
         ),
+    };
+    // Relative paths in the file are relative to the file; everything is made
+    // absolute once here, so moving the working directory changes nothing.
+    let base_dir = if base_dir.is_absolute() {
+        base_dir
+    } else {
+        std::env::current_dir()
+            .map_err(|e| {
+                invalid(
+                    "data_dir",
+                    format!("cannot tell the current directory: {e}"),
+                )
+            })?
+            .join(base_dir)
     };
     let raw: RawFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
         path: label.clone(),

@@ -136,7 +136,7 @@ pub fn import_site_config(
     let write = role
         .config_write(instance)
         .unwrap_or(ConfigWrite::Bootstrap);
-    let docs = [
+    let mut docs = vec![
         (DOC_LIMITS, json(&site.limits)),
         (
             DOC_SESSIONS,
@@ -147,14 +147,12 @@ pub fn import_site_config(
         (DOC_USERS, json(&site.users)),
         (DOC_WORKFLOWS, json(&site.workflows)),
     ];
-    let mut changed = store.put_config_docs(&docs, write)?;
+    // The session key is made once, by whoever seeds the configuration
+    // first, and then travels with it; it is never derived from the file.
     if store.config_doc(DOC_SESSION_KEY)?.is_none() {
-        let key = B64.encode(tokens::random_key());
-        changed = store
-            .put_config_docs(&[(DOC_SESSION_KEY, key)], write)?
-            .or(changed);
+        docs.push((DOC_SESSION_KEY, B64.encode(tokens::random_key())));
     }
-    Ok(changed)
+    store.put_config_docs(&docs, write)
 }
 
 /// Reads the documents from the store and builds the snapshot.

@@ -39,7 +39,10 @@ max_page_bytes = "10 MB"
 fn embedded_defaults_load() {
     let s = load(Source::Embedded, None, &no_env).unwrap();
     assert_eq!(s.instance.name.as_str(), "gw1");
-    assert_eq!(s.instance.data_dir, PathBuf::from("./gateway-data/gw1"));
+    assert_eq!(
+        s.instance.data_dir,
+        std::env::current_dir().unwrap().join("gateway-data/gw1")
+    );
     assert_eq!(s.instance.listeners[0].addr.port(), 8443);
     assert_eq!(s.instance.tls, TlsSource::SelfSigned);
     assert!(s.site.workflows.contains_key("scan-to-folder"));

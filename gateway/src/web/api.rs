@@ -244,7 +244,15 @@ impl JobView {
             accepted_by: job.accepted_by,
             accepted_role: job.accepted_role,
             accepted_epoch: job.accepted_epoch,
-            steps,
+            // Steps are numbered from 1 wherever people read them.
+            steps: steps.map(|rows| {
+                rows.into_iter()
+                    .map(|r| StepRow {
+                        step: r.step + 1,
+                        ..r
+                    })
+                    .collect()
+            }),
         }
     }
 }

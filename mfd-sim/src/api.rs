@@ -1,0 +1,279 @@
+//! Owns the JSON shapes of the device API (`docs/API.md`) as the device reads
+//! them; it must not do I/O. Unknown enum values are kept as `Unknown` rather
+//! than rejected, so a newer gateway does not break an older device.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The role a gateway reports in `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Licensed with an `03` key.
+    Primary,
+    /// Licensed with an `04` key.
+    Secondary,
+    /// No license activated.
+    Unlicensed,
+    /// A former primary that saw a newer epoch and stepped down.
+    Fenced,
+    /// A value this device does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Whether a service behind the gateway is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Working.
+    Up,
+    /// Not working.
+    Down,
+    /// A value this device does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// One capability a gateway reports, such as the OCR engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    /// The capability's name, e.g. `ocr`.
+    pub name: String,
+    /// Whether this server can do it itself.
+    pub available: bool,
+    /// Engine version, languages and the like.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// The body of `GET /health` (sent with `200` and with `503`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The instance's unique name.
+    pub instance: String,
+    /// Its role in the pair.
+    pub role: Role,
+    /// The epoch of the primary it follows.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The web service.
+    pub web: ServiceState,
+    /// The data service (the job store).
+    pub data: ServiceState,
+    /// Whether an admin put the instance in maintenance mode.
+    pub maintenance: bool,
+    /// Whether it takes jobs right now.
+    pub accepting: bool,
+    /// Why it does not accept jobs: `maintenance`, `data-service-down`,
+    /// `not-licensed`, `fenced`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The gateway's version.
+    #[serde(default)]
+    pub version: String,
+    /// Per-server capabilities.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+}
+
+/// The answer to `POST /api/v1/devices/register`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The new device's id.
+    pub device_id: String,
+    /// The device token, shown only this once.
+    pub token: String,
+    /// `pending` until an admin approves the device.
+    pub status: String,
+}
+
+impl fmt::Debug for Registration {
+    // The token is a credential; it must not end up in logs through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("device_id", &self.device_id)
+            .field("token", &"<redacted>")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// The answer to `GET /api/v1/device`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device's id.
+    pub device_id: String,
+    /// Its name.
+    pub name: String,
+    /// `pending`, `approved` or `revoked`.
+    pub status: String,
+    /// Whether the device is within the license's device seats.
+    #[serde(default)]
+    pub within_seats: bool,
+}
+
+/// A user session, valid on both servers of the pair.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The signed session token for `X-Scan-Session`.
+    pub session: String,
+    /// The user it belongs to.
+    pub user: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for Session {
+    // The session token is a credential; keep it out of `{:?}` output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("session", &"<redacted>")
+            .field("user", &self.user)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Durable in the spool, not yet picked up.
+    Received,
+    /// The pipeline is working on it.
+    Processing,
+    /// Delivered.
+    Done,
+    /// Dead-lettered; `reason` says which step failed.
+    Failed,
+    /// A value this device does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobState {
+    /// True for `done` and `failed`, the states a job does not leave by itself.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
+    }
+}
+
+/// The acknowledgement of `PUT /api/v1/jobs/{job_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobAck {
+    /// The device-chosen job id.
+    pub job_id: Uuid,
+    /// `received` at acknowledgement time.
+    pub state: JobState,
+    /// The instance that made the job durable.
+    pub accepted_by: String,
+    /// That instance's role at the time.
+    pub role: Role,
+    /// That instance's epoch at the time.
+    pub epoch: u64,
+    /// When the job became durable.
+    pub received_at: DateTime<Utc>,
+    /// Number of pages stored.
+    pub pages: u32,
+    /// Number of page bytes stored.
+    pub bytes: u64,
+}
+
+/// The outcome of a job submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The acknowledgement (for a replay, the original one).
+    pub ack: JobAck,
+    /// `false` for `201 Created`, `true` for `200 OK`: the job id had already
+    /// been accepted and nothing was stored twice.
+    pub replayed: bool,
+}
+
+/// One recorded pipeline step of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStep {
+    /// The step's number in the workflow, from 1.
+    pub step: u32,
+    /// The plugin that ran it.
+    pub plugin: String,
+    /// Which attempt this was.
+    pub attempt: u32,
+    /// How it went.
+    pub outcome: String,
+    /// Why, when it did not succeed.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The answer to `GET /api/v1/jobs/{job_id}`, and one entry of the job list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The device-chosen job id.
+    pub job_id: Uuid,
+    /// Where the job is.
+    pub state: JobState,
+    /// Why it failed, for `failed`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The workflow it runs through.
+    pub workflow: String,
+    /// Number of pages.
+    pub pages: u32,
+    /// When it became durable.
+    pub received_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// The instance that accepted it.
+    pub accepted_by: String,
+    /// The pipeline steps recorded so far.
+    #[serde(default)]
+    pub steps: Vec<JobStep>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_example_from_the_api_document_parses() {
+        let text = r#"{
+          "instance": "gw-a", "role": "primary", "epoch": 1, "web": "up", "data": "up",
+          "maintenance": false, "accepting": true, "reason": null, "version": "0.1.0",
+          "capabilities": [{"name": "ocr", "available": true, "detail": "tesseract 5.3.0; languages eng, osd"}]
+        }"#;
+        let h: Health = serde_json::from_str(text).unwrap();
+        assert_eq!(h.role, Role::Primary);
+        assert!(h.accepting);
+        assert_eq!(h.capabilities[0].name, "ocr");
+    }
+
+    #[test]
+    fn unknown_values_do_not_break_parsing() {
+        let text = r#"{"instance": "gw-b", "role": "observer", "web": "up", "data": "degraded",
+          "maintenance": false, "accepting": false, "reason": "warming-up"}"#;
+        let h: Health = serde_json::from_str(text).unwrap();
+        assert_eq!(h.role, Role::Unknown);
+        assert_eq!(h.data, ServiceState::Unknown);
+        assert_eq!(h.reason.as_deref(), Some("warming-up"));
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_debug_output() {
+        let s = Session {
+            session: "secret-session".into(),
+            user: "alice".into(),
+            expires_at: Utc::now(),
+        };
+        let r = Registration {
+            device_id: "d1".into(),
+            token: "secret-token".into(),
+            status: "pending".into(),
+        };
+        assert!(!format!("{s:?}").contains("secret"));
+        assert!(!format!("{r:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,250 @@
+//! The `mfd-sim` binary end to end against in-test servers: arguments in,
+//! output and exit status out.
+
+use std::{io::Write, process::Output, time::Duration};
+
+use http::Method;
+
+use crate::support::*;
+
+async fn mfd_sim(args: &[&str]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_mfd-sim"))
+        .args(args)
+        .env_remove("MFD_SIM_PASSWORD")
+        .env_remove("MFD_SIM_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("mfd-sim finished in time")
+        .expect("mfd-sim started")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn load_prints_a_json_summary_of_exactly_the_requests_sent() {
+    let server = TestServer::https(handler(|_| json(201, serde_json::json!({})))).await;
+    let ca = fixture("gateway-test-cert.pem");
+    let out = mfd_sim(&[
+        "load",
+        "--url",
+        &server.url,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--size",
+        "2k",
+        "--requests",
+        "5",
+        "--concurrency",
+        "2",
+        "--header",
+        "X-Run: cli",
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["succeeded"], 5);
+    assert_eq!(summary["body_bytes"], 2000);
+    assert_eq!(server.requests().len(), 5);
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.header("x-run") == Some("cli"))
+    );
+}
+
+#[tokio::test]
+async fn load_against_the_gateway_and_the_baseline_sends_identical_bodies() {
+    let gateway = TestServer::http(handler(|r| ack(&r.path, 201))).await;
+    let baseline = TestServer::http(handler(|_| json(201, serde_json::json!({})))).await;
+    let g = mfd_sim(&[
+        "load",
+        "--url",
+        &gateway.url,
+        "--size",
+        "3000",
+        "--requests",
+        "2",
+        "--multipart-gateway",
+        "tok,sess,scan-to-folder",
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    let b = mfd_sim(&[
+        "load",
+        "--url",
+        &baseline.url,
+        "--size",
+        "3000",
+        "--requests",
+        "2",
+        "--multipart-body",
+        "scan-to-folder",
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    assert!(
+        g.status.success() && b.status.success(),
+        "{}{}",
+        text(&g.stderr),
+        text(&b.stderr)
+    );
+    let (g, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&g.stdout).unwrap(),
+        serde_json::from_slice(&b.stdout).unwrap(),
+    );
+    assert_eq!(g["body_fnv1a64"], b["body_fnv1a64"]);
+    assert_eq!(gateway.requests()[0].body, baseline.requests()[0].body);
+    assert!(gateway.requests()[0].path.starts_with("/api/v1/jobs/"));
+}
+
+#[tokio::test]
+async fn run_exits_non_zero_and_says_why_when_jobs_fail() {
+    let server = TestServer::http(handler(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/api/v1/sessions") => session(),
+        ("PUT", _) => api_error(503, "data_service_down", Some("0")),
+        _ => json(200, serde_json::json!({})),
+    }))
+    .await;
+    let mut devices = tempfile::NamedTempFile::new().unwrap();
+    devices
+        .write_all(br#"[{"name": "mfd-1", "token": "t1"}]"#)
+        .unwrap();
+    let out = mfd_sim(&[
+        "run",
+        "--server",
+        &server.url,
+        "--devices-file",
+        devices.path().to_str().unwrap(),
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--workflow",
+        "scan-to-folder",
+        "--jobs",
+        "1",
+        "--pages",
+        "1",
+        "--page-source",
+        "random",
+        "--page-bytes",
+        "1000",
+        "--max-attempts",
+        "2",
+        "--quiet",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("1 × data_service_down"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("mfd-sim: 0 of 1 jobs were acknowledged"),
+        "{}",
+        text(&out.stderr)
+    );
+    let puts = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PUT)
+        .count();
+    assert_eq!(puts, 2);
+}
+
+#[tokio::test]
+async fn submit_prints_the_acknowledgement_and_status_prints_the_job() {
+    let server = TestServer::http(handler(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/api/v1/sessions") => session(),
+        ("PUT", _) => ack(&r.path, 201),
+        ("GET", p) if p.starts_with("/api/v1/jobs/") => json(
+            200,
+            serde_json::json!({
+                "job_id": p.rsplit('/').next().unwrap(), "state": "done", "workflow": "scan-to-folder", "pages": 1,
+                "received_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:01Z", "accepted_by": "gw-test"
+            }),
+        ),
+        _ => json(200, serde_json::json!({})),
+    }))
+    .await;
+    let mut page = tempfile::NamedTempFile::new().unwrap();
+    page.write_all(b"%PDF-1.4 not really").unwrap();
+    let id = "0b6f4a52-6d7e-4c1e-9d55-3f0a5a1f2c11";
+    let out = mfd_sim(&[
+        "submit",
+        "--server",
+        &server.url,
+        "--token",
+        "t",
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--workflow",
+        "scan-to-folder",
+        "--page",
+        page.path().to_str().unwrap(),
+        "--job-id",
+        id,
+        "--meta",
+        "matter=A-17",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ack: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ack["job_id"], id);
+    let methods: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    assert_eq!(methods, ["POST", "PUT", "DELETE"], "login, upload, logout");
+
+    let out = mfd_sim(&["status", "--server", &server.url, "--token", "t", id]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "done");
+}
+
+#[tokio::test]
+async fn unusable_arguments_fail_with_a_message_that_says_what_to_do() {
+    let out = mfd_sim(&[
+        "load",
+        "--url",
+        "http://127.0.0.1:1",
+        "--size",
+        "10",
+        "--requests",
+        "1",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("must be between"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = mfd_sim(&[
+        "status",
+        "--server",
+        "https://127.0.0.1:1",
+        "--token",
+        "t",
+        "0b6f4a52-6d7e-4c1e-9d55-3f0a5a1f2c11",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no CA/certificate file was given"),
+        "{}",
+        text(&out.stderr)
+    );
+}
