@@ -65,6 +65,8 @@ pub enum Command {
     },
     /// Turn maintenance mode on or off.
     Maintenance { state: OnOff },
+    /// Pause or resume the job pipeline of a running instance (intake goes on).
+    Pipeline { action: PauseResume },
     /// Start, stop or show the web or data service; install or remove the systemd unit.
     Service {
         #[command(subcommand)]
@@ -108,6 +110,12 @@ pub enum Command {
 pub enum OnOff {
     On,
     Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PauseResume {
+    Pause,
+    Resume,
 }
 
 #[derive(Subcommand, Debug)]
@@ -363,6 +371,16 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                     );
                 }
             }
+            Ok(0)
+        }
+        Command::Pipeline { action } => {
+            let Some(client) = running(&settings).await else {
+                println!("instance {instance} is not running; the pipeline runs when it does");
+                return Ok(EXIT_NOT_RUNNING);
+            };
+            let paused = matches!(action, PauseResume::Pause);
+            client.post("/pipeline", json!({"paused": paused})).await.map_err(call_error)?;
+            println!("pipeline of {instance} {}", if paused { "paused: accepted jobs wait" } else { "resumed" });
             Ok(0)
         }
         Command::Service { action } => service(&settings, target, action).await,
@@ -738,6 +756,9 @@ pub fn render_status(s: &Value) -> String {
             "off"
         }
     );
+    if s["pipeline_paused"].as_bool() == Some(true) {
+        out += "pipeline:    paused (accepted jobs wait; `gateway pipeline resume`)\n";
+    }
     out += &format!(
         "accepting:   {}\n",
         if s["accepting"].as_bool() == Some(true) {

@@ -45,6 +45,9 @@ pub struct Gateway {
     pub cert_path: PathBuf,
     pub started_at: DateTime<Utc>,
     maintenance: AtomicBool,
+    /// Set by an admin to hold accepted jobs (e.g. while a delivery target
+    /// is down); intake goes on, workers take no new jobs.
+    pipeline_paused: AtomicBool,
     shutdown: watch::Sender<bool>,
 }
 
@@ -140,6 +143,7 @@ impl Gateway {
             cert_path: material.cert_path,
             started_at: Utc::now(),
             maintenance: AtomicBool::new(false),
+            pipeline_paused: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
             license,
             paths,
@@ -184,6 +188,11 @@ impl Gateway {
                     }
                     .into()
                 }),
+            });
+        }
+        if self.config.current().is_none() {
+            return Some(ApiError::DataServiceDown {
+                cause: "the configuration is still loading".into(),
             });
         }
         let role = self.role.snapshot();
@@ -297,6 +306,21 @@ impl Gateway {
             .is_ok()
     }
 
+    pub fn pipeline_paused(&self) -> bool {
+        self.pipeline_paused.load(Ordering::SeqCst)
+    }
+
+    /// Pauses or resumes the pipeline. Jobs being processed finish their
+    /// current run; no new job is taken while paused. Not persisted: a
+    /// restart resumes processing.
+    pub fn set_pipeline_paused(&self, paused: bool) {
+        self.pipeline_paused.store(paused, Ordering::SeqCst);
+        tracing::warn!(paused, "pipeline pause changed");
+        if !paused {
+            self.job_ready.notify_waiters();
+        }
+    }
+
     /// Asks every task to finish.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -359,35 +383,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// The tasks that run beside the services: the data-service supervisor,
-/// the follower that reacts to the data service coming up, the pipeline
-/// worker pool and the license re-check.
+/// the pipeline worker pool (which also loads role and configuration each
+/// time the data service comes up) and the license re-check.
 pub fn start_background(gw: &Arc<Gateway>) {
     tokio::spawn(gw.data.clone().supervise(gw.shutdown_signal()));
-    tokio::spawn(follow_data_service(gw.clone()));
     tokio::spawn(workers::run_pool(gw.clone()));
     tokio::spawn(recheck_license(gw.clone()));
-}
-
-async fn follow_data_service(gw: Arc<Gateway>) {
-    let mut states = gw.data.subscribe();
-    let mut shutdown = gw.shutdown_signal();
-    let mut seen = 0;
-    loop {
-        let state = states.borrow_and_update().clone();
-        if state.up && state.generation != seen {
-            seen = state.generation;
-            if let Err(e) = gw.on_data_up().await {
-                tracing::error!(
-                    error = e,
-                    "data service came up but its contents could not be loaded"
-                );
-            }
-        }
-        tokio::select! {
-            r = states.changed() => if r.is_err() { return },
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
 }
 
 /// Licenses can expire while the server runs: check hourly.

@@ -27,7 +27,10 @@ use crate::web::intake::Manifest;
 /// How long an idle worker sleeps when no commit woke it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Runs until the instance shuts down.
+/// Runs until the instance shuts down. Each time the data service comes up,
+/// the store-dependent state (role, configuration) is loaded first and the
+/// workers start only after it: a worker must never see a job before the
+/// configuration that says what to do with it.
 pub async fn run_pool(gw: Arc<Gateway>) {
     let mut data = gw.data.subscribe();
     let mut shutdown = gw.shutdown_signal();
@@ -37,6 +40,14 @@ pub async fn run_pool(gw: Arc<Gateway>) {
             s = data.wait_for(|s| s.up) => match s { Ok(s) => s.clone(), Err(_) => return },
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        let generation = state.generation;
+        if let Err(e) = gw.on_data_up().await {
+            tracing::error!(error = e, "data service came up but its contents could not be loaded");
+            tokio::select! {
+                _ = data.wait_for(|s| !s.up || s.generation != generation) => continue,
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
         let Ok(parts) = gw.data.parts() else { continue };
         let runner = Arc::new(JobRunner::new(retry_policy(&gw)));
         let mut set = JoinSet::new();
@@ -76,6 +87,10 @@ fn retry_policy(gw: &Gateway) -> RetryPolicy {
 
 async fn worker(gw: Arc<Gateway>, parts: Arc<DataParts>, runner: Arc<JobRunner>) {
     loop {
+        if gw.pipeline_paused() {
+            let _ = tokio::time::timeout(IDLE_POLL, gw.job_ready.notified()).await;
+            continue;
+        }
         let store = parts.store.clone();
         let claimed = tokio::task::spawn_blocking(move || store.claim_next_job()).await;
         match claimed {

@@ -1,1 +1,75 @@
-fn main() {}
+//! The task runner: one entry point for people and CI.
+//!
+//! - `cargo xtask test`  — install what is missing, then fmt, clippy and every test;
+//! - `cargo xtask demo`  — a local pair of gateways with simulated devices;
+//! - `cargo xtask bench` — the benchmarks behind BENCHMARKS.md;
+//! - `cargo xtask setup` — only the installation step.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("setup") => setup_all(),
+        Some("demo") => demo::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
+        _ => Err("usage: cargo xtask <test|demo|bench|setup>\n  test   install what is missing, then fmt, clippy and all tests\n  demo   run a local gateway pair with simulated devices (--help for options)\n  bench  run the benchmarks (intake, ocr; --help for options)\n  setup  install system packages and Rust tools only".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup_all() -> Result {
+    setup::apt(setup::TEST_PACKAGES)?;
+    setup::python_tools()?;
+    setup::rust_tools()
+}
+
+fn test() -> Result {
+    setup_all()?;
+    exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
+        .map_err(|e| format!("{e}\nformatting differs: run `cargo fmt --all`"))?;
+    exec(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The end-to-end tests start these binaries as real processes.
+    exec(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
+    exec(Command::new("cargo").args(["nextest", "run", "--workspace", "--no-fail-fast"]))
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn exec(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+/// Whether a command runs and exits 0 (output discarded).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The workspace root (xtask runs from anywhere inside it).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}

@@ -98,6 +98,7 @@ fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/maintenance", post(maintenance))
+        .route("/pipeline", post(pipeline))
         .route("/service/{name}/{action}", post(service))
         .route("/license", get(license_show))
         .route("/license/activate", post(license_activate))
@@ -181,6 +182,7 @@ pub async fn status_value(gw: &Gateway) -> Value {
         "web": gw.web.state(),
         "data": data,
         "maintenance": gw.in_maintenance(),
+        "pipeline_paused": gw.pipeline_paused(),
         "accepting": gw.refusal().is_none(),
         "queue_depth": queue,
         "failed_jobs": failed,
@@ -215,6 +217,16 @@ async fn maintenance(
 ) -> AdminReply {
     let persisted = gw.set_maintenance(req.on).await;
     reply(Ok(json!({"maintenance": req.on, "persisted": persisted})))
+}
+
+#[derive(Deserialize)]
+struct PipelineRequest {
+    paused: bool,
+}
+
+async fn pipeline(State(gw): State<Arc<Gateway>>, Json(req): Json<PipelineRequest>) -> AdminReply {
+    gw.set_pipeline_paused(req.paused);
+    reply(Ok(json!({"pipeline_paused": gw.pipeline_paused()})))
 }
 
 async fn service(
