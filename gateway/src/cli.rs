@@ -379,8 +379,18 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                 return Ok(EXIT_NOT_RUNNING);
             };
             let paused = matches!(action, PauseResume::Pause);
-            client.post("/pipeline", json!({"paused": paused})).await.map_err(call_error)?;
-            println!("pipeline of {instance} {}", if paused { "paused: accepted jobs wait" } else { "resumed" });
+            client
+                .post("/pipeline", json!({"paused": paused}))
+                .await
+                .map_err(call_error)?;
+            println!(
+                "pipeline of {instance} {}",
+                if paused {
+                    "paused: accepted jobs wait"
+                } else {
+                    "resumed"
+                }
+            );
             Ok(0)
         }
         Command::Service { action } => service(&settings, target, action).await,

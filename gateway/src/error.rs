@@ -52,7 +52,7 @@ pub enum ApiError {
     DeviceRevoked,
     /// More devices than the license has seats.
     #[error(
-        "this device is beyond the license's {seats} device seats: revoke an unused device or activate a license with more seats"
+        "this device is beyond the license's device seats ({seats}): revoke an unused device or activate a license with more seats"
     )]
     SeatLimit { seats: u16 },
     /// Nothing there (or not this device's).

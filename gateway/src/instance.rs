@@ -48,6 +48,9 @@ pub struct Gateway {
     /// Set by an admin to hold accepted jobs (e.g. while a delivery target
     /// is down); intake goes on, workers take no new jobs.
     pipeline_paused: AtomicBool,
+    /// The data-service generation whose contents are loaded, and the lock
+    /// that makes loading happen once per generation.
+    loaded_generation: tokio::sync::Mutex<u64>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -144,6 +147,7 @@ impl Gateway {
             started_at: Utc::now(),
             maintenance: AtomicBool::new(false),
             pipeline_paused: AtomicBool::new(false),
+            loaded_generation: tokio::sync::Mutex::new(0),
             shutdown: watch::Sender::new(false),
             license,
             paths,
@@ -275,6 +279,18 @@ impl Gateway {
         Ok(())
     }
 
+    /// Loads the store-dependent state for data-service `generation` once,
+    /// however many tasks ask (start-up and the worker pool both do).
+    pub async fn load_generation(&self, generation: u64) -> Result<(), String> {
+        let mut loaded = self.loaded_generation.lock().await;
+        if *loaded == generation {
+            return Ok(());
+        }
+        self.on_data_up().await?;
+        *loaded = generation;
+        Ok(())
+    }
+
     /// Re-reads the role (after an activation, or for license expiry).
     pub async fn refresh_role(&self) -> Result<RoleSnapshot, String> {
         let ctx = self.license.clone();
@@ -348,8 +364,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let admin = admin::server::bind(&gw).await?;
     start_background(&gw);
 
-    if let Err(cause) = gw.data.start().await {
-        tracing::error!(cause, "data service did not start; it will be retried");
+    // Devices are let in only once the role and configuration are known, so
+    // the first health answer is already the true one.
+    match gw.data.start().await {
+        Ok(()) => {
+            if let Err(e) = gw.load_generation(gw.data.state().generation).await {
+                tracing::error!(error = e, "the store's contents could not be loaded");
+            }
+        }
+        Err(cause) => tracing::error!(cause, "data service did not start; it will be retried"),
     }
     let listeners = gw
         .web

@@ -120,9 +120,9 @@ impl std::fmt::Display for ReadOnly {
 /// Why an activation or deactivation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RoleError {
-    #[error("{0}")]
+    #[error(transparent)]
     License(#[from] LicenseError),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("this server has no license to deactivate")]
     NotActivated,

@@ -41,8 +41,11 @@ pub async fn run_pool(gw: Arc<Gateway>) {
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let generation = state.generation;
-        if let Err(e) = gw.on_data_up().await {
-            tracing::error!(error = e, "data service came up but its contents could not be loaded");
+        if let Err(e) = gw.load_generation(generation).await {
+            tracing::error!(
+                error = e,
+                "data service came up but its contents could not be loaded"
+            );
             tokio::select! {
                 _ = data.wait_for(|s| !s.up || s.generation != generation) => continue,
                 _ = shutdown.wait_for(|s| *s) => return,

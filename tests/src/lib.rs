@@ -27,7 +27,10 @@ pub const PASSWORD: &str = "correct horse";
 pub fn bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; the binaries one up.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -61,7 +64,11 @@ impl Vendor {
 
     /// A license key for `role` ("03" or "04").
     pub fn key(&self, role: &str, serial: u32, seats: u16) -> String {
-        let role = if role == "03" { Role::Primary } else { Role::Secondary };
+        let role = if role == "03" {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
         self.pair
             .issue(&KeySpec {
                 role,
@@ -107,7 +114,10 @@ impl Site {
     /// given instances (each on `127.0.0.1:0` for HTTPS and plain HTTP) and
     /// `extra` TOML appended.
     pub fn new(instances: &[&str], extra: &str) -> Site {
-        let dir = tempfile::Builder::new().prefix("sgw-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("sgw-")
+            .tempdir()
+            .expect("temp dir");
         let vendor = Vendor::new();
         let hash = password_hash(PASSWORD);
         let mut text = format!(
@@ -120,7 +130,11 @@ impl Site {
         text += extra;
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, text).unwrap();
-        Site { dir, vendor, config }
+        Site {
+            dir,
+            vendor,
+            config,
+        }
     }
 
     /// Runs the gateway command line for `instance`.
@@ -184,8 +198,15 @@ impl Instance {
         let data_dir = site.data_dir(name);
         let run_file = data_dir.join(format!("{name}.run.json"));
         let _ = std::fs::remove_file(&run_file);
-        let log = site.dir.path().join(format!("{name}.{}.log", std::process::id()));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let log = site
+            .dir
+            .path()
+            .join(format!("{name}.{}.log", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new(bin("gateway"))
             .arg("--config")
             .arg(&site.config)
@@ -212,9 +233,16 @@ impl Instance {
                 break;
             }
             if let Some(status) = instance.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{name} exited at start-up ({status}):\n{}", instance.log_text());
+                panic!(
+                    "{name} exited at start-up ({status}):\n{}",
+                    instance.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "{name} did not start in 30 s:\n{}", instance.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not start in 30 s:\n{}",
+                instance.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         instance
@@ -293,7 +321,10 @@ impl Instance {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(f) = std::fs::File::open(&self.log)
-                && BufReader::new(f).lines().map_while(Result::ok).any(|l| l.contains(needle))
+                && BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .any(|l| l.contains(needle))
             {
                 return true;
             }

@@ -37,7 +37,9 @@ fn acknowledged_job_survives_kill_9_right_after_the_ack() {
     let done = dev.wait_for_state(job, "done", Duration::from_secs(30));
     assert_eq!(done["pages"], 2);
     assert_eq!(done["bytes"], 500_000);
-    let delivered = std::fs::read_dir(site.data_dir("gw-a").join("delivered")).unwrap().count();
+    let delivered = std::fs::read_dir(site.data_dir("gw-a").join("delivered"))
+        .unwrap()
+        .count();
     assert_eq!(delivered, 1, "one dated folder with the document");
     // The acknowledgement after the restart is the original one.
     let again = dev.submit(&dev.login("alice"), job, "scan-to-folder", &pages);
@@ -58,7 +60,12 @@ fn resubmitted_job_id_is_accepted_once_and_delivered_once() {
     assert_eq!(first.status, 201);
     for _ in 0..3 {
         let again = dev.submit(&session, job, "scan-to-folder", &pages);
-        assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+        assert_eq!(
+            again.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&again.body)
+        );
         assert_eq!(again.json()["job_id"], job.to_string());
     }
     dev.wait_for_state(job, "done", Duration::from_secs(30));
@@ -68,7 +75,12 @@ fn resubmitted_job_id_is_accepted_once_and_delivered_once() {
     assert_eq!(files.len(), 1, "{files:?}");
 
     // The same id with another manifest is a different job: refused.
-    let other = dev.submit(&session, job, "scan-to-folder", &[png(50_000, 3), png(50_000, 4)]);
+    let other = dev.submit(
+        &session,
+        job,
+        "scan-to-folder",
+        &[png(50_000, 3), png(50_000, 4)],
+    );
     other.assert_error(409, "job_id_conflict");
 }
 
@@ -96,8 +108,15 @@ fn concurrent_uploads_of_one_job_id_store_it_once() {
             })
             .collect()
     });
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| [200, 201, 409].contains(s)), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [200, 201, 409].contains(s)),
+        "{statuses:?}"
+    );
     dev.wait_for_state(job, "done", Duration::from_secs(30));
     assert_eq!(walk(&site.data_dir("gw-a").join("delivered")).len(), 1);
 }
@@ -111,7 +130,10 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
     let session = dev.login("alice");
     let job = Uuid::new_v4();
     let pages = vec![png(4_000_000, 6)];
-    let body = job_body(&json!({"workflow": "scan-to-folder", "page_count": 1}), &pages);
+    let body = job_body(
+        &json!({"workflow": "scan-to-folder", "page_count": 1}),
+        &pages,
+    );
 
     // Send the headers and half the body, then drop the connection.
     let mut stream = TcpStream::connect(gw.plain()).unwrap();
@@ -130,13 +152,21 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
     let emptied = eventually(Duration::from_secs(10), || {
         (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
     });
-    assert!(emptied.is_some(), "the cut-off upload's files were not removed");
+    assert!(
+        emptied.is_some(),
+        "the cut-off upload's files were not removed"
+    );
     assert_eq!(dev.job(job).status, 404, "nothing was committed");
 
     let retry = dev.submit_raw(&session, job, &body);
     assert_eq!(retry.status, 201, "the retry is a fresh, complete upload");
     let jobs_dir = site.data_dir("gw-a").join(format!("gw-a-spool/jobs/{job}"));
-    assert_eq!(std::fs::metadata(jobs_dir.join("page-0001.png")).unwrap().len(), 4_000_000);
+    assert_eq!(
+        std::fs::metadata(jobs_dir.join("page-0001.png"))
+            .unwrap()
+            .len(),
+        4_000_000
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

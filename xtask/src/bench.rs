@@ -97,7 +97,9 @@ fn free_port() -> Result<u16> {
 
 fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "{shown} failed: {}{}",
@@ -137,15 +139,30 @@ struct Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn start_gateway(dir: &Path) -> Result<Gateway> {
-    let g = |args: &[&str]| output(Command::new(bin("gateway")).arg("--config").arg(dir.join("gw.toml")).args(args));
-    output(Command::new(bin("license-tool")).arg("keygen").arg("--out").arg(dir.join("vendor")))?;
-    let vendor_pub = std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
+    let g = |args: &[&str]| {
+        output(
+            Command::new(bin("gateway"))
+                .arg("--config")
+                .arg(dir.join("gw.toml"))
+                .args(args),
+        )
+    };
+    output(
+        Command::new(bin("license-tool"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(dir.join("vendor")),
+    )?;
+    let vendor_pub =
+        std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
     let key = output(
         Command::new(bin("license-tool"))
             .arg("issue")
@@ -159,10 +176,12 @@ fn start_gateway(dir: &Path) -> Result<Gateway> {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"bench").map_err(|e| e.to_string())?;
-    let hash = String::from_utf8_lossy(&hasher.wait_with_output().map_err(|e| e.to_string())?.stdout)
-        .trim()
-        .to_owned();
+    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"bench")
+        .map_err(|e| e.to_string())?;
+    let hash =
+        String::from_utf8_lossy(&hasher.wait_with_output().map_err(|e| e.to_string())?.stdout)
+            .trim()
+            .to_owned();
     // The pipeline is paused during the measurement (see below) so that it
     // does not compete with the intake for CPU; nginx runs no pipeline either.
     std::fs::write(
@@ -188,7 +207,8 @@ log_level = "warn"
     )
     .map_err(|e| e.to_string())?;
     g(&["license", "activate", &key])?;
-    let added: Value = serde_json::from_str(&g(&["device", "add", "bench-mfd"])?).map_err(|e| e.to_string())?;
+    let added: Value =
+        serde_json::from_str(&g(&["device", "add", "bench-mfd"])?).map_err(|e| e.to_string())?;
     let token = added["token"].as_str().unwrap_or_default().to_owned();
     let log = std::fs::File::create(dir.join("gateway.log")).map_err(|e| e.to_string())?;
     let mut child = Command::new(bin("gateway"))
@@ -209,13 +229,22 @@ log_level = "warn"
             break v;
         }
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            return Err(format!("the gateway did not start; see {}", dir.join("gateway.log").display()));
+            return Err(format!(
+                "the gateway did not start; see {}",
+                dir.join("gateway.log").display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     pause()?;
-    let https = format!("https://{}", info["listeners"][0]["addr"].as_str().unwrap_or_default());
-    let plain = format!("http://{}", info["listeners"][1]["addr"].as_str().unwrap_or_default());
+    let https = format!(
+        "https://{}",
+        info["listeners"][0]["addr"].as_str().unwrap_or_default()
+    );
+    let plain = format!(
+        "http://{}",
+        info["listeners"][1]["addr"].as_str().unwrap_or_default()
+    );
     let login = output(Command::new("curl").args([
         "-s",
         "--fail-with-body",
@@ -227,7 +256,8 @@ log_level = "warn"
         r#"{"user":"bench","password":"bench"}"#,
         &format!("{plain}/api/v1/sessions"),
     ]))?;
-    let session: Value = serde_json::from_str(&login).map_err(|e| format!("login answer {login}: {e}"))?;
+    let session: Value =
+        serde_json::from_str(&login).map_err(|e| format!("login answer {login}: {e}"))?;
     Ok(Gateway {
         https,
         plain,
@@ -247,7 +277,9 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -305,15 +337,32 @@ http {{
     })
 }
 
-fn load(url: &str, cert: &Path, extra: &[String], requests: u32, concurrency: u32, size: u64) -> Result<Value> {
+fn load(
+    url: &str,
+    cert: &Path,
+    extra: &[String],
+    requests: u32,
+    concurrency: u32,
+    size: u64,
+) -> Result<Value> {
     let text = output(
         Command::new(bin("mfd-sim"))
             .arg("load")
             .args(["--url", url])
             .arg("--ca")
             .arg(cert)
-            .args(["--size", &size.to_string(), "--requests", &requests.to_string()])
-            .args(["--concurrency", &concurrency.to_string(), "--json", "--quiet"])
+            .args([
+                "--size",
+                &size.to_string(),
+                "--requests",
+                &requests.to_string(),
+            ])
+            .args([
+                "--concurrency",
+                &concurrency.to_string(),
+                "--json",
+                "--quiet",
+            ])
             .args(extra),
     )?;
     serde_json::from_str(&text).map_err(|e| format!("load summary {text}: {e}"))
@@ -333,23 +382,67 @@ fn describe(v: &Value) -> String {
 fn intake(o: &Options) -> Result {
     setup::apt(setup::BENCH_PACKAGES)?;
     setup::apt(&["curl"])?;
-    exec(Command::new("cargo").args(["build", "--release", "--bins", "-p", "gateway", "-p", "mfd-sim", "-p", "licensing"]))?;
+    exec(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--bins",
+        "-p",
+        "gateway",
+        "-p",
+        "mfd-sim",
+        "-p",
+        "licensing",
+    ]))?;
     let dir = root().join("target/bench-intake");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let gw = start_gateway(&dir)?;
     let nginx = start_nginx(&dir.join("nginx"), &gw.cert, &gw.key)?;
-    let gw_args = vec!["--multipart-gateway".to_owned(), format!("{},{},bench", gw.token, gw.session)];
-    let ng_args = vec!["--method".to_owned(), "PUT".to_owned(), "--multipart-body".to_owned(), "bench".to_owned()];
+    let gw_args = vec![
+        "--multipart-gateway".to_owned(),
+        format!("{},{},bench", gw.token, gw.session),
+    ];
+    let ng_args = vec![
+        "--method".to_owned(),
+        "PUT".to_owned(),
+        "--multipart-body".to_owned(),
+        "bench".to_owned(),
+    ];
 
-    println!("## intake throughput: {} uploads of {} bytes, {} concurrent", o.requests, o.size, o.concurrency);
+    println!(
+        "## intake throughput: {} uploads of {} bytes, {} concurrent",
+        o.requests, o.size, o.concurrency
+    );
     for (transport, gw_url, ng_url) in [
-        ("plain HTTP", format!("{}/api/v1/jobs", gw.plain), nginx.plain.clone()),
-        ("TLS", format!("{}/api/v1/jobs", gw.https), nginx.https.clone()),
+        (
+            "plain HTTP",
+            format!("{}/api/v1/jobs", gw.plain),
+            nginx.plain.clone(),
+        ),
+        (
+            "TLS",
+            format!("{}/api/v1/jobs", gw.https),
+            nginx.https.clone(),
+        ),
     ] {
-        let ng = load(&ng_url, &gw.cert, &ng_args, o.requests, o.concurrency, o.size)?;
-        let g = load(&gw_url, &gw.cert, &gw_args, o.requests, o.concurrency, o.size)?;
-        let ratio = g["megabytes_per_second"].as_f64().unwrap_or(0.0) / ng["megabytes_per_second"].as_f64().unwrap_or(1.0);
+        let ng = load(
+            &ng_url,
+            &gw.cert,
+            &ng_args,
+            o.requests,
+            o.concurrency,
+            o.size,
+        )?;
+        let g = load(
+            &gw_url,
+            &gw.cert,
+            &gw_args,
+            o.requests,
+            o.concurrency,
+            o.size,
+        )?;
+        let ratio = g["megabytes_per_second"].as_f64().unwrap_or(0.0)
+            / ng["megabytes_per_second"].as_f64().unwrap_or(1.0);
         println!("{transport}: nginx    {}", describe(&ng));
         println!("{transport}: gateway  {}", describe(&g));
         println!("{transport}: gateway/nginx throughput ratio {ratio:.2}");
@@ -369,11 +462,25 @@ fn intake(o: &Options) -> Result {
         o.memory_size,
     )?;
     let peak = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
-    println!("gateway: peak RSS {peak:.1} MiB (before the load {idle:.1} MiB); {}", describe(&g));
+    println!(
+        "gateway: peak RSS {peak:.1} MiB (before the load {idle:.1} MiB); {}",
+        describe(&g)
+    );
     let workers = children(nginx.child.id());
-    let ng = load(&nginx.https, &gw.cert, &ng_args, o.memory_uploads, o.memory_uploads, o.memory_size)?;
+    let ng = load(
+        &nginx.https,
+        &gw.cert,
+        &ng_args,
+        o.memory_uploads,
+        o.memory_uploads,
+        o.memory_size,
+    )?;
     let ng_peak: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
-    println!("nginx:   peak RSS {ng_peak:.1} MiB summed over {} workers; {}", workers.len(), describe(&ng));
+    println!(
+        "nginx:   peak RSS {ng_peak:.1} MiB summed over {} workers; {}",
+        workers.len(),
+        describe(&ng)
+    );
     let total_mb = f64::from(o.memory_uploads) * o.memory_size as f64 / 1e6;
     println!("(data streamed per run: {total_mb:.0} MB)");
     Ok(())

@@ -53,23 +53,34 @@ fn bin(name: &str) -> PathBuf {
 
 fn output(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn gateway(dir: &Path, instance: &str) -> Command {
     let mut c = Command::new(bin("gateway"));
-    c.arg("--config").arg(dir.join("gateway.toml")).arg("--instance").arg(instance);
+    c.arg("--config")
+        .arg(dir.join("gateway.toml"))
+        .arg("--instance")
+        .arg(instance);
     c
 }
 
 /// Stops gateways a previous demo left running.
 fn stop_leftovers(dir: &Path) {
     for instance in ["gw-primary", "gw-secondary"] {
-        let run_file = dir.join("data").join(instance).join(format!("{instance}.run.json"));
+        let run_file = dir
+            .join("data")
+            .join(instance)
+            .join(format!("{instance}.run.json"));
         if let Ok(text) = std::fs::read_to_string(&run_file)
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && let Some(pid) = v["pid"].as_u64()
@@ -81,11 +92,17 @@ fn stop_leftovers(dir: &Path) {
 }
 
 fn wait_for_run_file(dir: &Path, instance: &str, child: &mut Child) -> Result<serde_json::Value> {
-    let path = dir.join("data").join(instance).join(format!("{instance}.run.json"));
+    let path = dir
+        .join("data")
+        .join(instance)
+        .join(format!("{instance}.run.json"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{instance} exited ({status}); see {}", dir.join(format!("{instance}.log")).display()));
+            return Err(format!(
+                "{instance} exited ({status}); see {}",
+                dir.join(format!("{instance}.log")).display()
+            ));
         }
         if let Ok(text) = std::fs::read_to_string(&path)
             && let Ok(v) = serde_json::from_str(&text)
@@ -94,13 +111,25 @@ fn wait_for_run_file(dir: &Path, instance: &str, child: &mut Child) -> Result<se
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!("{instance} did not start within 30 s; see its log in {}", dir.display()))
+    Err(format!(
+        "{instance} did not start within 30 s; see its log in {}",
+        dir.display()
+    ))
 }
 
 pub fn run(args: &[String]) -> Result {
     let opts = parse(args)?;
     setup::apt(setup::DEMO_PACKAGES)?;
-    exec(Command::new("cargo").args(["build", "--bins", "-p", "gateway", "-p", "mfd-sim", "-p", "licensing"]))?;
+    exec(Command::new("cargo").args([
+        "build",
+        "--bins",
+        "-p",
+        "gateway",
+        "-p",
+        "mfd-sim",
+        "-p",
+        "licensing",
+    ]))?;
 
     let dir = root().join("target/demo");
     stop_leftovers(&dir);
@@ -108,15 +137,28 @@ pub fn run(args: &[String]) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
 
     // A vendor key of our own, and one license per server.
-    output(Command::new(bin("license-tool")).arg("keygen").arg("--out").arg(dir.join("vendor")))?;
-    let vendor_pub = std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
+    output(
+        Command::new(bin("license-tool"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(dir.join("vendor")),
+    )?;
+    let vendor_pub =
+        std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
     let issue = |role: &str, serial: &str| {
         output(
             Command::new(bin("license-tool"))
                 .arg("issue")
                 .arg("--vendor-key")
                 .arg(dir.join("vendor/vendor.key"))
-                .args(["--role", role, "--serial", serial, "--seats", &opts.devices.to_string()]),
+                .args([
+                    "--role",
+                    role,
+                    "--serial",
+                    serial,
+                    "--seats",
+                    &opts.devices.to_string(),
+                ]),
         )
     };
     let key_primary = issue("03", "1001")?;
@@ -130,7 +172,8 @@ pub fn run(args: &[String]) -> Result {
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"demo").map_err(|e| e.to_string())?;
+    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"demo")
+        .map_err(|e| e.to_string())?;
     let hash_out = hasher.wait_with_output().map_err(|e| e.to_string())?;
     let hash = String::from_utf8_lossy(&hash_out.stdout).trim().to_owned();
 
@@ -179,12 +222,17 @@ listen = "127.0.0.1:0"
         let v: serde_json::Value = serde_json::from_str(&added).map_err(|e| e.to_string())?;
         devices.push(serde_json::json!({"name": name, "token": v["token"]}));
     }
-    std::fs::write(dir.join("devices.json"), serde_json::to_vec_pretty(&devices).expect("json")).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("devices.json"),
+        serde_json::to_vec_pretty(&devices).expect("json"),
+    )
+    .map_err(|e| e.to_string())?;
 
     let mut children = Vec::new();
     let mut urls = Vec::new();
     for instance in ["gw-primary", "gw-secondary"] {
-        let log = std::fs::File::create(dir.join(format!("{instance}.log"))).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join(format!("{instance}.log")))
+            .map_err(|e| e.to_string())?;
         let mut child = gateway(&dir, instance)
             .arg("serve")
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -192,9 +240,15 @@ listen = "127.0.0.1:0"
             .spawn()
             .map_err(|e| format!("cannot start {instance}: {e}"))?;
         let info = wait_for_run_file(&dir, instance, &mut child)?;
-        let addr = info["listeners"][0]["addr"].as_str().unwrap_or_default().to_owned();
+        let addr = info["listeners"][0]["addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         println!("{instance} listening on https://{addr} (log: target/demo/{instance}.log)");
-        urls.push((format!("https://{addr}"), info["certificate"].as_str().unwrap_or_default().to_owned()));
+        urls.push((
+            format!("https://{addr}"),
+            info["certificate"].as_str().unwrap_or_default().to_owned(),
+        ));
         children.push(child);
     }
 
@@ -204,14 +258,28 @@ listen = "127.0.0.1:0"
         opts.devices * opts.jobs,
         opts.pages
     );
-    let sim = exec(Command::new(bin("mfd-sim"))
-        .arg("run")
-        .args(["--server", &urls[0].0, "--ca", &urls[0].1])
-        .arg("--devices-file")
-        .arg(dir.join("devices.json"))
-        .args(["--user", "demo", "--password", "demo", "--workflow", "scan-to-searchable-pdf"])
-        .args(["--jobs", &(opts.devices * opts.jobs).to_string(), "--pages", &opts.pages.to_string()])
-        .args(["--page-source", "text", "--wait"]));
+    let sim = exec(
+        Command::new(bin("mfd-sim"))
+            .arg("run")
+            .args(["--server", &urls[0].0, "--ca", &urls[0].1])
+            .arg("--devices-file")
+            .arg(dir.join("devices.json"))
+            .args([
+                "--user",
+                "demo",
+                "--password",
+                "demo",
+                "--workflow",
+                "scan-to-searchable-pdf",
+            ])
+            .args([
+                "--jobs",
+                &(opts.devices * opts.jobs).to_string(),
+                "--pages",
+                &opts.pages.to_string(),
+            ])
+            .args(["--page-source", "text", "--wait"]),
+    );
 
     println!();
     for instance in ["gw-primary", "gw-secondary"] {
@@ -225,23 +293,45 @@ listen = "127.0.0.1:0"
     let delivered = dir.join("data/gw-primary/delivered");
     let mut pdfs: Vec<PathBuf> = walk(&delivered);
     pdfs.sort();
-    println!("{} searchable PDFs delivered under {}", pdfs.len(), delivered.display());
+    println!(
+        "{} searchable PDFs delivered under {}",
+        pdfs.len(),
+        delivered.display()
+    );
     if let Some(first) = pdfs.first()
         && let Ok(text) = output(Command::new("pdftotext").arg(first).arg("-"))
     {
-        let excerpt: String = text.lines().filter(|l| !l.trim().is_empty()).take(3).collect::<Vec<_>>().join(" / ");
-        println!("text of {}: {excerpt}", first.file_name().unwrap_or_default().to_string_lossy());
+        let excerpt: String = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        println!(
+            "text of {}: {excerpt}",
+            first.file_name().unwrap_or_default().to_string_lossy()
+        );
     }
 
     if opts.keep_running {
-        println!("\nthe pair keeps running; stop it with: kill {}", children.iter().map(|c| c.id().to_string()).collect::<Vec<_>>().join(" "));
+        println!(
+            "\nthe pair keeps running; stop it with: kill {}",
+            children
+                .iter()
+                .map(|c| c.id().to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         return sim;
     }
     for child in &mut children {
         let _ = Command::new("kill").arg(child.id().to_string()).status();
         let _ = child.wait();
     }
-    println!("\nthe pair was stopped; everything it wrote is in {}", dir.display());
+    println!(
+        "\nthe pair was stopped; everything it wrote is in {}",
+        dir.display()
+    );
     sim
 }
 

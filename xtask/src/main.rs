@@ -41,7 +41,14 @@ fn test() -> Result {
     setup_all()?;
     exec(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))
         .map_err(|e| format!("{e}\nformatting differs: run `cargo fmt --all`"))?;
-    exec(Command::new("cargo").args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    exec(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The end-to-end tests start these binaries as real processes.
     exec(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
     exec(Command::new("cargo").args(["nextest", "run", "--workspace", "--no-fail-fast"]))
@@ -50,7 +57,9 @@ fn test() -> Result {
 /// Runs a command, failing with its name when it fails.
 pub fn exec(cmd: &mut Command) -> Result {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot run {shown}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {shown}: {e}"))?;
     if status.success() {
         Ok(())
     } else {

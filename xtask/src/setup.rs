@@ -22,7 +22,12 @@ pub const TEST_PACKAGES: &[&str] = &[
 ];
 
 /// What the demo needs.
-pub const DEMO_PACKAGES: &[&str] = &["tesseract-ocr", "tesseract-ocr-eng", "poppler-utils", "fonts-dejavu-core"];
+pub const DEMO_PACKAGES: &[&str] = &[
+    "tesseract-ocr",
+    "tesseract-ocr-eng",
+    "poppler-utils",
+    "fonts-dejavu-core",
+];
 
 /// What the benchmarks add: the nginx baseline and the process timer.
 pub const BENCH_PACKAGES: &[&str] = &["nginx", "time"];
@@ -57,10 +62,12 @@ pub fn apt(packages: &[&str]) -> Result {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// The SMTP server the mail tests start (aiosmtpd, from PyPI).
@@ -75,7 +82,11 @@ pub fn python_tools() -> Result {
 /// rustfmt, clippy and cargo-nextest.
 pub fn rust_tools() -> Result {
     for component in ["rustfmt", "clippy"] {
-        let probe = if component == "rustfmt" { "fmt" } else { "clippy" };
+        let probe = if component == "rustfmt" {
+            "fmt"
+        } else {
+            "clippy"
+        };
         if !succeeds(Command::new("cargo").args([probe, "--version"])) {
             exec(Command::new("rustup").args(["component", "add", component]))?;
         }
