@@ -1,3 +1,6 @@
+//! Tests of settings loading: layering, environment overrides and the
+//! messages that name a bad key.
+
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
