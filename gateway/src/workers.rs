@@ -165,6 +165,23 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
         .map(|m| m.metadata)
         .unwrap_or_default();
     let job_dir = parts.spool.job_dir(id);
+    let mut page_files = Vec::with_capacity(pages.len());
+    for p in &pages {
+        // The intake stored the format it sniffed from the content.
+        match serde_json::from_value::<PageFormat>(serde_json::Value::String(p.format.clone())) {
+            Ok(format) => page_files.push(PageFile {
+                path: job_dir.join(&p.file_name),
+                format,
+            }),
+            Err(_) => {
+                let reason = format!("page {} has an unknown stored format `{}`", p.seq, p.format);
+                gw.metrics.job_finished(false);
+                finish(JobState::Failed, Some(reason)).await;
+                return;
+            }
+        }
+    }
+    let pages = page_files;
     let context = JobContext {
         job_id: id,
         workflow: job.workflow.clone(),
@@ -173,13 +190,7 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
         submitted_at: job.received_at,
         time_zone: gw.settings.instance.time_zone,
         metadata,
-        pages: pages
-            .iter()
-            .map(|p| PageFile {
-                path: job_dir.join(&p.file_name),
-                format: page_format(&p.format),
-            })
-            .collect(),
+        pages,
         work_dir: gw.paths.work_dir(id),
     };
     tracing::info!(job = %id, workflow = job.workflow, "pipeline started");
@@ -227,15 +238,6 @@ async fn device_name(parts: &Arc<DataParts>, device: Uuid) -> String {
         .and_then(Result::ok)
         .flatten()
         .map_or_else(|| device.to_string(), |d| d.name)
-}
-
-fn page_format(ext: &str) -> PageFormat {
-    match ext {
-        "tiff" | "tif" => PageFormat::Tiff,
-        "jpg" | "jpeg" => PageFormat::Jpeg,
-        "png" => PageFormat::Png,
-        _ => PageFormat::Pdf,
-    }
 }
 
 /// The runner's view of the store: every step attempt is recorded before

@@ -294,7 +294,6 @@ fn encode_tiff(pages: &[GrayPage]) -> Result<Vec<u8>, PageError> {
         image.resolution(ResolutionUnit::Inch, Rational { n: page.dpi, d: 1 });
         image.write_data(&page.pixels).map_err(fail)?;
     }
-    drop(encoder);
     Ok(out.into_inner())
 }
 

@@ -76,11 +76,13 @@ pub fn run(args: &[String]) -> Result {
             "--release",
             "-p",
             "plugins",
-            "--bin",
+            "--example",
             "ocr-bench",
             "--",
             "--pages",
             &opts.pages.to_string(),
+            "--rounds",
+            "4",
         ]))?;
     }
     Ok(())

@@ -303,7 +303,7 @@ async fn receive(
         pages.push(NewPage {
             seq,
             file_name: page.file_name,
-            format: format.extension().to_owned(),
+            format: format_name(format),
             bytes: page.bytes,
             sha256: page.sha256,
         });
@@ -360,6 +360,14 @@ async fn receive(
         "job accepted"
     );
     Ok((StatusCode::CREATED, Json(JobAck::of(&record, false))).into_response())
+}
+
+/// The stored name of a page format (`tiff`, `jpeg`, `png`, `pdf`).
+pub fn format_name(format: PageFormat) -> String {
+    match serde_json::to_value(format) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => unreachable!("page formats serialise as strings"),
+    }
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
