@@ -9,6 +9,7 @@
 //! `cargo xtask test` does).
 
 pub mod http;
+pub mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

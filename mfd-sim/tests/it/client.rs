@@ -58,7 +58,7 @@ async fn device_calls_carry_the_bearer_token_and_parse_the_documented_answers() 
                 "job_id": job, "state": "failed", "reason": "ocr: engine missing", "workflow": "scan-to-folder",
                 "pages": 2, "received_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:05+01:00",
                 "accepted_by": "gw-b",
-                "steps": [{"step": "ocr", "plugin": "tesseract", "attempt": 3, "outcome": "failed", "reason": "engine missing"}]
+                "steps": [{"step": 1, "plugin": "ocr", "attempt": 3, "outcome": "failed", "reason": "engine missing"}]
             }),
         ),
         _ => api_error(404, "not_found", None),
@@ -75,6 +75,7 @@ async fn device_calls_carry_the_bearer_token_and_parse_the_documented_answers() 
     let status = c.job(job).await.unwrap();
     assert_eq!(status.state, JobState::Failed);
     assert_eq!(status.steps[0].attempt, 3);
+    assert_eq!(status.steps[0].step, 1);
     assert_eq!(
         (status.updated_at - status.received_at).num_seconds(),
         -3595
