@@ -11,15 +11,18 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use ring::digest;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use uuid::Uuid;
 
 use crate::store::hex;
 
 /// Buffer per page being written: large enough for few system calls, small
-/// enough that hundreds of concurrent uploads stay within a few hundred MB.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// enough that hundreds of concurrent uploads need little memory. It is the
+/// only copy of the data the spool holds: a full buffer is handed to the
+/// blocking pool, written, and handed back.
+const WRITE_BUFFER: usize = 128 * 1024;
 
 /// The spool directory of one instance.
 #[derive(Debug, Clone)]
@@ -73,7 +76,7 @@ impl JobSpool {
             .join(format!(".probe-{}", Uuid::new_v4()));
         let result = (|| {
             let mut f = std::fs::File::create(&path)?;
-            io::Write::write_all(&mut f, b"probe")?;
+            f.write_all(b"probe")?;
             f.sync_all()
         })();
         let _ = std::fs::remove_file(&path);
@@ -130,10 +133,15 @@ impl SpoolUpload {
     /// Opens the file for page `seq` (1-based) with the given extension.
     pub async fn page(&mut self, seq: u32, extension: &str) -> io::Result<PageWriter> {
         let file_name = format!("page-{seq:04}.{extension}");
-        let dir = self.dir.as_ref().expect("upload not committed yet");
-        let file = tokio::fs::File::create(dir.join(&file_name)).await?;
+        let path = self
+            .dir
+            .as_ref()
+            .expect("upload not committed yet")
+            .join(&file_name);
+        let file = blocking(move || std::fs::File::create(path)).await?;
         Ok(PageWriter {
-            file: BufWriter::with_capacity(WRITE_BUFFER, file),
+            file: Some(file),
+            buffer: Vec::with_capacity(WRITE_BUFFER),
             digest: digest::Context::new(&digest::SHA256),
             bytes: 0,
             file_name,
@@ -151,7 +159,7 @@ impl SpoolUpload {
         let manifest = manifest.to_vec();
         tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
             let mut f = std::fs::File::create(dir.join("manifest.json"))?;
-            io::Write::write_all(&mut f, &manifest)?;
+            f.write_all(&manifest)?;
             f.sync_all()?;
             sync_dir(&dir)?;
             if target.exists() {
@@ -187,17 +195,45 @@ impl Drop for SpoolUpload {
 
 /// Streams one page file to disk while hashing it.
 pub struct PageWriter {
-    file: BufWriter<tokio::fs::File>,
+    file: Option<std::fs::File>,
+    buffer: Vec<u8>,
     digest: digest::Context,
     bytes: u64,
     file_name: String,
 }
 
 impl PageWriter {
-    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+    pub async fn write(&mut self, mut chunk: &[u8]) -> io::Result<()> {
         self.digest.update(chunk);
         self.bytes += chunk.len() as u64;
-        self.file.write_all(chunk).await
+        while !chunk.is_empty() {
+            let room = WRITE_BUFFER - self.buffer.len();
+            let n = room.min(chunk.len());
+            self.buffer.extend_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            if self.buffer.len() == WRITE_BUFFER {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer out on the blocking pool.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.file.take().expect("file present between writes");
+        let buffer = std::mem::take(&mut self.buffer);
+        let (file, mut buffer) = blocking(move || {
+            file.write_all(&buffer)?;
+            Ok((file, buffer))
+        })
+        .await?;
+        buffer.clear();
+        self.file = Some(file);
+        self.buffer = buffer;
+        Ok(())
     }
 
     /// Bytes written so far.
@@ -207,14 +243,24 @@ impl PageWriter {
 
     /// Flushes and fsyncs the file.
     pub async fn finish(mut self) -> io::Result<SpooledPage> {
-        self.file.flush().await?;
-        self.file.get_mut().sync_all().await?;
+        self.flush().await?;
+        let file = self.file.take().expect("file present");
+        blocking(move || file.sync_all()).await?;
         Ok(SpooledPage {
             file_name: self.file_name,
             bytes: self.bytes,
             sha256: hex(self.digest.finish().as_ref()),
         })
     }
+}
+
+/// Runs blocking file I/O on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

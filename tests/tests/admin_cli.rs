@@ -350,3 +350,29 @@ fn two_instances_share_one_file_and_keep_their_files_apart() {
         );
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_instance_name() {
+    let site = Site::new(&["gw-j"], "");
+    let text = std::fs::read_to_string(&site.config).unwrap().replace(
+        "[instances.gw-j]\n",
+        "[instances.gw-j]\nlog_format = \"json\"\n",
+    );
+    std::fs::write(&site.config, text).unwrap();
+    let gw = site.start("gw-j");
+    assert_eq!(gw.health().0, 503, "unlicensed");
+    assert!(gw.wait_for_log("web service listening", Duration::from_secs(5)));
+    let log = std::fs::read_to_string(site.data_dir("gw-j").join("logs/gw-j.log")).unwrap();
+    let mut lines = 0;
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["instance"], "gw-j");
+        assert!(
+            v["ts"].is_string() && v["level"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
+}

@@ -69,6 +69,17 @@ fn resubmitted_job_id_is_accepted_once_and_delivered_once() {
         assert_eq!(again.json()["job_id"], job.to_string());
     }
     dev.wait_for_state(job, "done", Duration::from_secs(30));
+    let metrics =
+        String::from_utf8(e2e::request(&gw.plain(), "GET", "/metrics", &[], b"").body).unwrap();
+    for line in [
+        "scangw_jobs_accepted_total{instance=\"gw-a\"} 1",
+        "scangw_jobs_replayed_total{instance=\"gw-a\"} 3",
+        "scangw_jobs_done_total{instance=\"gw-a\"} 1",
+        "scangw_upload_seconds_count{instance=\"gw-a\"} 1",
+        "scangw_data_service_up{instance=\"gw-a\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");
+    }
     let list = dev.call("GET", "/api/v1/jobs", &[], b"").json();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
     let files: Vec<_> = walk(&site.data_dir("gw-a").join("delivered"));
@@ -82,6 +93,13 @@ fn resubmitted_job_id_is_accepted_once_and_delivered_once() {
         &[png(50_000, 3), png(50_000, 4)],
     );
     other.assert_error(409, "job_id_conflict");
+    let metrics =
+        String::from_utf8(e2e::request(&gw.plain(), "GET", "/metrics", &[], b"").body).unwrap();
+    assert!(
+        metrics
+            .contains("scangw_jobs_refused_total{instance=\"gw-a\",reason=\"job_id_conflict\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -13,10 +13,11 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::site::{Tools, listener, output};
 use crate::{Result, exec, root, setup};
 
 struct Options {
@@ -88,28 +89,9 @@ pub fn run(args: &[String]) -> Result {
     Ok(())
 }
 
-fn bin(name: &str) -> PathBuf {
-    root().join("target/release").join(name)
-}
-
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{shown} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Peak resident memory (VmHWM) of a process, in MiB.
@@ -148,46 +130,15 @@ impl Drop for Gateway {
     }
 }
 
-fn start_gateway(dir: &Path) -> Result<Gateway> {
-    let g = |args: &[&str]| {
-        output(
-            Command::new(bin("gateway"))
-                .arg("--config")
-                .arg(dir.join("gw.toml"))
-                .args(args),
-        )
-    };
-    output(
-        Command::new(bin("license-tool"))
-            .arg("keygen")
-            .arg("--out")
-            .arg(dir.join("vendor")),
-    )?;
-    let vendor_pub =
-        std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
-    let key = output(
-        Command::new(bin("license-tool"))
-            .arg("issue")
-            .arg("--vendor-key")
-            .arg(dir.join("vendor/vendor.key"))
-            .args(["--role", "03", "--serial", "1", "--seats", "5"]),
-    )?;
-    let mut hasher = Command::new(bin("gateway"))
-        .args(["user", "hash-password", "--iterations", "10000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"bench")
-        .map_err(|e| e.to_string())?;
-    let hash =
-        String::from_utf8_lossy(&hasher.wait_with_output().map_err(|e| e.to_string())?.stdout)
-            .trim()
-            .to_owned();
+fn start_gateway(tools: &Tools, dir: &Path) -> Result<Gateway> {
+    let config = dir.join("gw.toml");
+    let vendor = tools.vendor(dir)?;
+    let key = tools.issue(&vendor, "03", 1, 5)?;
+    let hash = tools.hash_password("bench")?;
     // The pipeline is paused during the measurement (see below) so that it
     // does not compete with the intake for CPU; nginx runs no pipeline either.
     std::fs::write(
-        dir.join("gw.toml"),
+        &config,
         format!(
             r#"[licensing]
 trusted_vendor_keys = ["{}"]
@@ -204,49 +155,24 @@ listen = "127.0.0.1:0"
 listen_plain = "127.0.0.1:0"
 log_level = "warn"
 "#,
-            vendor_pub.trim()
+            vendor.public_key
         ),
     )
     .map_err(|e| e.to_string())?;
+    let g = |args: &[&str]| output(tools.gateway(&config, "gw-bench").args(args));
     g(&["license", "activate", &key])?;
     let added: Value =
         serde_json::from_str(&g(&["device", "add", "bench-mfd"])?).map_err(|e| e.to_string())?;
     let token = added["token"].as_str().unwrap_or_default().to_owned();
-    let log = std::fs::File::create(dir.join("gateway.log")).map_err(|e| e.to_string())?;
-    let mut child = Command::new(bin("gateway"))
-        .arg("--config")
-        .arg(dir.join("gw.toml"))
-        .arg("serve")
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let run_file = dir.join("data/gw-bench.run.json");
-    let pause = || g(&["pipeline", "pause"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info: Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&run_file)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            break v;
-        }
-        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
-            return Err(format!(
-                "the gateway did not start; see {}",
-                dir.join("gateway.log").display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    pause()?;
-    let https = format!(
-        "https://{}",
-        info["listeners"][0]["addr"].as_str().unwrap_or_default()
-    );
-    let plain = format!(
-        "http://{}",
-        info["listeners"][1]["addr"].as_str().unwrap_or_default()
-    );
+    let (child, info) = tools.serve(
+        &config,
+        "gw-bench",
+        &dir.join("data"),
+        &dir.join("gateway.log"),
+    )?;
+    g(&["pipeline", "pause"])?;
+    let https = format!("https://{}", listener(&info, "https"));
+    let plain = format!("http://{}", listener(&info, "plain"));
     let login = output(Command::new("curl").args([
         "-s",
         "--fail-with-body",
@@ -292,10 +218,14 @@ fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> Result<Nginx> {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
     }
     let conf = dir.join("nginx.conf");
+    // Started as root, nginx would run its workers as `nobody`, who cannot
+    // write into this directory: keep them as the invoking user.
+    let user = output(Command::new("id").arg("-un"))?;
+    let user_line = if user == "root" { "user root;\n" } else { "" };
     std::fs::write(
         &conf,
         format!(
-            r#"worker_processes 2;
+            r#"{user_line}worker_processes 2;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/logs/error.log warn;
@@ -347,8 +277,11 @@ fn load(
     concurrency: u32,
     size: u64,
 ) -> Result<Value> {
+    // Each run starts with page-cache writeback done: otherwise one server's
+    // unflushed writes slow down the next server's fsyncs.
+    exec(&mut Command::new("sync"))?;
     let text = output(
-        Command::new(bin("mfd-sim"))
+        Command::new(Tools::new("release").bin("mfd-sim"))
             .arg("load")
             .args(["--url", url])
             .arg("--ca")
@@ -375,8 +308,8 @@ fn describe(v: &Value) -> String {
         "{:.1} req/s, {:.1} MB/s, p50 {:.1} ms, p99 {:.1} ms, {} failed",
         v["requests_per_second"].as_f64().unwrap_or(0.0),
         v["megabytes_per_second"].as_f64().unwrap_or(0.0),
-        v["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
-        v["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+        v["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
+        v["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
         v["failed"].as_u64().unwrap_or(0)
     )
 }
@@ -398,7 +331,8 @@ fn intake(o: &Options) -> Result {
     let dir = root().join("target/bench-intake");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let gw = start_gateway(&dir)?;
+    let tools = Tools::new("release");
+    let gw = start_gateway(&tools, &dir)?;
     let nginx = start_nginx(&dir.join("nginx"), &gw.cert, &gw.key)?;
     let gw_args = vec![
         "--multipart-gateway".to_owned(),
@@ -416,16 +350,8 @@ fn intake(o: &Options) -> Result {
         o.requests, o.size, o.concurrency
     );
     for (transport, gw_url, ng_url) in [
-        (
-            "plain HTTP",
-            format!("{}/api/v1/jobs", gw.plain),
-            nginx.plain.clone(),
-        ),
-        (
-            "TLS",
-            format!("{}/api/v1/jobs", gw.https),
-            nginx.https.clone(),
-        ),
+        ("plain HTTP", gw.plain.clone(), nginx.plain.clone()),
+        ("TLS", gw.https.clone(), nginx.https.clone()),
     ] {
         let ng = load(
             &ng_url,
@@ -450,40 +376,57 @@ fn intake(o: &Options) -> Result {
         println!("{transport}: gateway/nginx throughput ratio {ratio:.2}");
     }
 
+    drop(nginx);
+    drop(gw);
+
+    // Memory: the same number of concurrent uploads at two sizes, each on a
+    // freshly started gateway and nginx so each peak is this run's own. If
+    // uploads stream, the peak does not grow with the upload size.
     println!(
-        "\n## memory: {} concurrent uploads of {} bytes",
-        o.memory_uploads, o.memory_size
+        "\n## memory: {} concurrent uploads, peak resident memory",
+        o.memory_uploads
     );
-    let idle = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
-    let g = load(
-        &format!("{}/api/v1/jobs", gw.https),
-        &gw.cert,
-        &gw_args,
-        o.memory_uploads,
-        o.memory_uploads,
-        o.memory_size,
-    )?;
-    let peak = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
-    println!(
-        "gateway: peak RSS {peak:.1} MiB (before the load {idle:.1} MiB); {}",
-        describe(&g)
-    );
-    let workers = children(nginx.child.id());
-    let ng = load(
-        &nginx.https,
-        &gw.cert,
-        &ng_args,
-        o.memory_uploads,
-        o.memory_uploads,
-        o.memory_size,
-    )?;
-    let ng_peak: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
-    println!(
-        "nginx:   peak RSS {ng_peak:.1} MiB summed over {} workers; {}",
-        workers.len(),
-        describe(&ng)
-    );
-    let total_mb = f64::from(o.memory_uploads) * o.memory_size as f64 / 1e6;
-    println!("(data streamed per run: {total_mb:.0} MB)");
+    for size in [o.memory_size / 10, o.memory_size] {
+        let run_dir = dir.join(format!("memory-{size}"));
+        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        let gw = start_gateway(&tools, &run_dir)?;
+        let nginx = start_nginx(&run_dir.join("nginx"), &gw.cert, &gw.key)?;
+        let gw_args = vec![
+            "--multipart-gateway".to_owned(),
+            format!("{},{},bench", gw.token, gw.session),
+        ];
+        let idle = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
+        let g = load(
+            &gw.https,
+            &gw.cert,
+            &gw_args,
+            o.memory_uploads,
+            o.memory_uploads,
+            size,
+        )?;
+        let peak = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
+        let workers = children(nginx.child.id());
+        let ng_idle: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
+        let ng = load(
+            &nginx.https,
+            &gw.cert,
+            &ng_args,
+            o.memory_uploads,
+            o.memory_uploads,
+            size,
+        )?;
+        let ng_peak: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
+        let total_mb = f64::from(o.memory_uploads) * size as f64 / 1e6;
+        println!("{size} bytes each ({total_mb:.0} MB in all), TLS:");
+        println!(
+            "  gateway: peak RSS {peak:.1} MiB (idle {idle:.1} MiB); {}",
+            describe(&g)
+        );
+        println!(
+            "  nginx:   peak RSS {ng_peak:.1} MiB summed over {} workers (idle {ng_idle:.1} MiB); {}",
+            workers.len(),
+            describe(&ng)
+        );
+    }
     Ok(())
 }

@@ -6,9 +6,10 @@
 //! OCR into searchable PDFs. Everything lives under `target/demo/`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use crate::site::{Tools, listener, output};
 use crate::{Result, exec, root, setup};
 
 struct Options {
@@ -47,33 +48,6 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-fn bin(name: &str) -> PathBuf {
-    root().join("target/debug").join(name)
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{shown} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn gateway(dir: &Path, instance: &str) -> Command {
-    let mut c = Command::new(bin("gateway"));
-    c.arg("--config")
-        .arg(dir.join("gateway.toml"))
-        .arg("--instance")
-        .arg(instance);
-    c
-}
-
 /// Stops gateways a previous demo left running.
 fn stop_leftovers(dir: &Path) {
     for instance in ["gw-primary", "gw-secondary"] {
@@ -91,32 +65,6 @@ fn stop_leftovers(dir: &Path) {
     }
 }
 
-fn wait_for_run_file(dir: &Path, instance: &str, child: &mut Child) -> Result<serde_json::Value> {
-    let path = dir
-        .join("data")
-        .join(instance)
-        .join(format!("{instance}.run.json"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "{instance} exited ({status}); see {}",
-                dir.join(format!("{instance}.log")).display()
-            ));
-        }
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Ok(v) = serde_json::from_str(&text)
-        {
-            return Ok(v);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!(
-        "{instance} did not start within 30 s; see its log in {}",
-        dir.display()
-    ))
-}
-
 pub fn run(args: &[String]) -> Result {
     let opts = parse(args)?;
     setup::apt(setup::DEMO_PACKAGES)?;
@@ -130,6 +78,7 @@ pub fn run(args: &[String]) -> Result {
         "-p",
         "licensing",
     ]))?;
+    let tools = Tools::new("debug");
 
     let dir = root().join("target/demo");
     stop_leftovers(&dir);
@@ -137,48 +86,13 @@ pub fn run(args: &[String]) -> Result {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
 
     // A vendor key of our own, and one license per server.
-    output(
-        Command::new(bin("license-tool"))
-            .arg("keygen")
-            .arg("--out")
-            .arg(dir.join("vendor")),
-    )?;
-    let vendor_pub =
-        std::fs::read_to_string(dir.join("vendor/vendor.pub")).map_err(|e| e.to_string())?;
-    let issue = |role: &str, serial: &str| {
-        output(
-            Command::new(bin("license-tool"))
-                .arg("issue")
-                .arg("--vendor-key")
-                .arg(dir.join("vendor/vendor.key"))
-                .args([
-                    "--role",
-                    role,
-                    "--serial",
-                    serial,
-                    "--seats",
-                    &opts.devices.to_string(),
-                ]),
-        )
-    };
-    let key_primary = issue("03", "1001")?;
-    let key_secondary = issue("04", "1002")?;
-
-    // The demo user's password is hashed with fewer iterations than the
-    // production default so that many simulated logins stay quick.
-    let mut hasher = Command::new(bin("gateway"))
-        .args(["user", "hash-password", "--iterations", "10000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::io::Write::write_all(&mut hasher.stdin.take().expect("piped"), b"demo")
-        .map_err(|e| e.to_string())?;
-    let hash_out = hasher.wait_with_output().map_err(|e| e.to_string())?;
-    let hash = String::from_utf8_lossy(&hash_out.stdout).trim().to_owned();
-
+    let vendor = tools.vendor(&dir)?;
+    let key_primary = tools.issue(&vendor, "03", 1001, opts.devices)?;
+    let key_secondary = tools.issue(&vendor, "04", 1002, opts.devices)?;
+    let hash = tools.hash_password("demo")?;
+    let config = dir.join("gateway.toml");
     std::fs::write(
-        dir.join("gateway.toml"),
+        &config,
         format!(
             r#"# Demo configuration: one file for both servers of the pair.
 [licensing]
@@ -208,17 +122,29 @@ listen = "127.0.0.1:0"
 [instances.gw-primary]
 [instances.gw-secondary]
 "#,
-            pub_key = vendor_pub.trim(),
+            pub_key = vendor.public_key,
         ),
     )
     .map_err(|e| e.to_string())?;
 
-    output(gateway(&dir, "gw-primary").args(["license", "activate", &key_primary]))?;
-    output(gateway(&dir, "gw-secondary").args(["license", "activate", &key_secondary]))?;
+    output(
+        tools
+            .gateway(&config, "gw-primary")
+            .args(["license", "activate", &key_primary]),
+    )?;
+    output(
+        tools
+            .gateway(&config, "gw-secondary")
+            .args(["license", "activate", &key_secondary]),
+    )?;
     let mut devices = Vec::new();
     for i in 1..=opts.devices {
         let name = format!("mfd-{i:02}");
-        let added = output(gateway(&dir, "gw-primary").args(["device", "add", &name]))?;
+        let added = output(
+            tools
+                .gateway(&config, "gw-primary")
+                .args(["device", "add", &name]),
+        )?;
         let v: serde_json::Value = serde_json::from_str(&added).map_err(|e| e.to_string())?;
         devices.push(serde_json::json!({"name": name, "token": v["token"]}));
     }
@@ -231,19 +157,10 @@ listen = "127.0.0.1:0"
     let mut children = Vec::new();
     let mut urls = Vec::new();
     for instance in ["gw-primary", "gw-secondary"] {
-        let log = std::fs::File::create(dir.join(format!("{instance}.log")))
-            .map_err(|e| e.to_string())?;
-        let mut child = gateway(&dir, instance)
-            .arg("serve")
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {instance}: {e}"))?;
-        let info = wait_for_run_file(&dir, instance, &mut child)?;
-        let addr = info["listeners"][0]["addr"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let log = dir.join(format!("{instance}.log"));
+        let (child, info) =
+            tools.serve(&config, instance, &dir.join("data").join(instance), &log)?;
+        let addr = listener(&info, "https");
         println!("{instance} listening on https://{addr} (log: target/demo/{instance}.log)");
         urls.push((
             format!("https://{addr}"),
@@ -259,7 +176,7 @@ listen = "127.0.0.1:0"
         opts.pages
     );
     let sim = exec(
-        Command::new(bin("mfd-sim"))
+        Command::new(tools.bin("mfd-sim"))
             .arg("run")
             .args(["--server", &urls[0].0, "--ca", &urls[0].1])
             .arg("--devices-file")
@@ -283,11 +200,7 @@ listen = "127.0.0.1:0"
 
     println!();
     for instance in ["gw-primary", "gw-secondary"] {
-        let _ = Command::new(bin("gateway"))
-            .arg("--config")
-            .arg(dir.join("gateway.toml"))
-            .args(["--instance", instance, "status"])
-            .status();
+        let _ = tools.gateway(&config, instance).arg("status").status();
         println!();
     }
     let delivered = dir.join("data/gw-primary/delivered");

@@ -8,6 +8,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod site;
 
 use std::process::{Command, ExitCode};
 

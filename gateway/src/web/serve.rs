@@ -27,6 +27,9 @@ use crate::settings::{ListenerKind, ListenerSettings};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper grows a connection's read buffer while a large body streams in;
+/// capping it keeps many concurrent uploads within bounded memory.
+const MAX_READ_BUFFER: usize = 128 * 1024;
 /// How long a stop waits for open requests (uploads) to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -220,6 +223,7 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%client, error = %e, "connection ended with an error");
