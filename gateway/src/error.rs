@@ -87,6 +87,9 @@ pub enum ApiError {
     /// One page is over the size limit.
     #[error("page {page} is larger than the per-page limit of {}; scan it at a lower resolution", ByteSize(*limit))]
     PageTooLarge { page: u32, limit: u64 },
+    /// A JSON request body is over the limit.
+    #[error("the request body is larger than the limit of {}", ByteSize(*limit))]
+    RequestTooLarge { limit: u64 },
     /// The manifest part is too large.
     #[error("the manifest is larger than the limit of {}", ByteSize(*limit))]
     ManifestTooLarge { limit: u64 },
@@ -143,9 +146,10 @@ impl ApiError {
             JobIdConflict(_) | UploadInProgress(_) | ReadOnlySecondary(_) | DeviceNameTaken(_) => {
                 StatusCode::CONFLICT
             }
-            JobTooLarge { .. } | PageTooLarge { .. } | ManifestTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            JobTooLarge { .. }
+            | PageTooLarge { .. }
+            | ManifestTooLarge { .. }
+            | RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedPageFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             InvalidManifest(_)
             | UnknownWorkflow { .. }
@@ -183,6 +187,7 @@ impl ApiError {
             JobTooLarge { .. } => "job_too_large",
             PageTooLarge { .. } => "page_too_large",
             ManifestTooLarge { .. } => "manifest_too_large",
+            RequestTooLarge { .. } => "request_too_large",
             UnsupportedPageFormat { .. } => "unsupported_page_format",
             InvalidManifest(_) => "invalid_manifest",
             UnknownWorkflow { .. } => "unknown_workflow",
@@ -240,6 +245,11 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::RequestTooLarge {
+                limit: crate::web::JSON_BODY_LIMIT as u64,
+            };
+        }
         ApiError::BadRequest(format!("the JSON body is not valid: {}", r.body_text()))
     }
 }

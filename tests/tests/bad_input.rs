@@ -256,6 +256,17 @@ fn every_bad_input_has_its_status_code_and_message() {
             code: "bad_request",
         },
         Case {
+            name: "login body larger than 64 KiB",
+            response: dev.call(
+                "POST",
+                "/api/v1/sessions",
+                &[("Content-Type", "application/json")],
+                &vec![b' '; 100_000],
+            ),
+            status: 413,
+            code: "request_too_large",
+        },
+        Case {
             name: "device beyond the license seats",
             response: Device::new(&gw.plain(), &over_seat).submit(
                 &session,

@@ -23,7 +23,7 @@ use crate::instance::Gateway;
 use serve::ClientAddr;
 
 /// JSON bodies other than uploads are small.
-const JSON_BODY_LIMIT: usize = 64 * 1024;
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 /// The router. Tests call it directly; `serve` puts it behind the listeners.
 pub fn app(gw: Arc<Gateway>) -> Router {
