@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::security::PasswordHash;
 
@@ -145,210 +145,9 @@ struct RawInstance {
 /// A number as written in the file, or as text from the environment.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum TomlScalar {
+pub(crate) enum TomlScalar {
     Int(i64),
     Text(String),
-}
-
-/// A size in bytes, written as a number or as text with a unit (`20MiB`, `1 GB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ByteSize(pub u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match TomlScalar::deserialize(d)? {
-            TomlScalar::Int(n) if n > 0 => Ok(ByteSize(n as u64)),
-            TomlScalar::Int(n) => Err(serde::de::Error::custom(format!(
-                "size must be positive, found {n}"
-            ))),
-            TomlScalar::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl ByteSize {
-    /// Parses `123`, `20MiB`, `20 MB`, `1.5GiB`, `512k`.
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let num: f64 = num
-            .parse()
-            .map_err(|_| format!("`{text}` is not a size; write e.g. 20MiB or 1048576"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown size unit `{other}` in `{text}`; use B, KB, KiB, MB, MiB, GB or GiB"
-                ));
-            }
-        };
-        let bytes = (num * mult as f64).round();
-        if !(1.0..=(u64::MAX as f64)).contains(&bytes) {
-            return Err(format!("size `{text}` is out of range"));
-        }
-        Ok(ByteSize(bytes as u64))
-    }
-}
-
-impl std::fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let b = self.0;
-        if b >= 1 << 30 && b % (1 << 30) == 0 {
-            write!(f, "{} GiB", b >> 30)
-        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
-            write!(f, "{} MiB", b >> 20)
-        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
-            write!(f, "{} KiB", b >> 10)
-        } else {
-            write!(f, "{b} bytes")
-        }
-    }
-}
-
-// ----- typed settings --------------------------------------------------------------
-
-/// Everything an instance needs, validated.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub instance: InstanceSettings,
-    /// Extra vendor public keys (base64) trusted beside the built-in one.
-    pub trusted_vendor_keys: Vec<String>,
-    pub site: SiteConfig,
-    /// Where the settings came from, for status output.
-    pub source: String,
-}
-
-/// A valid instance name: it appears in paths, log lines and unit names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct InstanceName(String);
-
-impl InstanceName {
-    pub fn parse(name: &str) -> Result<InstanceName, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 32
-            && name.as_bytes()[0].is_ascii_alphanumeric()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(InstanceName(name.to_owned()))
-        } else {
-            Err(format!(
-                "`{name}` is not a valid instance name: use 1-32 lower-case letters, digits and dashes, starting with a letter or digit"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for InstanceName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What kind of connections a listener takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ListenerKind {
-    /// HTTPS.
-    Https,
-    /// Plain HTTP; only allowed on loopback addresses.
-    Plain,
-    /// HTTPS behind an L4 load balancer that prefixes each connection with a
-    /// PROXY protocol (v1 or v2) header carrying the client's address.
-    ProxyHttps,
-}
-
-/// One address to listen on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ListenerSettings {
-    pub addr: SocketAddr,
-    pub kind: ListenerKind,
-}
-
-/// Where the TLS certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsSource {
-    /// PEM files given by the admin.
-    Files { cert: PathBuf, key: PathBuf },
-    /// Generated on first start in the data directory.
-    SelfSigned,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
-/// Local settings of one instance.
-#[derive(Debug, Clone)]
-pub struct InstanceSettings {
-    pub name: InstanceName,
-    pub data_dir: PathBuf,
-    pub listeners: Vec<ListenerSettings>,
-    pub tls: TlsSource,
-    pub workers: usize,
-    pub time_zone: chrono_tz::Tz,
-    pub log_format: LogFormat,
-    pub log_level: String,
-    pub tesseract: PathBuf,
-    pub ocr_parallelism: usize,
-    pub max_attempts: u32,
-    pub step_timeout: Duration,
-    pub maintenance_retry_after_secs: u32,
-    pub login_failures_per_minute: u32,
-}
-
-/// Size and count limits on uploads (shared configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    pub max_job_bytes: u64,
-    pub max_pages: u32,
-    pub max_page_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_job_bytes: 512 << 20,
-            max_pages: 500,
-            max_page_bytes: 64 << 20,
-        }
-    }
-}
-
-/// A user who may log in at a panel.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct UserEntry {
-    pub password_hash: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-}
-
-/// The configuration the pair shares, as read from the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SiteConfig {
-    pub limits: Limits,
-    pub session_ttl_secs: u64,
-    pub users: BTreeMap<String, UserEntry>,
-    /// Workflow definitions as written; the plugin registry validates them
-    /// at start-up (it knows which plugins and settings exist).
-    pub workflows: BTreeMap<String, serde_json::Value>,
 }
 
 // ----- loading --------------------------------------------------------------------
@@ -822,3 +621,6 @@ pub fn system_time_zone() -> chrono_tz::Tz {
 
 #[cfg(test)]
 mod tests;
+mod types;
+
+pub use types::*;

@@ -270,6 +270,7 @@ http {{
 }
 
 fn load(
+    tools: &Tools,
     url: &str,
     cert: &Path,
     extra: &[String],
@@ -281,7 +282,7 @@ fn load(
     // unflushed writes slow down the next server's fsyncs.
     exec(&mut Command::new("sync"))?;
     let text = output(
-        Command::new(Tools::new("release").bin("mfd-sim"))
+        Command::new(tools.bin("mfd-sim"))
             .arg("load")
             .args(["--url", url])
             .arg("--ca")
@@ -317,21 +318,10 @@ fn describe(v: &Value) -> String {
 fn intake(o: &Options) -> Result {
     setup::apt(setup::BENCH_PACKAGES)?;
     setup::apt(&["curl"])?;
-    exec(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--bins",
-        "-p",
-        "gateway",
-        "-p",
-        "mfd-sim",
-        "-p",
-        "licensing",
-    ]))?;
+    let tools = Tools::build("release")?;
     let dir = root().join("target/bench-intake");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let tools = Tools::new("release");
     let gw = start_gateway(&tools, &dir)?;
     let nginx = start_nginx(&dir.join("nginx"), &gw.cert, &gw.key)?;
     let gw_args = vec![
@@ -354,6 +344,7 @@ fn intake(o: &Options) -> Result {
         ("TLS", gw.https.clone(), nginx.https.clone()),
     ] {
         let ng = load(
+            &tools,
             &ng_url,
             &gw.cert,
             &ng_args,
@@ -362,6 +353,7 @@ fn intake(o: &Options) -> Result {
             o.size,
         )?;
         let g = load(
+            &tools,
             &gw_url,
             &gw.cert,
             &gw_args,
@@ -397,6 +389,7 @@ fn intake(o: &Options) -> Result {
         ];
         let idle = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
         let g = load(
+            &tools,
             &gw.https,
             &gw.cert,
             &gw_args,
@@ -408,6 +401,7 @@ fn intake(o: &Options) -> Result {
         let workers = children(nginx.child.id());
         let ng_idle: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
         let ng = load(
+            &tools,
             &nginx.https,
             &gw.cert,
             &ng_args,

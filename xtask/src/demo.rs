@@ -68,17 +68,7 @@ fn stop_leftovers(dir: &Path) {
 pub fn run(args: &[String]) -> Result {
     let opts = parse(args)?;
     setup::apt(setup::DEMO_PACKAGES)?;
-    exec(Command::new("cargo").args([
-        "build",
-        "--bins",
-        "-p",
-        "gateway",
-        "-p",
-        "mfd-sim",
-        "-p",
-        "licensing",
-    ]))?;
-    let tools = Tools::new("debug");
+    let tools = Tools::build("debug")?;
 
     let dir = root().join("target/demo");
     stop_leftovers(&dir);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Result, root};
+use crate::{Result, exec, root};
 
 /// The binaries of one build profile.
 pub struct Tools {
@@ -23,11 +23,27 @@ pub struct Vendor {
 }
 
 impl Tools {
-    /// `profile` is `debug` or `release`.
-    pub fn new(profile: &str) -> Tools {
-        Tools {
-            dir: root().join("target").join(profile),
+    /// Builds the gateway, simulator and license tool in `profile` (`debug`
+    /// or `release`) and returns where they are.
+    pub fn build(profile: &str) -> Result<Tools> {
+        let mut cargo = Command::new("cargo");
+        cargo.args([
+            "build",
+            "--bins",
+            "-p",
+            "gateway",
+            "-p",
+            "mfd-sim",
+            "-p",
+            "licensing",
+        ]);
+        if profile == "release" {
+            cargo.arg("--release");
         }
+        exec(&mut cargo)?;
+        Ok(Tools {
+            dir: root().join("target").join(profile),
+        })
     }
 
     pub fn bin(&self, name: &str) -> PathBuf {
