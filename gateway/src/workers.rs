@@ -62,7 +62,6 @@ pub async fn run_pool(gw: Arc<Gateway>) {
             workers = gw.settings.instance.workers,
             "pipeline workers started"
         );
-        let generation = state.generation;
         tokio::select! {
             _ = data.wait_for(|s| !s.up || s.generation != generation) => {}
             Some(ended) = set.join_next() => {
