@@ -135,7 +135,8 @@ impl DataService {
             .ok_or_else(|| DataError::Down(self.down_cause()))
     }
 
-    fn down_cause(&self) -> String {
+    /// Why the service is down, in words for an error message.
+    pub fn down_cause(&self) -> String {
         let s = self.state();
         match (s.reason, s.detail) {
             (_, Some(detail)) => detail,

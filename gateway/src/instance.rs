@@ -182,16 +182,9 @@ impl Gateway {
                 retry_after: self.settings.instance.maintenance_retry_after_secs,
             });
         }
-        let data = self.data.state();
-        if !data.up {
+        if !self.data.state().up {
             return Some(ApiError::DataServiceDown {
-                cause: data.detail.unwrap_or_else(|| {
-                    match data.reason {
-                        Some(crate::data::DownReason::Stopped) => "stopped by an admin",
-                        _ => "starting",
-                    }
-                    .into()
-                }),
+                cause: self.data.down_cause(),
             });
         }
         if self.config.current().is_none() {

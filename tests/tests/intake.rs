@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use e2e::http::{BOUNDARY, Device, job_body, png};
+use e2e::support::files_under;
 use e2e::{Site, eventually};
 use serde_json::json;
 use uuid::Uuid;
@@ -82,7 +83,7 @@ fn resubmitted_job_id_is_accepted_once_and_delivered_once() {
     }
     let list = dev.call("GET", "/api/v1/jobs", &[], b"").json();
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
-    let files: Vec<_> = walk(&site.data_dir("gw-a").join("delivered"));
+    let files: Vec<_> = files_under(&site.data_dir("gw-a").join("delivered"));
     assert_eq!(files.len(), 1, "{files:?}");
 
     // The same id with another manifest is a different job: refused.
@@ -136,7 +137,10 @@ fn concurrent_uploads_of_one_job_id_store_it_once() {
         "{statuses:?}"
     );
     dev.wait_for_state(job, "done", Duration::from_secs(30));
-    assert_eq!(walk(&site.data_dir("gw-a").join("delivered")).len(), 1);
+    assert_eq!(
+        files_under(&site.data_dir("gw-a").join("delivered")).len(),
+        1
+    );
 }
 
 #[test]
@@ -185,16 +189,4 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
             .len(),
         4_000_000
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }

@@ -165,7 +165,7 @@ pub async fn status_value(gw: &Gateway) -> Value {
         let q = gw.data.run(|s| s.queue_depth()).await.ok();
         let f = gw
             .data
-            .run(|s| Ok(s.jobs_in_state(JobState::Failed, 10_000)?.len()))
+            .run(|s| s.count_in_state(JobState::Failed))
             .await
             .ok();
         (q, f)
@@ -364,16 +364,11 @@ struct JobsQuery {
 }
 
 async fn jobs(State(gw): State<Arc<Gateway>>, Query(q): Query<JobsQuery>) -> AdminReply {
-    let state = match q.state.as_deref().unwrap_or("failed") {
-        "received" => JobState::Received,
-        "processing" => JobState::Processing,
-        "done" => JobState::Done,
-        "failed" => JobState::Failed,
-        other => {
-            return reply(Err(AdminError::Invalid(format!(
-                "unknown job state `{other}`"
-            ))));
-        }
+    let name = q.state.as_deref().unwrap_or("failed");
+    let Some(state) = JobState::from_name(name) else {
+        return reply(Err(AdminError::Invalid(format!(
+            "unknown job state `{name}`"
+        ))));
     };
     reply(on_store(&gw, move |s| Ok(to_json(s.jobs_in_state(state, 1000)?))).await)
 }

@@ -466,14 +466,8 @@ async fn job(settings: &Settings, action: JobAction) -> anyhow::Result<i32> {
             .await
             .map_err(call_error)?,
         (JobAction::List { state }, None) => {
-            let state = match state.as_str() {
-                "received" => JobState::Received,
-                "processing" => JobState::Processing,
-                "done" => JobState::Done,
-                "failed" => JobState::Failed,
-                other => {
-                    bail!("unknown job state `{other}`; use received, processing, done or failed")
-                }
+            let Some(state) = JobState::from_name(&state) else {
+                bail!("unknown job state `{state}`; use received, processing, done or failed");
             };
             serde_json::to_value(offline(settings)?.store.jobs_in_state(state, 1000)?)?
         }

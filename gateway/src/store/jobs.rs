@@ -33,14 +33,22 @@ impl JobState {
         }
     }
 
+    /// The state a name stands for (`received`, `processing`, `done`,
+    /// `failed`), as stored and as admins type it.
+    pub fn from_name(name: &str) -> Option<JobState> {
+        [
+            JobState::Received,
+            JobState::Processing,
+            JobState::Done,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
     fn parse(s: &str) -> Result<JobState, StoreError> {
-        Ok(match s {
-            "received" => JobState::Received,
-            "processing" => JobState::Processing,
-            "done" => JobState::Done,
-            "failed" => JobState::Failed,
-            other => return Err(StoreError::Corrupt(format!("unknown job state `{other}`"))),
-        })
+        JobState::from_name(s)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown job state `{s}`")))
     }
 }
 
@@ -262,6 +270,15 @@ impl Store {
         )? as u64)
     }
 
+    /// Number of jobs in `state`.
+    pub fn count_in_state(&self, state: JobState) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE state = ?1",
+            [state.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Takes the oldest received job for a worker.
     pub fn claim_next_job(&self) -> Result<Option<Uuid>, StoreError> {
         let conn = self.conn();
@@ -461,6 +478,17 @@ mod tests {
         assert_eq!(job.page_count, 1);
         assert_eq!(store.job_pages(id).unwrap().len(), 1);
         assert_eq!(store.queue_depth().unwrap(), 1);
+        assert_eq!(store.count_in_state(JobState::Received).unwrap(), 1);
+        assert_eq!(store.count_in_state(JobState::Failed).unwrap(), 0);
+        for state in [
+            JobState::Received,
+            JobState::Processing,
+            JobState::Done,
+            JobState::Failed,
+        ] {
+            assert_eq!(JobState::from_name(state.as_str()), Some(state));
+        }
+        assert_eq!(JobState::from_name("Done"), None);
     }
 
     #[test]
