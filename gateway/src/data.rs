@@ -25,9 +25,26 @@ use crate::paths::InstancePaths;
 use crate::spool::JobSpool;
 use crate::store::{Store, StoreError};
 
-/// How often a running data service proves it can still write.
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How the supervisor paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SupervisorTiming {
+    /// How often a running data service proves it can still write.
+    pub probe_interval: Duration,
+    /// The first wait before restarting after a failure; doubled after
+    /// each failed restart up to `max_backoff`.
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for SupervisorTiming {
+    fn default() -> Self {
+        SupervisorTiming {
+            probe_interval: Duration::from_secs(2),
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Why the data service is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,15 +90,6 @@ pub enum DataError {
     Store(StoreError),
 }
 
-impl From<DataError> for crate::error::ApiError {
-    fn from(e: DataError) -> Self {
-        match e {
-            DataError::Down(cause) => crate::error::ApiError::DataServiceDown { cause },
-            DataError::Store(e) => crate::error::ApiError::Internal(e.into()),
-        }
-    }
-}
-
 struct Inner {
     paths: InstancePaths,
     state: watch::Sender<DataState>,
@@ -90,6 +98,7 @@ struct Inner {
     lifecycle: Mutex<()>,
     /// Whether the admin wants it running (false after `service stop data`).
     wanted: AtomicBool,
+    timing: SupervisorTiming,
 }
 
 /// Handle to the data service; cheap to clone.
@@ -99,7 +108,7 @@ pub struct DataService {
 }
 
 impl DataService {
-    pub fn new(paths: InstancePaths) -> DataService {
+    pub fn new(paths: InstancePaths, timing: SupervisorTiming) -> DataService {
         DataService {
             inner: Arc::new(Inner {
                 paths,
@@ -113,6 +122,7 @@ impl DataService {
                 parts: RwLock::new(None),
                 lifecycle: Mutex::new(()),
                 wanted: AtomicBool::new(true),
+                timing,
             }),
         }
     }
@@ -261,10 +271,15 @@ impl DataService {
     /// up, and restarts with backoff after a failure or crash (never after an
     /// admin stop).
     pub async fn supervise(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_secs(1);
+        let timing = self.inner.timing;
+        let mut backoff = timing.first_backoff;
         loop {
             let state = self.state();
-            let wait = if state.up { PROBE_INTERVAL } else { backoff };
+            let wait = if state.up {
+                timing.probe_interval
+            } else {
+                backoff
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
@@ -274,7 +289,7 @@ impl DataService {
             }
             let state = self.state();
             if state.up {
-                backoff = Duration::from_secs(1);
+                backoff = timing.first_backoff;
                 if let Ok(parts) = self.parts() {
                     let probe = tokio::task::spawn_blocking(move || -> Result<(), String> {
                         parts
@@ -299,14 +314,14 @@ impl DataService {
                 )
             {
                 match self.start().await {
-                    Ok(()) => backoff = Duration::from_secs(1),
+                    Ok(()) => backoff = timing.first_backoff,
                     Err(cause) => {
                         tracing::warn!(
                             cause,
                             retry_in_secs = backoff.as_secs(),
                             "data service still down"
                         );
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        backoff = (backoff * 2).min(timing.max_backoff);
                     }
                 }
             }
@@ -383,7 +398,7 @@ mod tests {
     fn service() -> (tempfile::TempDir, DataService) {
         let dir = tempfile::tempdir().unwrap();
         let paths = InstancePaths::new(dir.path(), "gw-t");
-        (dir, DataService::new(paths))
+        (dir, DataService::new(paths, SupervisorTiming::default()))
     }
 
     #[tokio::test]
@@ -442,14 +457,25 @@ mod tests {
         sup.await.unwrap();
     }
 
-    #[tokio::test]
+    /// Time is paused: the supervisor runs through many of its rounds
+    /// (probe interval and every backoff step) without the test waiting.
+    #[tokio::test(start_paused = true)]
     async fn admin_stop_is_not_undone_by_the_supervisor() {
         let (_dir, data) = service();
         data.start().await.unwrap();
         data.stop().await;
         let (tx, rx) = watch::channel(false);
         let sup = tokio::spawn(data.clone().supervise(rx));
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut states = data.subscribe();
+        let came_up = tokio::time::timeout(
+            SupervisorTiming::default().max_backoff * 4,
+            states.wait_for(|s| s.up),
+        )
+        .await;
+        assert!(
+            came_up.is_err(),
+            "the supervisor restarted a stopped service"
+        );
         assert!(!data.state().up);
         tx.send(true).unwrap();
         sup.await.unwrap();

@@ -2,37 +2,54 @@
 //! the web and data services, health, maintenance, and the admin channel.
 //! `main.rs` only parses the command line and calls into here.
 //!
-//! Module map:
-//! - [`settings`]: the configuration file and environment, validated once;
-//! - [`instance`]: the running instance, its start-up and shutdown;
-//! - [`role`]: license activation, role (primary/secondary) and epoch;
-//! - [`site`]: the shared configuration in use (workflows, users, limits);
-//! - [`data`]: the data service lifecycle (store + spool + probes);
-//! - [`store`]: SQLite, migrations, and all SQL;
-//! - [`spool`]: durable page files;
-//! - [`web`]: the router, device API, job intake, health, listeners;
-//! - [`workers`]: the pipeline worker pool;
-//! - [`admin`]: admin operations and the local admin channel;
-//! - [`security`], [`tls`], [`proxy_protocol`], [`metrics`], [`error`]:
-//!   the supporting pieces their names say.
+//! The modules form layers; no module imports one of a higher layer, and
+//! modules of one layer do not import each other in a loop
+//! (`tests/tests/architecture.rs` checks both, from this list):
+//!
+//! 1. **values** — plain values and their rules, no state of the server:
+//!    [`names`], [`manifest`], [`role`], [`clock`], [`security`],
+//!    [`settings`], [`paths`], [`proxy_protocol`], [`logging`];
+//! 2. **storage** — [`store`] (all SQL) and [`spool`] (page files);
+//! 3. **core** — the server's state and policy: [`license`], [`data`],
+//!    [`site`], [`metrics`], [`admission`], and [`core`] (the `Core` value
+//!    every adapter is given);
+//! 4. **adapters** — each talks to one outside party through the core:
+//!    [`web`] (devices over HTTPS), [`workers`] (the plugin pipeline),
+//!    [`admin`] (admins over a Unix socket), [`tls`], [`rate`], [`systemd`];
+//! 5. **root** — [`instance`] wires them together; [`cli`] is the command
+//!    line.
 
-pub mod admin;
-pub mod cli;
-pub mod data;
-pub mod error;
-pub mod instance;
+// values
+pub mod clock;
 pub mod logging;
-pub mod metrics;
+pub mod manifest;
+pub mod names;
 pub mod paths;
 pub mod proxy_protocol;
-pub mod rate;
 pub mod role;
 pub mod security;
 pub mod settings;
-pub mod site;
+
+// storage
 pub mod spool;
 pub mod store;
+
+// core
+pub mod admission;
+pub mod core;
+pub mod data;
+pub mod license;
+pub mod metrics;
+pub mod site;
+
+// adapters
+pub mod admin;
+pub mod rate;
 pub mod systemd;
 pub mod tls;
 pub mod web;
 pub mod workers;
+
+// root
+pub mod cli;
+pub mod instance;

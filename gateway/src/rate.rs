@@ -63,6 +63,7 @@ async fn run(dir: &Path, jobs: u32, job_bytes: u64) -> anyhow::Result<Rating> {
             manifest_sha256: String::new(),
             bytes: page.bytes,
             accepted_by: "rate".into(),
+            acceptor: pair_core::ServerId::NONE,
             accepted_role: "primary".into(),
             accepted_epoch: 0,
             client_addr: None,

@@ -1,29 +1,31 @@
-//! The server's role in the pair, derived from its license activation, and
-//! the epoch that orders primaries over time.
+//! The server's role in the pair as a value, and the permission to write
+//! configuration that only this module can create.
 //!
-//! Rules enforced here:
+//! Rules decided here (the store and the license module enforce what is
+//! decided; nothing else may decide it):
 //! * an `03` activation makes the server the primary, an `04` the secondary,
-//!   no (valid) activation makes it unlicensed;
-//! * only the primary writes configuration (R5); everyone else gets a
-//!   [`ReadOnly`] error that names the rule and how to promote;
-//! * every activation as primary takes a new epoch, greater than any epoch
-//!   this server has seen, so a promoted server always outranks the primary it
-//!   replaces (R6). The pair link will compare epochs; this module only keeps
-//!   them monotonic.
+//!   no (valid) activation makes it unlicensed; an `03` server that has seen
+//!   a newer epoch than its own is **fenced**: it keeps taking jobs as a
+//!   secondary would, and writes no configuration until it is activated
+//!   again;
+//! * only the primary writes configuration (R5). A [`ConfigWrite`] is the
+//!   proof that a write is allowed; its fields are private and it is built
+//!   only by [`RoleSnapshot::config_write`] (a write as primary),
+//!   [`RoleSnapshot::replicated_write`] (applying the primary's change with
+//!   the version and epoch the primary stamped) and
+//!   [`RoleSnapshot::seed_write`] (the version-0 seed of an empty store), so
+//!   the compiler checks that nothing else writes configuration;
+//! * everyone else gets a typed [`ReadOnly`] refusal that names the rule and
+//!   the way out.
 //!
-//! The activation record and the epoch are local state in the store; the live
-//! server keeps a snapshot in a watch channel so request handlers never touch
-//! the database to learn the role.
+//! The live server keeps a snapshot in a watch channel ([`RoleState`]) so
+//! request handlers never touch the database to learn the role. This module
+//! does no I/O.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use licensing::{Activation, Deactivation, LicenseError, Role, TrustedKeys};
-use serde::Serialize;
+use pair_core::Epoch;
+use serde::{Serialize, Serializer};
 use tokio::sync::watch;
-
-use crate::store::{ConfigWrite, Store, StoreError};
-
-const ACTIVATION_KEY: &str = "license.activation";
-const EPOCH_KEY: &str = "role.epoch";
 
 /// What this server is in the pair right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,8 +34,7 @@ pub enum ServerRole {
     Primary,
     Secondary,
     Unlicensed,
-    /// A primary that learned of a newer epoch and stepped down. Set by the
-    /// pair link; listed here so status and health have one vocabulary.
+    /// A primary that learned of a newer epoch and stepped down.
     Fenced,
 }
 
@@ -58,20 +59,70 @@ pub struct LicenseSummary {
     pub activated_at: DateTime<Utc>,
 }
 
-/// The role, epoch and license at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The role, epochs and license at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleSnapshot {
     pub role: ServerRole,
-    pub epoch: u64,
+    /// The epoch this server works under: its own term while primary (or
+    /// the term it was fenced in), otherwise the newest epoch it has seen.
+    pub epoch: Epoch,
+    /// The newest epoch this server has seen, its own or a peer's.
+    pub seen_epoch: Epoch,
+    /// The newer epoch that fenced this server, while fenced.
+    pub fenced_by: Option<Epoch>,
     pub license: Option<LicenseSummary>,
     /// Why a stored activation does not count (expired, moved install, ...).
     pub license_problem: Option<String>,
 }
 
+/// Status JSON: `epoch` stays the plain number people and older tools
+/// read; `epoch_id` and the other epochs are written in full
+/// (`NUMBER/SERVER-ID`) for tools that compare them.
+impl Serialize for RoleSnapshot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            role: ServerRole,
+            epoch: u64,
+            epoch_id: String,
+            seen_epoch: String,
+            fenced_by: Option<String>,
+            license: &'a Option<LicenseSummary>,
+            license_problem: &'a Option<String>,
+        }
+        View {
+            role: self.role,
+            epoch: self.epoch.number,
+            epoch_id: self.epoch.to_string(),
+            seen_epoch: self.seen_epoch.to_string(),
+            fenced_by: self.fenced_by.map(|e| e.to_string()),
+            license: &self.license,
+            license_problem: &self.license_problem,
+        }
+        .serialize(s)
+    }
+}
+
 impl RoleSnapshot {
-    /// Whether the license lets this server take jobs.
+    /// A server with no license and no history (before the store is read).
+    pub fn unlicensed(problem: Option<String>) -> RoleSnapshot {
+        RoleSnapshot {
+            role: ServerRole::Unlicensed,
+            epoch: Epoch::ZERO,
+            seen_epoch: Epoch::ZERO,
+            fenced_by: None,
+            license: None,
+            license_problem: problem,
+        }
+    }
+
+    /// Whether the license lets this server take jobs. A fenced server
+    /// does: it stepped down from configuration, not from work.
     pub fn licensed(&self) -> bool {
-        matches!(self.role, ServerRole::Primary | ServerRole::Secondary)
+        match self.role {
+            ServerRole::Primary | ServerRole::Secondary | ServerRole::Fenced => true,
+            ServerRole::Unlicensed => false,
+        }
     }
 
     /// Device seats of the license (0 when unlicensed).
@@ -79,182 +130,111 @@ impl RoleSnapshot {
         self.license.as_ref().map_or(0, |l| l.seats)
     }
 
-    /// How a configuration write by this server is stamped, or why it may not
-    /// write at all.
+    /// The permission for a configuration write by this server as primary,
+    /// stamped with its epoch, or why it may not write at all.
     pub fn config_write<'a>(&self, by: &'a str) -> Result<ConfigWrite<'a>, ReadOnly> {
         match self.role {
-            ServerRole::Primary => Ok(ConfigWrite::Primary {
-                epoch: self.epoch,
-                by,
+            ServerRole::Primary => Ok(ConfigWrite {
+                kind: WriteKind::Primary {
+                    epoch: self.epoch,
+                    by,
+                },
             }),
-            role => Err(ReadOnly { role }),
+            ServerRole::Secondary => Err(ReadOnly::Secondary),
+            ServerRole::Fenced => Err(ReadOnly::Fenced {
+                by: self.fenced_by.unwrap_or(self.seen_epoch),
+            }),
+            ServerRole::Unlicensed => Err(ReadOnly::Unlicensed),
+        }
+    }
+
+    /// The permission to apply a change the primary of `epoch` made as
+    /// `version`, kept as the primary stamped it. Only a server that is not
+    /// itself the primary applies other servers' changes; the store still
+    /// refuses the change when `epoch` is older than the one it holds.
+    pub fn replicated_write(&self, epoch: Epoch, version: u64) -> Option<ConfigWrite<'static>> {
+        (self.role != ServerRole::Primary).then_some(ConfigWrite {
+            kind: WriteKind::Replicated { epoch, version },
+        })
+    }
+
+    /// How this server seeds its configuration from its file: as a new
+    /// version when it is the primary, otherwise as the version-0 seed that
+    /// anything the primary sends supersedes (the store refuses the seed
+    /// once a real version exists).
+    pub fn seed_write<'a>(&self, by: &'a str) -> ConfigWrite<'a> {
+        self.config_write(by).unwrap_or(ConfigWrite {
+            kind: WriteKind::Bootstrap,
+        })
+    }
+}
+
+/// A configuration write allowed by the role; see the module comment for
+/// who may create one. The store reads it with [`ConfigWrite::kind`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigWrite<'a> {
+    kind: WriteKind<'a>,
+}
+
+/// How a configuration write is stamped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind<'a> {
+    /// A write by the primary of `epoch`: takes the next version.
+    Primary { epoch: Epoch, by: &'a str },
+    /// The primary's change, applied as it was stamped.
+    Replicated { epoch: Epoch, version: u64 },
+    /// The version-0 seed of a store that has no configuration yet.
+    Bootstrap,
+}
+
+impl<'a> ConfigWrite<'a> {
+    pub fn kind(&self) -> WriteKind<'a> {
+        self.kind
+    }
+
+    /// A write as primary of `epoch`, for the store's own unit tests.
+    #[cfg(test)]
+    pub const fn for_tests(epoch: Epoch, by: &'a str) -> ConfigWrite<'a> {
+        ConfigWrite {
+            kind: WriteKind::Primary { epoch, by },
         }
     }
 }
 
 /// A configuration write refused because this server is not the primary.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ReadOnly {
-    pub role: ServerRole,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReadOnly {
+    /// The secondary (`04`) never changes configuration.
+    #[error(
+        "this server is the secondary (license role 04), and the secondary cannot change configuration: \
+         make the change on the primary, or promote this server with \
+         `gateway license promote <03 key>` (or `gateway license deactivate` then `gateway license activate <03 key>`)"
+    )]
+    Secondary,
+    /// A primary that met a newer primary stepped down.
+    #[error(
+        "fenced: a newer primary took over at epoch {} and this server stepped down; configuration changes go to that primary. \
+         Reactivate this server with an 04 key to rejoin as secondary, or with an 03 key to take the primary role back",
+        by.short()
+    )]
+    Fenced { by: Epoch },
+    /// No license at all.
+    #[error(
+        "this server has no license: activate it with `gateway license activate <key>`; \
+         only the primary (license role 03) changes configuration"
+    )]
+    Unlicensed,
 }
 
-impl std::fmt::Display for ReadOnly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.role {
-            ServerRole::Secondary => f.write_str(
-                "this server is the secondary (license role 04), and the secondary cannot change configuration: \
-                 make the change on the primary, or promote this server with \
-                 `gateway license deactivate` then `gateway license activate <03 key>`",
-            ),
-            ServerRole::Fenced => f.write_str(
-                "this server stepped down because a newer primary exists; configuration changes go to that primary",
-            ),
-            _ => f.write_str(
-                "this server has no license: activate it with `gateway license activate <key>`; \
-                 only the primary (license role 03) changes configuration",
-            ),
+impl ReadOnly {
+    /// The stable code of the refusal (`docs/API.md`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReadOnly::Secondary => "read_only_secondary",
+            ReadOnly::Fenced { .. } => "fenced",
+            ReadOnly::Unlicensed => "not_licensed",
         }
     }
-}
-
-/// Why an activation or deactivation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RoleError {
-    #[error(transparent)]
-    License(#[from] LicenseError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("this server has no license to deactivate")]
-    NotActivated,
-    #[error("the stored activation cannot be read ({0}); deactivate and activate again")]
-    CorruptActivation(String),
-}
-
-/// Where this server's identity for licensing comes from: its instance name
-/// and an install id that changes when the data directory moves to another
-/// machine or path, so a copied activation does not follow.
-#[derive(Debug, Clone)]
-pub struct LicenseContext {
-    pub trusted: TrustedKeys,
-    pub instance: String,
-    pub install_id: String,
-}
-
-fn stored_activation(store: &Store) -> Result<Option<Activation>, RoleError> {
-    match store.local_get(ACTIVATION_KEY)? {
-        None => Ok(None),
-        Some(json) => serde_json::from_str(&json)
-            .map(Some)
-            .map_err(|e| RoleError::CorruptActivation(e.to_string())),
-    }
-}
-
-fn stored_epoch(store: &Store) -> Result<u64, StoreError> {
-    Ok(store
-        .local_get(EPOCH_KEY)?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
-}
-
-/// Reads the role from the store, checking the activation against the
-/// trusted keys, this install and `today`.
-pub fn read_role(
-    store: &Store,
-    ctx: &LicenseContext,
-    today: NaiveDate,
-) -> Result<RoleSnapshot, StoreError> {
-    let epoch = stored_epoch(store)?;
-    let activation = match stored_activation(store) {
-        Ok(a) => a,
-        Err(e) => {
-            return Ok(RoleSnapshot {
-                role: ServerRole::Unlicensed,
-                epoch,
-                license: None,
-                license_problem: Some(e.to_string()),
-            });
-        }
-    };
-    let Some(activation) = activation else {
-        return Ok(RoleSnapshot {
-            role: ServerRole::Unlicensed,
-            epoch,
-            license: None,
-            license_problem: None,
-        });
-    };
-    let summary = LicenseSummary {
-        role_code: activation.role().code(),
-        serial: activation.serial(),
-        seats: activation.seats(),
-        expires: activation.expires(),
-        activated_at: activation.activated_at(),
-    };
-    Ok(
-        match activation.check(&ctx.trusted, &ctx.instance, &ctx.install_id, today) {
-            Ok(key) => RoleSnapshot {
-                role: match key.role() {
-                    Role::Primary => ServerRole::Primary,
-                    Role::Secondary => ServerRole::Secondary,
-                },
-                epoch,
-                license: Some(summary),
-                license_problem: None,
-            },
-            Err(e) => RoleSnapshot {
-                role: ServerRole::Unlicensed,
-                epoch,
-                license: Some(summary),
-                license_problem: Some(e.to_string()),
-            },
-        },
-    )
-}
-
-/// Activates a key on this server. Refuses when a key is already active
-/// (deactivate first: that is the promotion procedure). An `03` key takes a
-/// new epoch above every epoch this server knows, its own and the one on its
-/// configuration.
-pub fn activate_license(
-    store: &Store,
-    ctx: &LicenseContext,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<RoleSnapshot, RoleError> {
-    let current = stored_activation(store).unwrap_or(None);
-    let activation = licensing::activate(
-        key,
-        &ctx.trusted,
-        &ctx.instance,
-        &ctx.install_id,
-        now,
-        current.as_ref(),
-    )?;
-    if activation.role() == Role::Primary {
-        let known = stored_epoch(store)?.max(store.config_meta()?.epoch);
-        store.local_set(EPOCH_KEY, Some(&(known + 1).to_string()))?;
-    }
-    let json = serde_json::to_string(&activation)
-        .map_err(|e| RoleError::CorruptActivation(e.to_string()))?;
-    store.local_set(ACTIVATION_KEY, Some(&json))?;
-    Ok(read_role(store, ctx, now.date_naive())?)
-}
-
-/// Releases this server's license. A stored activation that no longer
-/// verifies (expired, moved) can still be deactivated.
-pub fn deactivate_license(store: &Store, now: DateTime<Utc>) -> Result<Deactivation, RoleError> {
-    let activation = match stored_activation(store) {
-        Ok(Some(a)) => a,
-        Ok(None) => return Err(RoleError::NotActivated),
-        Err(_) => {
-            // An unreadable record is removed so the server can be
-            // activated again; there is nothing to report about it.
-            store.local_set(ACTIVATION_KEY, None)?;
-            return Err(RoleError::NotActivated);
-        }
-    };
-    store.local_set(ACTIVATION_KEY, None)?;
-    Ok(activation.deactivate(now))
 }
 
 /// The live server's view of its role.
@@ -278,7 +258,7 @@ impl RoleState {
         self.tx.subscribe()
     }
 
-    /// Publishes a new snapshot; returns whether the role or epoch changed.
+    /// Publishes a new snapshot; returns whether anything changed.
     pub fn publish(&self, next: RoleSnapshot) -> bool {
         self.tx.send_if_modified(|cur| {
             let changed = *cur != next;
@@ -288,149 +268,87 @@ impl RoleState {
     }
 }
 
-/// The install id of an instance: a digest of the machine id, the data
-/// directory's absolute path and the instance name.
-pub fn install_id(data_dir: &std::path::Path, instance: &str) -> String {
-    let machine = std::fs::read_to_string("/etc/machine-id")
-        .or_else(|_| std::fs::read_to_string("/var/lib/dbus/machine-id"))
-        .unwrap_or_default();
-    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    let text = format!("{}\n{}\n{}", machine.trim(), dir.display(), instance);
-    crate::store::hex(&ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref()[..16])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use licensing::{KeySpec, VendorKeyPair};
+    use pair_core::ServerId;
 
-    fn setup() -> (Store, LicenseContext, VendorKeyPair) {
-        let (vendor, _) = VendorKeyPair::generate().unwrap();
-        let ctx = LicenseContext {
-            trusted: TrustedKeys::builtin().with(vendor.public_key()),
-            instance: "gw-b".into(),
-            install_id: "install-1".into(),
-        };
-        (Store::open_in_memory().unwrap(), ctx, vendor)
-    }
-
-    fn key(vendor: &VendorKeyPair, role: Role, serial: u32) -> String {
-        vendor
-            .issue(&KeySpec {
-                role,
-                serial,
-                seats: 5,
-                expires: None,
-            })
-            .unwrap()
+    fn snapshot(role: ServerRole) -> RoleSnapshot {
+        let epoch = Epoch::new(2, ServerId::from_u128(7));
+        RoleSnapshot {
+            role,
+            epoch,
+            seen_epoch: epoch,
+            fenced_by: (role == ServerRole::Fenced)
+                .then_some(Epoch::new(3, ServerId::from_u128(9))),
+            license: None,
+            license_problem: None,
+        }
     }
 
     #[test]
-    fn promotion_deactivate_04_then_activate_03_raises_the_epoch() {
-        let (store, ctx, vendor) = setup();
-        let now = Utc::now();
-        let today = now.date_naive();
+    fn only_the_primary_gets_a_write_and_refusals_are_typed() {
+        let w = snapshot(ServerRole::Primary).config_write("gw-a").unwrap();
+        assert!(matches!(w.kind(), WriteKind::Primary { epoch, by: "gw-a" } if epoch.number == 2));
+        let e = snapshot(ServerRole::Secondary)
+            .config_write("gw-b")
+            .unwrap_err();
+        assert_eq!(e.code(), "read_only_secondary");
+        assert!(e.to_string().contains("gateway license promote"), "{e}");
+        let e = snapshot(ServerRole::Fenced)
+            .config_write("gw-a")
+            .unwrap_err();
+        assert_eq!(e.code(), "fenced");
+        assert!(e.to_string().contains("epoch 3"), "{e}");
+        assert!(e.to_string().contains("04 key"), "{e}");
         assert_eq!(
-            read_role(&store, &ctx, today).unwrap().role,
-            ServerRole::Unlicensed
-        );
-
-        let s = activate_license(&store, &ctx, &key(&vendor, Role::Secondary, 45), now).unwrap();
-        assert_eq!((s.role, s.epoch), (ServerRole::Secondary, 0));
-        assert!(
-            s.config_write("gw-b")
+            snapshot(ServerRole::Unlicensed)
+                .config_write("x")
                 .unwrap_err()
-                .to_string()
-                .contains("promote this server")
+                .code(),
+            "not_licensed"
         );
+    }
 
-        // A second key while one is active is refused: deactivate first.
-        let err =
-            activate_license(&store, &ctx, &key(&vendor, Role::Primary, 85), now).unwrap_err();
+    #[test]
+    fn a_fenced_server_still_takes_jobs() {
+        assert!(snapshot(ServerRole::Fenced).licensed());
+        assert!(!snapshot(ServerRole::Unlicensed).licensed());
+    }
+
+    #[test]
+    fn the_primary_never_applies_replicated_changes_and_seeds_as_itself() {
+        let e = Epoch::new(5, ServerId::from_u128(1));
         assert!(
-            matches!(
-                err,
-                RoleError::License(LicenseError::AlreadyActivated { .. })
-            ),
-            "{err}"
+            snapshot(ServerRole::Primary)
+                .replicated_write(e, 3)
+                .is_none()
         );
-
-        // The secondary had seen the primary's configuration at epoch 3.
-        store
-            .put_config_docs(
-                &[("users", "{}".into())],
-                ConfigWrite::Primary {
-                    epoch: 3,
-                    by: "gw-a",
-                },
-            )
+        let w = snapshot(ServerRole::Secondary)
+            .replicated_write(e, 3)
             .unwrap();
-        let released = deactivate_license(&store, now).unwrap();
-        assert_eq!(released.serial, 45);
-        let s = activate_license(&store, &ctx, &key(&vendor, Role::Primary, 85), now).unwrap();
         assert_eq!(
-            (s.role, s.epoch),
-            (ServerRole::Primary, 4),
-            "new epoch above the config's"
+            w.kind(),
+            WriteKind::Replicated {
+                epoch: e,
+                version: 3
+            }
         );
         assert!(matches!(
-            s.config_write("gw-b"),
-            Ok(ConfigWrite::Primary { epoch: 4, .. })
+            snapshot(ServerRole::Secondary).seed_write("gw-b").kind(),
+            WriteKind::Bootstrap
         ));
-        assert_eq!(s.license.as_ref().unwrap().serial, 85);
-
-        // Survives a reload.
-        assert_eq!(read_role(&store, &ctx, today).unwrap(), s);
-    }
-
-    #[test]
-    fn activation_from_another_install_does_not_count() {
-        let (store, ctx, vendor) = setup();
-        let now = Utc::now();
-        activate_license(&store, &ctx, &key(&vendor, Role::Primary, 1), now).unwrap();
-        let moved = LicenseContext {
-            install_id: "install-2".into(),
-            ..ctx
-        };
-        let s = read_role(&store, &moved, now.date_naive()).unwrap();
-        assert_eq!(s.role, ServerRole::Unlicensed);
-        assert!(s.license_problem.is_some());
-        // It can still be released so a new activation is possible.
-        deactivate_license(&store, now).unwrap();
         assert!(matches!(
-            deactivate_license(&store, now),
-            Err(RoleError::NotActivated)
+            snapshot(ServerRole::Primary).seed_write("gw-a").kind(),
+            WriteKind::Primary { .. }
         ));
     }
 
     #[test]
-    fn expired_activation_makes_the_server_unlicensed() {
-        let (store, ctx, vendor) = setup();
-        let now = Utc::now();
-        let k = vendor
-            .issue(&KeySpec {
-                role: Role::Primary,
-                serial: 2,
-                seats: 1,
-                expires: Some(now.date_naive() + chrono::Days::new(1)),
-            })
-            .unwrap();
-        activate_license(&store, &ctx, &k, now).unwrap();
-        assert_eq!(
-            read_role(&store, &ctx, now.date_naive()).unwrap().role,
-            ServerRole::Primary
-        );
-        let later = read_role(&store, &ctx, now.date_naive() + chrono::Days::new(2)).unwrap();
-        assert_eq!(later.role, ServerRole::Unlicensed);
-        assert!(later.license_problem.unwrap().contains("expire"));
-    }
-
-    #[test]
-    fn install_id_depends_on_instance_and_directory() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        assert_eq!(install_id(a.path(), "x"), install_id(a.path(), "x"));
-        assert_ne!(install_id(a.path(), "x"), install_id(a.path(), "y"));
-        assert_ne!(install_id(a.path(), "x"), install_id(b.path(), "x"));
+    fn status_json_keeps_the_epoch_number_and_adds_the_full_epoch() {
+        let v = serde_json::to_value(snapshot(ServerRole::Fenced)).unwrap();
+        assert_eq!(v["epoch"], 2);
+        assert_eq!(v["epoch_id"], format!("2/{}", ServerId::from_u128(7)));
+        assert!(v["fenced_by"].as_str().unwrap().starts_with("3/"));
     }
 }

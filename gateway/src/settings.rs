@@ -543,7 +543,7 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
     }
     let mut users = BTreeMap::new();
     for (name, user) in &raw.users {
-        validate_user_name(name).map_err(|m| invalid(format!("users.{name}"), m))?;
+        crate::names::check_user_name(name).map_err(|m| invalid(format!("users.{name}"), m))?;
         PasswordHash::parse(&user.password_hash)
             .map_err(|m| invalid(format!("users.{name}.password_hash"), m))?;
         users.insert(
@@ -555,7 +555,8 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
         );
     }
     for name in raw.workflows.keys() {
-        validate_workflow_name(name).map_err(|m| invalid(format!("workflows.{name}"), m))?;
+        crate::names::check_workflow_name(name)
+            .map_err(|m| invalid(format!("workflows.{name}"), m))?;
     }
     Ok(SiteConfig {
         limits,
@@ -563,38 +564,6 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
         users,
         workflows: raw.workflows.clone(),
     })
-}
-
-/// User names appear in file names and logs: keep them plain.
-pub fn validate_user_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid user name: use 1-64 letters, digits and . _ - @"
-        ))
-    }
-}
-
-/// Workflow names appear in URLs and manifests.
-pub fn validate_workflow_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{name}` is not a valid workflow name: use 1-64 letters, digits, _ and -"
-        ))
-    }
 }
 
 /// The zone this machine runs in: `TZ`, then `/etc/timezone`, then the
@@ -623,4 +592,5 @@ pub fn system_time_zone() -> chrono_tz::Tz {
 mod tests;
 mod types;
 
+pub use crate::names::InstanceName;
 pub use types::*;

@@ -3,10 +3,17 @@
 //! built by the plugin registry. Rebuilt whenever the documents change; request
 //! handlers read one immutable snapshot.
 //!
-//! This module also imports the file's site configuration into the store: as
-//! a new version on the primary, as a version-0 seed on any other server whose
-//! store is still empty (so a secondary can work alone until the primary's
-//! configuration arrives).
+//! This module also imports the file's site configuration into the store.
+//! The store's configuration is the truth; the file feeds it:
+//! * the primary imports the file's site section at start-up only when its
+//!   content differs from the one it last imported (the hash is stored), so
+//!   a restart never re-imports an unchanged file over changes made since;
+//! * any other server imports it only as the version-0 seed of an empty
+//!   store (so a secondary can work alone until the primary's configuration
+//!   arrives), never over configuration it received from a primary;
+//! * a license activation or promotion never imports it; becoming primary
+//!   records the file's hash, so the first restart as primary does not
+//!   import it either.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,10 +24,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use plugins::{Registry, Workflow, WorkflowSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::role::RoleSnapshot;
-use crate::security::{PasswordHash, SessionKey, tokens};
+use crate::role::{RoleSnapshot, ServerRole};
+use crate::security::{PasswordHash, SessionKey, hex, tokens};
 use crate::settings::{Limits, SiteConfig, UserEntry};
-use crate::store::{ConfigMeta, ConfigWrite, Store, StoreError};
+use crate::store::{ConfigMeta, Store, StoreError};
+
+/// The hash of the file's site section that was imported last.
+const FILE_HASH_KEY: &str = "config.file_sha256";
 
 /// Names of the shared configuration documents.
 pub const DOC_LIMITS: &str = "limits";
@@ -124,19 +134,17 @@ fn expand_placeholders(value: &serde_json::Value, data_dir: &Path) -> serde_json
     }
 }
 
-/// Writes the file's site configuration into the store as this server's
-/// role allows, creating the session key if there is none. Returns the new
-/// version when something changed.
-pub fn import_site_config(
-    store: &Store,
-    site: &SiteConfig,
-    role: &RoleSnapshot,
-    instance: &str,
-) -> Result<Option<u64>, StoreError> {
-    let write = role
-        .config_write(instance)
-        .unwrap_or(ConfigWrite::Bootstrap);
-    let mut docs = vec![
+/// What an import changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub version: u64,
+    /// The names of the documents that changed.
+    pub changed: Vec<&'static str>,
+}
+
+/// The shared documents the file's site section stands for.
+fn site_docs(site: &SiteConfig) -> Vec<(&'static str, String)> {
+    vec![
         (DOC_LIMITS, json(&site.limits)),
         (
             DOC_SESSIONS,
@@ -146,13 +154,63 @@ pub fn import_site_config(
         ),
         (DOC_USERS, json(&site.users)),
         (DOC_WORKFLOWS, json(&site.workflows)),
-    ];
+    ]
+}
+
+/// The hash of the file's site section, as imports compare it.
+pub fn file_hash(site: &SiteConfig) -> String {
+    let mut all = String::new();
+    for (name, body) in site_docs(site) {
+        all.push_str(name);
+        all.push('\n');
+        all.push_str(&body);
+        all.push('\n');
+    }
+    hex(ring::digest::digest(&ring::digest::SHA256, all.as_bytes()).as_ref())
+}
+
+/// Records the file's current hash as imported (on becoming primary).
+pub fn record_file_hash(store: &Store, site: &SiteConfig) -> Result<(), StoreError> {
+    store.local_set(FILE_HASH_KEY, Some(&file_hash(site)))
+}
+
+/// Writes the file's site configuration into the store as this server's
+/// role and the rule in the module comment allow, creating the session key
+/// if there is none. Returns what changed, if anything.
+pub fn import_site_config(
+    store: &Store,
+    site: &SiteConfig,
+    role: &RoleSnapshot,
+    instance: &str,
+) -> Result<Option<Imported>, StoreError> {
+    let hash = file_hash(site);
+    let empty = store.config_doc(DOC_SESSION_KEY)?.is_none();
+    if role.role == ServerRole::Primary
+        && !empty
+        && store.local_get(FILE_HASH_KEY)?.as_deref() == Some(hash.as_str())
+    {
+        return Ok(None);
+    }
+    let mut docs = site_docs(site);
     // The session key is made once, by whoever seeds the configuration
     // first, and then travels with it; it is never derived from the file.
-    if store.config_doc(DOC_SESSION_KEY)?.is_none() {
+    if empty {
         docs.push((DOC_SESSION_KEY, B64.encode(tokens::random_key())));
     }
-    store.put_config_docs(&docs, write)
+    let mut changed = Vec::new();
+    for (name, body) in &docs {
+        let same = store.config_doc(name)?.is_some_and(|d| {
+            d.sha256 == hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref())
+        });
+        if !same {
+            changed.push(*name);
+        }
+    }
+    let version = store.put_config_docs(&docs, role.seed_write(instance))?;
+    if role.role == ServerRole::Primary {
+        store.local_set(FILE_HASH_KEY, Some(&hash))?;
+    }
+    Ok(version.map(|version| Imported { version, changed }))
 }
 
 /// Reads the documents from the store and builds the snapshot.

@@ -16,7 +16,7 @@ use std::io::Write;
 use ring::digest;
 use uuid::Uuid;
 
-use crate::store::hex;
+use crate::security::hex;
 
 /// Buffer per page being written: large enough for few system calls, small
 /// enough that hundreds of concurrent uploads need little memory. It is the
@@ -149,9 +149,10 @@ impl SpoolUpload {
     }
 
     /// Makes the upload a durable job directory: writes the manifest, fsyncs
-    /// the directory, renames it into `jobs/` and fsyncs `jobs/`. The caller
-    /// must have checked that no job row with this id exists, because an
-    /// existing directory for the id (an orphan) is replaced.
+    /// the directory, renames it into `jobs/` and fsyncs `jobs/`. An
+    /// existing directory for the id is never replaced: the commit fails
+    /// with `AlreadyExists` (the caller decides whether that directory is an
+    /// orphan to remove, knowing whether a job row exists).
     pub async fn commit(mut self, manifest: &[u8]) -> io::Result<PathBuf> {
         let dir = self.dir.take().expect("commit once");
         let target = self.spool.job_dir(self.id);
@@ -163,7 +164,11 @@ impl SpoolUpload {
             f.sync_all()?;
             sync_dir(&dir)?;
             if target.exists() {
-                std::fs::remove_dir_all(&target)?;
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("job directory {} already exists", target.display()),
+                ));
             }
             std::fs::rename(&dir, &target).inspect_err(|_| {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -320,8 +325,10 @@ mod tests {
         assert!(spool.job_ids().unwrap().is_empty());
     }
 
+    /// A commit never replaces an existing job directory: whether one is an
+    /// orphan is for the caller to decide (it knows whether a row exists).
     #[tokio::test]
-    async fn orphan_directory_is_replaced_and_tmp_cleared_on_open() {
+    async fn commit_never_replaces_a_job_directory_and_tmp_is_cleared_on_open() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = JobSpool::open(tmp.path()).unwrap();
         let id = Uuid::new_v4();
@@ -334,8 +341,18 @@ mod tests {
             0
         );
         let up = spool.begin(id).await.unwrap();
+        let err = up.commit(b"{}").await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(spool.job_dir(id).join("stale").exists(), "left untouched");
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+            0,
+            "the refused upload left nothing behind"
+        );
+        spool.remove_job(id).unwrap();
+        let up = spool.begin(id).await.unwrap();
         up.commit(b"{}").await.unwrap();
-        assert!(!spool.job_dir(id).join("stale").exists());
+        assert!(spool.job_dir(id).join("manifest.json").exists());
         spool.probe().unwrap();
     }
 

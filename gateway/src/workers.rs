@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use pair_core::ServerId;
 use plugins::{
     JobContext, JobOutcome, JobProgress, JobRunner, PageFile, PageFormat, ProgressStore,
     RetryPolicy, StepRecord,
@@ -19,10 +20,10 @@ use plugins::{
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::core::Core;
 use crate::data::{DataParts, DownReason};
-use crate::instance::Gateway;
+use crate::manifest::Manifest;
 use crate::store::{JobState, Store};
-use crate::web::intake::Manifest;
 
 /// How long an idle worker sleeps when no commit woke it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -31,9 +32,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// the store-dependent state (role, configuration) is loaded first and the
 /// workers start only after it: a worker must never see a job before the
 /// configuration that says what to do with it.
-pub async fn run_pool(gw: Arc<Gateway>) {
-    let mut data = gw.data.subscribe();
-    let mut shutdown = gw.shutdown_signal();
+pub async fn run_pool(core: Arc<Core>) {
+    let mut data = core.data.subscribe();
+    let mut shutdown = core.shutdown_signal();
     loop {
         // Wait for the data service.
         let state = tokio::select! {
@@ -41,7 +42,7 @@ pub async fn run_pool(gw: Arc<Gateway>) {
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let generation = state.generation;
-        if let Err(e) = gw.load_generation(generation).await {
+        if let Err(e) = core.load_generation(generation).await {
             tracing::error!(
                 error = e,
                 "data service came up but its contents could not be loaded"
@@ -51,15 +52,18 @@ pub async fn run_pool(gw: Arc<Gateway>) {
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
-        let Ok(parts) = gw.data.parts() else { continue };
-        let runner = Arc::new(JobRunner::new(retry_policy(&gw)));
+        let Ok(parts) = core.data.parts() else {
+            continue;
+        };
+        let Some(me) = core.server_id() else { continue };
+        let runner = Arc::new(JobRunner::new(retry_policy(&core)));
         let mut set = JoinSet::new();
-        for _ in 0..gw.settings.instance.workers {
-            set.spawn(worker(gw.clone(), parts.clone(), runner.clone()));
+        for _ in 0..core.settings.instance.workers {
+            set.spawn(worker(core.clone(), parts.clone(), runner.clone(), me));
         }
         drop(parts);
         tracing::info!(
-            workers = gw.settings.instance.workers,
+            workers = core.settings.instance.workers,
             "pipeline workers started"
         );
         tokio::select! {
@@ -68,7 +72,7 @@ pub async fn run_pool(gw: Arc<Gateway>) {
                 if let Err(e) = ended
                     && e.is_panic()
                 {
-                    gw.data.fail(DownReason::Crashed, &format!("a pipeline worker crashed: {e}"));
+                    core.data.fail(DownReason::Crashed, &format!("a pipeline worker crashed: {e}"));
                 }
             }
             _ = shutdown.wait_for(|s| *s) => {}
@@ -79,33 +83,34 @@ pub async fn run_pool(gw: Arc<Gateway>) {
     }
 }
 
-fn retry_policy(gw: &Gateway) -> RetryPolicy {
+fn retry_policy(core: &Core) -> RetryPolicy {
     RetryPolicy {
-        max_attempts: gw.settings.instance.max_attempts,
-        step_timeout: gw.settings.instance.step_timeout,
+        max_attempts: core.settings.instance.max_attempts,
+        step_timeout: core.settings.instance.step_timeout,
         ..RetryPolicy::default()
     }
 }
 
-async fn worker(gw: Arc<Gateway>, parts: Arc<DataParts>, runner: Arc<JobRunner>) {
+/// Takes jobs this server owns (`me`), one at a time.
+async fn worker(core: Arc<Core>, parts: Arc<DataParts>, runner: Arc<JobRunner>, me: ServerId) {
     loop {
-        if gw.pipeline_paused() {
-            let _ = tokio::time::timeout(IDLE_POLL, gw.job_ready.notified()).await;
+        if core.pipeline_paused() {
+            let _ = tokio::time::timeout(IDLE_POLL, core.job_ready.notified()).await;
             continue;
         }
         let store = parts.store.clone();
-        let claimed = tokio::task::spawn_blocking(move || store.claim_next_job()).await;
+        let claimed = tokio::task::spawn_blocking(move || store.claim_next_job(me)).await;
         match claimed {
-            Ok(Ok(Some(id))) => process(&gw, &parts, &runner, id).await,
+            Ok(Ok(Some(id))) => process(&core, &parts, &runner, id).await,
             Ok(Ok(None)) => {
-                let _ = tokio::time::timeout(IDLE_POLL, gw.job_ready.notified()).await;
+                let _ = tokio::time::timeout(IDLE_POLL, core.job_ready.notified()).await;
             }
             Ok(Err(e)) => {
-                gw.data.classify(e);
+                core.data.classify(e);
                 return;
             }
             Err(e) => {
-                gw.data
+                core.data
                     .fail(DownReason::Crashed, &format!("a database task failed: {e}"));
                 return;
             }
@@ -113,7 +118,7 @@ async fn worker(gw: Arc<Gateway>, parts: Arc<DataParts>, runner: Arc<JobRunner>)
     }
 }
 
-async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, id: Uuid) {
+async fn process(core: &Arc<Core>, parts: &Arc<DataParts>, runner: &JobRunner, id: Uuid) {
     let store = parts.store.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((store.job(id)?, store.job_pages(id)?))
@@ -123,7 +128,7 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
         Ok(Ok((Some(job), pages))) => (job, pages),
         Ok(Ok((None, _))) => return,
         Ok(Err(e)) => {
-            gw.data.classify(e);
+            core.data.classify(e);
             return;
         }
         Err(_) => return,
@@ -136,12 +141,12 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
             })
             .await;
             if let Ok(Err(e)) = result {
-                gw.data.classify(e);
+                core.data.classify(e);
             }
         }
     };
 
-    let config = gw.config.current();
+    let config = core.config.current();
     let workflow = config
         .as_ref()
         .and_then(|c| c.workflows.get(&job.workflow).cloned());
@@ -155,7 +160,7 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
             job.workflow
         );
         tracing::error!(job = %id, reason, "job failed");
-        gw.metrics.job_finished(false);
+        core.metrics.job_finished(false);
         finish(JobState::Failed, Some(reason)).await;
         return;
     };
@@ -174,7 +179,7 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
             }),
             Err(_) => {
                 let reason = format!("page {} has an unknown stored format `{}`", p.seq, p.format);
-                gw.metrics.job_finished(false);
+                core.metrics.job_finished(false);
                 finish(JobState::Failed, Some(reason)).await;
                 return;
             }
@@ -187,17 +192,17 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
         user: job.user.clone(),
         device: device_name(parts, job.device_id).await,
         submitted_at: job.received_at,
-        time_zone: gw.settings.instance.time_zone,
+        time_zone: core.settings.instance.time_zone,
         metadata,
         pages,
-        work_dir: gw.paths.work_dir(id),
+        work_dir: core.paths.work_dir(id),
     };
     tracing::info!(job = %id, workflow = job.workflow, "pipeline started");
     let progress: Arc<dyn ProgressStore> = Arc::new(StoreProgress(parts.store.clone()));
     match runner.run(&workflow, &context, progress).await {
         JobOutcome::Done => {
             tracing::info!(job = %id, "pipeline done");
-            gw.metrics.job_finished(true);
+            core.metrics.job_finished(true);
             finish(JobState::Done, None).await;
             // The delivered document lives at its destinations now; the
             // spool copy and the scratch files are no longer needed.
@@ -215,13 +220,13 @@ async fn process(gw: &Arc<Gateway>, parts: &Arc<DataParts>, runner: &JobRunner, 
         } => {
             let reason = format!("step {} ({plugin}) failed: {reason}", step + 1);
             tracing::error!(job = %id, reason, "job moved to the dead-letter state");
-            gw.metrics.job_finished(false);
+            core.metrics.job_finished(false);
             finish(JobState::Failed, Some(reason)).await;
         }
         JobOutcome::Interrupted { reason } => {
             // The store failed under the runner: the job stays `processing`
             // and goes back to the queue when the data service restarts.
-            gw.data.fail(
+            core.data.fail(
                 DownReason::Failed,
                 &format!("pipeline progress could not be recorded: {reason}"),
             );

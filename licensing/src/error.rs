@@ -2,8 +2,7 @@
 
 use chrono::NaiveDate;
 
-use crate::Role;
-use crate::vendor::VendorKeyId;
+use crate::ids::{Role, VendorKeyId};
 
 /// Why a key, an activation or a vendor key was refused.
 ///

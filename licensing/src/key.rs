@@ -1,15 +1,16 @@
 //! The license key format: roles, composing a signed key, and parsing and verifying what a person typed. Pure: the caller supplies the date and the trusted keys.
 
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::NaiveDate;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::LicenseError;
 use crate::base32::{self, Typed};
 use crate::check::{self, Verdict};
-use crate::vendor::{TrustedKeys, VendorKeyId};
+pub use crate::ids::Role;
+use crate::ids::VendorKeyId;
+use crate::vendor::{TrustedKeys, VendorKeyPair};
 
 /// Product code at the start of every key.
 pub const PRODUCT: &str = "SCANGWP";
@@ -37,44 +38,6 @@ const BODY_BYTES: usize = 1 + 2 + 2 + 4 + 64;
 const BODY_SYMBOLS: usize = base32::encoded_len(BODY_BYTES);
 const _: () = assert!(READABLE + BODY_SYMBOLS + 3 == check::LEN);
 
-/// The role a key gives the server it activates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Role code `03`: owns every configuration write.
-    Primary,
-    /// Role code `04`: read-only for configuration, takes jobs on failover.
-    Secondary,
-}
-
-impl Role {
-    /// The two-digit code written in keys: `"03"` or `"04"`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Role::Primary => "03",
-            Role::Secondary => "04",
-        }
-    }
-
-    /// The role for a two-digit code, if it is one.
-    pub fn from_code(code: &str) -> Option<Role> {
-        match code {
-            "03" => Some(Role::Primary),
-            "04" => Some(Role::Secondary),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Primary => "primary",
-            Role::Secondary => "secondary",
-        })
-    }
-}
-
 impl FromStr for Role {
     type Err = LicenseError;
 
@@ -90,6 +53,16 @@ impl FromStr for Role {
             .ok_or_else(|| LicenseError::UnknownRole {
                 found: s.to_owned(),
             })
+    }
+}
+
+impl VendorKeyPair {
+    /// Issues a license key for `spec`, in canonical text form.
+    ///
+    /// Fails when the spec is out of range: serial above 9 999 999, no seats,
+    /// or an expiry date outside 2000-01-02 ..= 2179-06-06.
+    pub fn issue(&self, spec: &KeySpec) -> Result<String, LicenseError> {
+        compose(spec, self.public_key().id(), |payload| self.sign(payload))
     }
 }
 

@@ -96,6 +96,7 @@ mod activation;
 mod base32;
 mod check;
 mod error;
+mod ids;
 mod key;
 mod vendor;
 
@@ -104,5 +105,6 @@ mod proptests;
 
 pub use activation::{Activation, Deactivation, activate};
 pub use error::LicenseError;
-pub use key::{KeySpec, LicenseKey, MAX_SERIAL, PRODUCT, Role, verify};
-pub use vendor::{TrustedKeys, VendorKeyId, VendorKeyPair, VendorPublicKey};
+pub use ids::{Role, VendorKeyId};
+pub use key::{KeySpec, LicenseKey, MAX_SERIAL, PRODUCT, verify};
+pub use vendor::{TrustedKeys, VendorKeyPair, VendorPublicKey};

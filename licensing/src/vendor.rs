@@ -6,10 +6,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-use serde::Serialize;
 
 use crate::LicenseError;
-use crate::key::{self, KeySpec};
+use crate::ids::VendorKeyId;
 
 /// The product's built-in vendor public key (raw Ed25519, 32 bytes).
 ///
@@ -21,35 +20,6 @@ const BUILTIN_PUBLIC_KEY: [u8; 32] = [
     0x09, 0x73, 0x58, 0xfe, 0xf6, 0xe6, 0xc1, 0xcd, 0x21, 0x3a, 0xa0, 0x2b, 0xd7, 0x6c, 0xa8, 0x78,
     0xbe, 0x05, 0x63, 0x6e, 0x9d, 0xfd, 0x0b, 0x0c, 0xf2, 0x32, 0x9c, 0x3e, 0xfe, 0x32, 0xb1, 0x3f,
 ];
-
-/// Short id of a vendor public key: the first four bytes of its SHA-256.
-///
-/// Keys carry it so that verification can tell "signed by a key this server
-/// does not trust" apart from "signature does not match". Four bytes are
-/// enough to pick among a handful of trusted keys; they are not a security
-/// boundary, the signature is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VendorKeyId(pub(crate) [u8; 4]);
-
-impl VendorKeyId {
-    /// The four bytes of the id.
-    pub fn bytes(self) -> [u8; 4] {
-        self.0
-    }
-}
-
-impl fmt::Display for VendorKeyId {
-    /// Eight lowercase hex digits.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl Serialize for VendorKeyId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
 
 /// A vendor's Ed25519 public key: what a server needs to check signatures.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -201,16 +171,11 @@ impl VendorKeyPair {
         self.public.clone()
     }
 
-    /// Issues a license key for `spec`, in canonical text form.
-    ///
-    /// Fails when the spec is out of range: serial above 9 999 999, no seats,
-    /// or an expiry date outside 2000-01-02 ..= 2179-06-06.
-    pub fn issue(&self, spec: &KeySpec) -> Result<String, LicenseError> {
-        key::compose(spec, self.public.id(), |payload| {
-            let mut signature = [0u8; 64];
-            signature.copy_from_slice(self.pair.sign(payload).as_ref());
-            signature
-        })
+    /// Signs `payload` with the vendor's private key.
+    pub(crate) fn sign(&self, payload: &[u8]) -> [u8; 64] {
+        let mut signature = [0u8; 64];
+        signature.copy_from_slice(self.pair.sign(payload).as_ref());
+        signature
     }
 }
 

@@ -2,7 +2,7 @@
 //! `/health` answer shows. It is a set of pure functions; it must not do I/O,
 //! keep state, or decide what to do about a cause (that is the caller's).
 
-use std::fmt;
+use std::{fmt, io};
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -47,15 +47,31 @@ impl fmt::Display for FailoverCause {
     }
 }
 
-/// What a failure means for failover.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// What a failure means for the device: leave the server (and why), stay
+/// and try again, or tell the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Classification {
-    /// Another server may well succeed; the device should move on and record
-    /// the cause.
+    /// Another server may well succeed; the device moves on and records the
+    /// cause.
     Failover(FailoverCause),
-    /// Trying another server would not help (or nothing is wrong): the
-    /// request itself is at fault, or the server answered on its merits.
+    /// The server's certificate failed verification. The device moves on to
+    /// the next server without sending anything, and records the security
+    /// event `certificate_rejected`; it is deliberately none of the four
+    /// causes, so an attacker in the path cannot pass as a network failure.
+    CertificateRejected,
+    /// The server works but asks the device to come back: a `503` with code
+    /// `busy` from an overloaded server, or `409 upload_in_progress` while
+    /// an earlier upload of the same job is still streaming. The device waits
+    /// (`Retry-After` when given) and retries the same server.
+    RetrySameServer,
+    /// A `500` or another 5xx that is not `502`, `503` or `504`: a defect or
+    /// a passing failure of that server. One is retried on the same server;
+    /// *repeated* ones mean its web service is not working, and the failover
+    /// client, which counts them, then records
+    /// [`FailoverCause::WebServiceDown`].
+    ServerError,
+    /// Trying another server would not help: the request itself is at fault
+    /// (a 4xx, reported to the person) or the problem is on the device.
     NotFailover,
 }
 
@@ -64,7 +80,7 @@ impl Classification {
     pub fn cause(self) -> Option<FailoverCause> {
         match self {
             Classification::Failover(cause) => Some(cause),
-            Classification::NotFailover => None,
+            _ => None,
         }
     }
 }
@@ -73,41 +89,48 @@ impl Classification {
 ///
 /// The rule, by how far the call got:
 ///
-/// - **No connection** → [`FailoverCause::Network`]: the TCP connect was
-///   refused, the host was unreachable or did not resolve, the connect timed
-///   out, or it was reset while connecting. A TLS handshake that fails on its
-///   merits (untrusted certificate, protocol error, alert) also counts here:
-///   the device cannot establish a usable channel to that address.
-/// - **Connection, but no HTTP answer** → [`FailoverCause::WebServiceDown`]:
-///   the peer closed or reset the connection before a complete answer
-///   (during the TLS handshake included), stalled past the request timeout,
-///   or sent something that is not HTTP. Closing and resetting are treated
-///   alike on purpose: a server that closes with unread request bytes makes
-///   the kernel send a reset instead of a close, so which one the device sees
-///   is a race, not information.
+/// - **No path to the host** → [`FailoverCause::Network`]: the name did not
+///   resolve, the host or network is unreachable, or the connect did not
+///   finish within the connect timeout (what a silent drop looks like).
+/// - **The host answers, the service does not** →
+///   [`FailoverCause::WebServiceDown`]: the connection was refused (the
+///   host's kernel answered for a port nobody listens on), reset or closed
+///   before a complete answer (during the TLS handshake included), stalled
+///   past the response timeout, or something that is not HTTP (or not a
+///   working TLS server) answered. Closing and resetting are treated alike on
+///   purpose: a server that closes with unread request bytes makes the kernel
+///   send a reset instead of a close, so which one the device sees is a race,
+///   not information.
+/// - **The certificate fails verification** →
+///   [`Classification::CertificateRejected`], its own event.
 /// - **An HTTP answer** from a proxy in front of the gateway: `502` and `504`
 ///   mean the proxy has no working web service behind it →
 ///   [`FailoverCause::WebServiceDown`].
 /// - **`503`** carries the gateway's reason in `code`: `data_service_down` →
 ///   [`FailoverCause::DataServiceDown`], `maintenance` →
-///   [`FailoverCause::Maintenance`]. Any other `503` (`not_licensed`, or a
-///   proxy's own 503 without the API's error body, which is what HAProxy
+///   [`FailoverCause::Maintenance`], `busy` →
+///   [`Classification::RetrySameServer`]. Any other `503` (`not_licensed`, or
+///   a proxy's own 503 without the API's error body, which is what HAProxy
 ///   sends when no backend is up) means the job service at that address is
 ///   not available → [`FailoverCause::WebServiceDown`].
+/// - **Other 5xx** → [`Classification::ServerError`] (repeated ones become
+///   web service down in the failover client).
+/// - **`409 upload_in_progress`** → [`Classification::RetrySameServer`].
 /// - **Anything else** → [`Classification::NotFailover`]: 4xx answers
 ///   (401, 403, 404, 409, 413, 415, 422, 429) are about the request, the
-///   device or the user, and the other server would say the same; a `500`
-///   is a defect, which R1 does not list as a cause and which the same job id
-///   can be retried against later; a success status with an unexpected body,
-///   a page file that cannot be read, or a bad URL or token is a local
-///   problem.
+///   device or the user, and the other server would say the same; a success
+///   status with an unexpected body, a page file that cannot be read, or a bad
+///   URL or token is a local problem.
 pub fn classify_error(error: &ClientError) -> Classification {
-    use Classification::{Failover, NotFailover};
+    use Classification::{CertificateRejected, Failover, NotFailover};
     match error {
-        ClientError::Connect { .. }
-        | ClientError::ConnectTimeout { .. }
-        | ClientError::Tls { .. } => Failover(FailoverCause::Network),
-        ClientError::ConnectionLost { .. }
+        ClientError::Resolve { .. } | ClientError::ConnectTimeout { .. } => {
+            Failover(FailoverCause::Network)
+        }
+        ClientError::Connect { source, .. } => Failover(classify_connect(source.kind())),
+        ClientError::CertificateRejected { .. } => CertificateRejected,
+        ClientError::Tls { .. }
+        | ClientError::ConnectionLost { .. }
         | ClientError::Timeout { .. }
         | ClientError::NotHttp { .. } => Failover(FailoverCause::WebServiceDown),
         ClientError::Http(http) => classify_status(http.status, http.code.as_deref()),
@@ -121,10 +144,22 @@ pub fn classify_error(error: &ClientError) -> Classification {
     }
 }
 
+/// The cause of a TCP connect that failed with this error: the host's own
+/// answer (refused, reset) means the host is there and the service is not;
+/// everything else means there is no usable path to the host.
+fn classify_connect(kind: io::ErrorKind) -> FailoverCause {
+    match kind {
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => FailoverCause::WebServiceDown,
+        _ => FailoverCause::Network,
+    }
+}
+
 /// Classifies an HTTP error status with the API's error `code`, following the
 /// rule documented at [`classify_error`].
 pub fn classify_status(status: StatusCode, code: Option<&str>) -> Classification {
-    use Classification::{Failover, NotFailover};
+    use Classification::{Failover, NotFailover, RetrySameServer, ServerError};
     match status {
         StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
             Failover(FailoverCause::WebServiceDown)
@@ -132,8 +167,11 @@ pub fn classify_status(status: StatusCode, code: Option<&str>) -> Classification
         StatusCode::SERVICE_UNAVAILABLE => match code {
             Some("data_service_down") => Failover(FailoverCause::DataServiceDown),
             Some("maintenance") => Failover(FailoverCause::Maintenance),
+            Some("busy") => RetrySameServer,
             _ => Failover(FailoverCause::WebServiceDown),
         },
+        StatusCode::CONFLICT if code == Some("upload_in_progress") => RetrySameServer,
+        s if s.is_server_error() => ServerError,
         _ => NotFailover,
     }
 }
@@ -189,12 +227,12 @@ mod tests {
     }
 
     #[test]
-    fn connection_failures_are_network() {
+    fn no_path_to_the_host_is_network() {
         for kind in [
-            io::ErrorKind::ConnectionRefused,
             io::ErrorKind::HostUnreachable,
             io::ErrorKind::NetworkUnreachable,
-            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::AddrNotAvailable,
+            io::ErrorKind::TimedOut,
         ] {
             let e = ClientError::Connect {
                 server: server(),
@@ -207,14 +245,45 @@ mod tests {
             after: Duration::from_secs(1),
         };
         assert_eq!(classify_error(&e), Failover(Network));
-        let e = ClientError::Tls {
+        let e = ClientError::Resolve {
             server: server(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidData,
-                "invalid peer certificate: UnknownIssuer",
-            ),
+            detail: "failed to lookup address information".into(),
         };
         assert_eq!(classify_error(&e), Failover(Network));
+    }
+
+    #[test]
+    fn a_host_that_refuses_or_resets_is_web_service_down() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            let e = ClientError::Connect {
+                server: server(),
+                source: kind.into(),
+            };
+            assert_eq!(classify_error(&e), Failover(WebServiceDown), "{kind:?}");
+        }
+        let e = ClientError::Tls {
+            server: server(),
+            source: io::Error::new(io::ErrorKind::InvalidData, "received fatal alert"),
+        };
+        assert_eq!(classify_error(&e), Failover(WebServiceDown));
+    }
+
+    #[test]
+    fn a_rejected_certificate_is_its_own_event_and_no_cause() {
+        let e = ClientError::CertificateRejected {
+            server: server(),
+            detail: "UnknownIssuer".into(),
+        };
+        assert_eq!(classify_error(&e), Classification::CertificateRejected);
+        assert_eq!(classify_error(&e).cause(), None);
+        assert!(
+            e.to_string()
+                .contains("the server's identity could not be verified")
+        );
     }
 
     #[test]
@@ -258,10 +327,33 @@ mod tests {
             Failover(WebServiceDown)
         );
         assert_eq!(classify_error(&http(503, None)), Failover(WebServiceDown));
+        assert_eq!(
+            classify_error(&http(503, Some("busy"))),
+            Classification::RetrySameServer
+        );
     }
 
     #[test]
-    fn request_faults_and_defects_are_not_failover() {
+    fn other_server_errors_are_counted_not_failed_over_at_once() {
+        for status in [500, 501, 507] {
+            assert_eq!(
+                classify_error(&http(status, Some("internal"))),
+                Classification::ServerError,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_upload_still_in_progress_is_retried_on_the_same_server() {
+        assert_eq!(
+            classify_error(&http(409, Some("upload_in_progress"))),
+            Classification::RetrySameServer
+        );
+    }
+
+    #[test]
+    fn request_faults_are_not_failover() {
         for (status, code) in [
             (400, "bad_request"),
             (401, "session_expired"),
@@ -274,7 +366,6 @@ mod tests {
             (415, "unsupported_page_format"),
             (422, "unknown_workflow"),
             (429, "rate_limited"),
-            (500, "internal"),
         ] {
             assert_eq!(
                 classify_error(&http(status, Some(code))),

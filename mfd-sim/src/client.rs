@@ -23,6 +23,12 @@ const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 const USER_AGENT: &str = concat!("mfd-sim/", env!("CARGO_PKG_VERSION"));
 
+/// The job's sequence number within the session it was scanned under.
+pub const JOB_SEQ_HEADER: &str = "x-scan-job-seq";
+
+/// Sent with logout: how many jobs the session scanned.
+pub const SESSION_JOBS_HEADER: &str = "x-scan-session-jobs";
+
 /// The device API of one gateway, as one device (one token) sees it.
 ///
 /// A client keeps one idle HTTP/1.1 connection for reuse. A kept-alive
@@ -68,6 +74,7 @@ struct Call<'a> {
     body: CallBody<'a>,
     device_auth: bool,
     session: Option<&'a str>,
+    headers: Vec<(&'static str, String)>,
     repeatable: bool,
 }
 
@@ -79,6 +86,7 @@ impl<'a> Call<'a> {
             body: CallBody::None,
             device_auth: true,
             session: None,
+            headers: Vec::new(),
             repeatable: true,
         }
     }
@@ -182,8 +190,22 @@ impl GatewayClient {
 
     /// `DELETE /api/v1/sessions/current`: ends the session on this server.
     pub async fn logout(&self, session: &str) -> Result<(), ClientError> {
+        self.logout_counted(session, None).await
+    }
+
+    /// Like [`GatewayClient::logout`], telling the server how many jobs the
+    /// session scanned (header `X-Scan-Session-Jobs`), so that it can keep
+    /// accepting the replays of those jobs after the session ended.
+    pub async fn logout_counted(
+        &self,
+        session: &str,
+        jobs_scanned: Option<u64>,
+    ) -> Result<(), ClientError> {
         let mut call = Call::new(Method::DELETE, "/api/v1/sessions/current");
         call.session = Some(session);
+        if let Some(n) = jobs_scanned {
+            call.headers.push((SESSION_JOBS_HEADER, n.to_string()));
+        }
         let answer = self.call(&call).await?;
         if answer.status.is_success() {
             Ok(())
@@ -232,8 +254,24 @@ impl GatewayClient {
         session: &str,
         form: &MultipartForm,
     ) -> Result<Submitted, ClientError> {
+        self.submit_sequenced(job_id, session, None, form).await
+    }
+
+    /// Like [`GatewayClient::submit_form`], also sending the job's sequence
+    /// number within its session (header `X-Scan-Job-Seq`), which lets the
+    /// server accept a replay of the job after the session ended.
+    pub async fn submit_sequenced(
+        &self,
+        job_id: Uuid,
+        session: &str,
+        seq: Option<u64>,
+        form: &MultipartForm,
+    ) -> Result<Submitted, ClientError> {
         let mut call = Call::new(Method::PUT, format!("/api/v1/jobs/{job_id}"));
         call.session = Some(session);
+        if let Some(seq) = seq {
+            call.headers.push((JOB_SEQ_HEADER, seq.to_string()));
+        }
         call.body = CallBody::Form(form);
         let answer = self.call(&call).await?;
         let status = answer.status;
@@ -303,7 +341,7 @@ impl GatewayClient {
         exchange(
             sender,
             request,
-            self.inner.timeouts.request,
+            self.inner.timeouts.response,
             MAX_ANSWER_BYTES,
             self.base_url(),
         )
@@ -330,6 +368,9 @@ impl GatewayClient {
                 })?;
             value.set_sensitive(true);
             request = request.header("x-scan-session", value);
+        }
+        for (name, value) in &call.headers {
+            request = request.header(*name, value.as_str());
         }
         let body = match &call.body {
             CallBody::None => RequestBody::Empty,

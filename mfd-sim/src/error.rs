@@ -39,8 +39,16 @@ pub enum ClientError {
         /// The server's base URL.
         server: String,
     },
-    /// The TCP connection could not be made: refused, unreachable, reset while
-    /// connecting, or the host name did not resolve.
+    /// The server's host name did not resolve to any address.
+    #[error("cannot resolve the address of {server}: {detail}")]
+    Resolve {
+        /// The server's base URL.
+        server: String,
+        /// The resolver's complaint.
+        detail: String,
+    },
+    /// The TCP connection could not be made: refused, unreachable or reset
+    /// while connecting.
     #[error("cannot connect to {server}: {source}")]
     Connect {
         /// The server's base URL.
@@ -57,8 +65,18 @@ pub enum ClientError {
         /// The connect timeout that expired.
         after: Duration,
     },
-    /// The TLS handshake failed on its merits: an untrusted or mismatched
-    /// certificate, a protocol error or an alert from the peer.
+    /// The server's certificate failed verification: not signed by a trusted
+    /// root, not for this host name, expired, or not the pinned certificate.
+    /// Nothing was sent to that server.
+    #[error("{server}: the server's identity could not be verified ({detail})")]
+    CertificateRejected {
+        /// The server's base URL.
+        server: String,
+        /// What the verifier objected to.
+        detail: String,
+    },
+    /// The TLS handshake failed for a reason other than the certificate: a
+    /// protocol error or an alert from the peer.
     #[error("TLS handshake with {server} failed: {source}")]
     Tls {
         /// The server's base URL.

@@ -3,10 +3,17 @@
 //! An MFD talks to a gateway through [`client::GatewayClient`], which speaks
 //! the device API of `docs/API.md` over HTTPS (or plain HTTP on loopback test
 //! listeners). Failed calls are sorted into the four failover causes of R1 by
-//! [`classify`], and [`servers::ServerList`] walks an ordered list of gateway
-//! addresses until one accepts jobs (R13). On top of that sit two tools: the
-//! simulator of many devices ([`sim`]) and the upload benchmark client
-//! ([`load`]), both driven by the `mfd-sim` binary.
+//! [`classify`]. A device agent embeds [`failover::FailoverClient`], which
+//! sends every request to the current server of an ordered list (R13), moves
+//! down the list on a failover cause, records what it saw, and fails back to a
+//! healthy server higher up only between user sessions (R3); scans wait in
+//! the durable [`outbox::Outbox`] until a server acknowledged them (R10). On
+//! top of that sit two tools: the simulator of many devices ([`sim`]) and the
+//! upload benchmark client ([`load`]), both driven by the `mfd-sim` binary.
+//!
+//! The default feature `sim` adds the page renderer (image, fonts) and the
+//! binary's dependencies (clap); a device agent that needs only the client
+//! and the outbox builds with `default-features = false`.
 //!
 //! Module map, one owner per concern:
 //! - [`transport`]: URL, TCP, TLS and one HTTP exchange with timeouts;
@@ -15,10 +22,14 @@
 //! - [`multipart`]: the job upload body (manifest first, pages in order);
 //! - [`client`]: one gateway's device API as typed methods;
 //! - [`classify`]: the failover cause of a failed call or a health answer;
-//! - [`servers`]: the ordered server list;
+//! - [`servers`]: the ordered server list and its health walk;
+//! - [`failover`]: the failover client (current server, causes, events,
+//!   user sessions, failback probes);
+//! - [`outbox`]: the device's durable queue of scanned jobs;
 //! - [`synthetic`]: exact-size PNG pages for load tests;
-//! - [`pages`]: rendered text pages with known content;
-//! - [`page_source`]: which of the two kinds of page a run sends;
+//! - [`pages`]: rendered text pages with known content (feature `sim`);
+//! - [`page_source`]: which of the two kinds of page a run sends (feature
+//!   `sim`);
 //! - [`stats`], [`progress`]: run summaries and the progress line;
 //! - [`sim`], [`load`]: the two load generators.
 
@@ -26,9 +37,13 @@ pub mod api;
 pub mod classify;
 pub mod client;
 pub mod error;
+pub mod failover;
 pub mod load;
 pub mod multipart;
+pub mod outbox;
+#[cfg(feature = "sim")]
 pub mod page_source;
+#[cfg(feature = "sim")]
 pub mod pages;
 pub mod progress;
 pub mod servers;

@@ -295,7 +295,7 @@ async fn worker(shared: Arc<Shared>) -> WorkerReport {
                 let answer = exchange(
                     &mut sender,
                     request,
-                    config.timeouts.request,
+                    config.timeouts.response,
                     1 << 20,
                     shared.endpoint.base_url(),
                 )

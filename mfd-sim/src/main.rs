@@ -13,13 +13,17 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mfd_sim::{
     client::GatewayClient,
+    failover::FailoverSettings,
     load::{self, LoadBody, LoadConfig, LoadTarget},
     multipart::{Manifest, Page},
     page_source::{PageSource, make_pages},
     pages::ScanFormat,
     progress::ProgressStyle,
     servers::ServerList,
-    sim::{self, DeviceCredentials, RetryPolicy, SimConfig, WaitPolicy},
+    sim::{
+        self, DeviceCredentials, RetryPolicy, SimConfig, WaitPolicy,
+        fleet::{self, FleetConfig},
+    },
     transport::{Timeouts, TlsTrust},
 };
 use uuid::Uuid;
@@ -33,12 +37,21 @@ use uuid::Uuid;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Seconds allowed for the TCP connection and TLS handshake.
-    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECS")]
+    /// Seconds allowed for name resolution, the TCP connection and the TLS
+    /// handshake; short, so that a server whose packets silently disappear is
+    /// left quickly.
+    #[arg(long, global = true, default_value_t = 1.0, value_name = "SECS")]
     connect_timeout: f64,
-    /// Seconds allowed for one request, upload and answer included.
-    #[arg(long, global = true, default_value_t = 120.0, value_name = "SECS")]
-    request_timeout: f64,
+    /// Seconds allowed for the answer after the request is sent (and for an
+    /// upload to stall); long, it covers the durable acknowledgement of a large job.
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 120.0,
+        value_name = "SECS",
+        alias = "request-timeout"
+    )]
+    response_timeout: f64,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +175,24 @@ struct RunArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Run every device the way a device agent does: through the failover
+    /// client, with its own durable outbox in DIR/<device name> (jobs left
+    /// there are replayed with the same ids by the next run).
+    #[arg(long, value_name = "DIR", conflicts_with = "wait")]
+    outbox: Option<PathBuf>,
+    /// With --outbox: write the summary and every job's id, server and
+    /// outcome as JSON to FILE.
+    #[arg(long, value_name = "FILE", requires = "outbox")]
+    report: Option<PathBuf>,
+    /// With --outbox: milliseconds between failback probes.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    failback_probe_interval_ms: u64,
+    /// With --outbox: consecutive good health answers before failing back.
+    #[arg(long, default_value_t = 3)]
+    failback_good_probes: u32,
+    /// With --outbox: seconds of inactivity after which a session counts as ended.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    session_idle_limit_secs: u64,
 }
 
 #[derive(Args)]
@@ -247,7 +278,7 @@ async fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     let timeouts = Timeouts {
         connect: seconds(cli.connect_timeout, "--connect-timeout")?,
-        request: seconds(cli.request_timeout, "--request-timeout")?,
+        response: seconds(cli.response_timeout, "--response-timeout")?,
     };
     match cli.command {
         Command::Register {
@@ -385,6 +416,9 @@ async fn run_sim(args: RunArgs, timeouts: Timeouts) -> Result<()> {
     };
     let count = args.pages;
     let pages = tokio::task::spawn_blocking(move || make_pages(source, count)).await??;
+    if let Some(outbox_root) = args.outbox.clone() {
+        return run_fleet(args, servers, devices, pages, outbox_root).await;
+    }
     let wait = args
         .wait
         .then(|| -> Result<WaitPolicy> {
@@ -425,6 +459,61 @@ async fn run_sim(args: RunArgs, timeouts: Timeouts) -> Result<()> {
                 .as_ref()
                 .map(|w| format!(", {} finished as done", w.done))
                 .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn run_fleet(
+    args: RunArgs,
+    servers: ServerList,
+    devices: Vec<DeviceCredentials>,
+    pages: Vec<Page>,
+    outbox_root: PathBuf,
+) -> Result<()> {
+    ensure!(
+        args.failback_good_probes >= 1,
+        "--failback-good-probes must be at least 1"
+    );
+    let config = FleetConfig {
+        servers,
+        devices,
+        user: args.user,
+        password: args.password,
+        workflow: args.workflow,
+        jobs: args.jobs,
+        pages,
+        outbox_root,
+        failover: FailoverSettings {
+            failback_probe_interval: Duration::from_millis(args.failback_probe_interval_ms.max(1)),
+            failback_good_probes: args.failback_good_probes,
+            session_idle_limit: Duration::from_secs(args.session_idle_limit_secs),
+            ..FailoverSettings::default()
+        },
+        replay_rounds: args.max_attempts,
+        retry_pause: Duration::from_millis(500),
+    };
+    let summary = fleet::run_fleet(config, style(args.quiet)).await?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&summary)?;
+        if let Some(map) = value.as_object_mut() {
+            map.remove("job_reports");
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{summary}");
+    }
+    if !summary.all_acknowledged() {
+        bail!(
+            "{} of {} jobs were acknowledged; {} rejected, {} still queued in the outboxes",
+            summary.jobs_acknowledged,
+            summary.jobs_asked,
+            summary.jobs_rejected,
+            summary.jobs_queued
         );
     }
     Ok(())

@@ -27,6 +27,7 @@ use crate::{
     stats::{Latencies, LatencySummary, megabytes_per_second, per_second},
 };
 
+pub mod fleet;
 mod wait;
 
 pub use wait::{WaitPolicy, WaitSummary};
@@ -116,6 +117,15 @@ pub enum SimError {
         "no devices to simulate; the devices file must list at least one {{\"name\", \"token\"}}"
     )]
     NoDevices,
+    /// A device's outbox cannot be opened.
+    #[error("device `{device}`: {source}")]
+    Outbox {
+        /// The device's name.
+        device: String,
+        /// What is wrong.
+        #[source]
+        source: crate::outbox::OutboxError,
+    },
     /// A device's token cannot be used.
     #[error("device `{device}`: {source}")]
     Device {
@@ -486,6 +496,22 @@ impl Device {
                 }
                 Next::RetryLater
             }
+            // Not one of the four causes: this server's certificate is
+            // refused, so another server is tried without counting a cause.
+            Classification::CertificateRejected => {
+                *self
+                    .report
+                    .causes_seen
+                    .entry("certificate_rejected".to_owned())
+                    .or_default() += 1;
+                if may_retry && self.servers.len() > 1 {
+                    let next = (self.current + 1) % self.servers.len();
+                    self.current = next;
+                    return Next::RetryNow;
+                }
+                Next::GiveUp
+            }
+            Classification::RetrySameServer | Classification::ServerError => Next::RetryLater,
             Classification::NotFailover => {
                 let Some(http) = error.http() else {
                     return Next::GiveUp;
@@ -529,7 +555,10 @@ fn failure_code(error: &ClientError) -> String {
     }
     match classify_error(error) {
         Classification::Failover(cause) => cause.as_str().to_owned(),
-        Classification::NotFailover => "local".to_owned(),
+        Classification::CertificateRejected => "certificate_rejected".to_owned(),
+        Classification::RetrySameServer
+        | Classification::ServerError
+        | Classification::NotFailover => "local".to_owned(),
     }
 }
 

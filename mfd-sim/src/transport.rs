@@ -5,9 +5,13 @@
 
 use std::{
     io,
+    net::SocketAddr,
     path::Path,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -18,7 +22,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -31,27 +40,41 @@ use crate::{
 };
 
 /// How long a device waits for the network.
+///
+/// The two limits are kept apart because they detect different things. A
+/// connection to a live host is made in a few milliseconds even over a WAN,
+/// so a short `connect` limit is what notices a server whose packets silently
+/// disappear (a pulled cable, a dead VM behind a switch) and lets the device
+/// move on within a second or so. Once a job has been sent, the gateway
+/// acknowledges only after the pages are fsynced and the row is committed,
+/// which for a large job on a busy disk can take long; a short limit there
+/// would abandon uploads that were about to succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// For the TCP connection and the TLS handshake together.
+    /// For name resolution, the TCP connection and the TLS handshake
+    /// together: short, it detects a silent drop.
     pub connect: Duration,
-    /// For one exchange: sending the request (page uploads included) and
-    /// reading the whole answer.
-    pub request: Duration,
+    /// For the answer after the request body has been sent completely; while
+    /// the body is being sent, also the longest the upload may stall without
+    /// the server taking any more bytes. Long: it covers the gateway's durable
+    /// acknowledgement of a large job.
+    pub response: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            connect: Duration::from_secs(5),
-            request: Duration::from_secs(120),
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(120),
         }
     }
 }
 
-/// The certificates a device trusts for HTTPS: a CA certificate or the
-/// gateway's own self-signed certificate, from PEM. Cheap to clone; every
-/// client built from one shares the same TLS configuration.
+/// What a device trusts for one server's HTTPS: the CA certificates (or the
+/// gateway's own self-signed certificate) in a PEM file, or one pinned
+/// certificate named by the SHA-256 of its DER encoding. There is no way to
+/// build a trust that accepts any certificate. Cheap to clone; every client
+/// built from one shares the same TLS configuration.
 #[derive(Clone)]
 pub struct TlsTrust {
     config: Arc<rustls::ClientConfig>,
@@ -100,6 +123,120 @@ impl TlsTrust {
         Ok(TlsTrust {
             config: Arc::new(config),
         })
+    }
+
+    /// Trusts exactly the certificate whose DER encoding has this SHA-256,
+    /// whatever its issuer, names or dates: the way to trust a gateway's
+    /// self-signed certificate without copying the file to every device.
+    /// The server must still prove it holds the certificate's private key.
+    pub fn pinned_sha256(fingerprint: [u8; 32]) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = PinnedCertificate {
+            sha256: fingerprint,
+            provider: provider.clone(),
+        };
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsTrust {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Parses a SHA-256 certificate fingerprint written as 64 hex digits, with
+/// or without `:` between the bytes (the form `openssl x509 -fingerprint
+/// -sha256` prints), optionally prefixed with `sha256:`.
+pub fn parse_fingerprint(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("sha256:")
+        .or_else(|| text.strip_prefix("SHA256:"))
+        .unwrap_or(text);
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{text}` is not a SHA-256 fingerprint: expected 64 hex digits, with or without `:`"
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// The SHA-256 of a certificate's DER encoding: the value to pin.
+pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Accepts exactly one certificate. Handshake signatures are still checked
+/// with the provider's algorithms, so a server that merely replays the
+/// public certificate without its private key is refused.
+#[derive(Debug)]
+struct PinnedCertificate {
+    sha256: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if certificate_fingerprint(end_entity.as_ref()) == self.sha256 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -234,31 +371,27 @@ impl Connector {
         &self.endpoint
     }
 
-    /// Opens a new connection: TCP, then TLS for `https`, then HTTP/1.1.
+    /// Opens a new connection: name resolution, TCP, then TLS for `https`,
+    /// then HTTP/1.1.
     ///
     /// Failures are sorted here because only here is it known how far the
-    /// connection got: before the TCP connection exists everything is a
-    /// connect failure; once it exists, the peer closing or stalling is a
-    /// lost connection or a timeout, and only a TLS error on its merits
-    /// (certificate, protocol, alert) is a TLS failure.
+    /// connection got: a name that does not resolve, a connection that is
+    /// refused or unreachable, and a connect that does not finish in time are
+    /// each their own error; once the TCP connection exists, the peer closing
+    /// or stalling is a lost connection or a timeout, a certificate that fails
+    /// verification is [`ClientError::CertificateRejected`], and any other TLS
+    /// error on its merits (protocol, alert) is a TLS failure.
     pub(crate) async fn connect(&self) -> Result<SendRequest<RequestBody>, ClientError> {
         let server = || self.endpoint.base.clone();
         let started = Instant::now();
-        let addr = (self.endpoint.host.as_str(), self.endpoint.port);
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(self.connect_timeout, self.connect_tcp()).await {
             Err(_) => {
                 return Err(ClientError::ConnectTimeout {
                     server: server(),
                     after: self.connect_timeout,
                 });
             }
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    server: server(),
-                    source,
-                });
-            }
-            Ok(Ok(tcp)) => tcp,
+            Ok(result) => result?,
         };
         // Small API requests should not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
@@ -273,12 +406,24 @@ impl Connector {
                 during: "TLS handshake",
             }),
             // rustls reports its own errors (bad certificate, alerts, protocol
-            // violations) as InvalidData; everything else is the transport.
+            // violations) as InvalidData wrapping a `rustls::Error`;
+            // everything else is the transport.
             Ok(Err(source)) if source.kind() == io::ErrorKind::InvalidData => {
-                Err(ClientError::Tls {
-                    server: server(),
-                    source,
-                })
+                match source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>())
+                {
+                    Some(rustls::Error::InvalidCertificate(reason)) => {
+                        Err(ClientError::CertificateRejected {
+                            server: server(),
+                            detail: format!("{reason:?}"),
+                        })
+                    }
+                    _ => Err(ClientError::Tls {
+                        server: server(),
+                        source,
+                    }),
+                }
             }
             Ok(Err(e)) => Err(ClientError::ConnectionLost {
                 server: server(),
@@ -286,6 +431,37 @@ impl Connector {
             }),
             Ok(Ok(tls)) => handshake(tls, &self.endpoint.base).await,
         }
+    }
+
+    /// Resolves the host and connects to its addresses in turn; the caller
+    /// bounds the whole by the connect timeout.
+    async fn connect_tcp(&self) -> Result<TcpStream, ClientError> {
+        let server = || self.endpoint.base.clone();
+        let addrs: Vec<SocketAddr> =
+            tokio::net::lookup_host((self.endpoint.host.as_str(), self.endpoint.port))
+                .await
+                .map_err(|e| ClientError::Resolve {
+                    server: server(),
+                    detail: e.to_string(),
+                })?
+                .collect();
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(source) => ClientError::Connect {
+                server: server(),
+                source,
+            },
+            None => ClientError::Resolve {
+                server: server(),
+                detail: "the name has no addresses".to_owned(),
+            },
+        })
     }
 }
 
@@ -318,8 +494,11 @@ pub(crate) struct Answer {
     pub(crate) body: Bytes,
 }
 
-/// Sends one request on a connection and reads the whole answer, all within
-/// `timeout`; an answer body larger than `max_body` is refused.
+/// Sends one request on a connection and reads the whole answer; an answer
+/// body larger than `max_body` is refused. `timeout` is the response timeout
+/// of [`Timeouts::response`]: the whole answer must arrive within it after
+/// the request body has been sent, and while the body is being sent the
+/// server must take more of it at least that often.
 pub(crate) async fn exchange(
     sender: &mut SendRequest<RequestBody>,
     request: Request<RequestBody>,
@@ -327,6 +506,16 @@ pub(crate) async fn exchange(
     max_body: usize,
     server: &str,
 ) -> Result<Answer, ClientError> {
+    let progress = Arc::new(SendProgress::new());
+    let request = request.map(|body| {
+        if body.is_end_stream() {
+            progress.finish();
+        }
+        RequestBody::Tracked {
+            inner: Box::new(body),
+            progress: progress.clone(),
+        }
+    });
     let work = async {
         sender.ready().await.map_err(|e| map_hyper(&e, server))?;
         let response = sender
@@ -356,13 +545,60 @@ pub(crate) async fn exchange(
             body: body.to_bytes(),
         })
     };
-    match tokio::time::timeout(timeout, work).await {
-        Ok(result) => result,
-        Err(_) => Err(ClientError::Timeout {
-            server: server.to_owned(),
-            after: timeout,
-            during: "waiting for the answer",
-        }),
+    tokio::pin!(work);
+    loop {
+        let deadline = progress.last() + timeout;
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                // The body may have moved on while the timer ran.
+                if progress.last() + timeout <= Instant::now() {
+                    return Err(ClientError::Timeout {
+                        server: server.to_owned(),
+                        after: timeout,
+                        during: if progress.is_finished() {
+                            "waiting for the answer"
+                        } else {
+                            "sending the request: the server stopped taking it"
+                        },
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// When the request body last moved, and whether it is all sent (kept by
+/// [`exchange`] for its response timeout).
+#[derive(Debug)]
+pub struct SendProgress {
+    last: Mutex<Instant>,
+    finished: AtomicBool,
+}
+
+impl SendProgress {
+    fn new() -> Self {
+        SendProgress {
+            last: Mutex::new(Instant::now()),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn finish(&self) {
+        self.touch();
+        self.finished.store(true, Ordering::Release);
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
     }
 }
 
@@ -401,6 +637,14 @@ pub enum RequestBody {
     Full(Option<Bytes>),
     /// A job upload.
     Multipart(MultipartBody),
+    /// Another body whose progress the exchange watches for its timeout.
+    #[doc(hidden)]
+    Tracked {
+        /// The body.
+        inner: Box<RequestBody>,
+        /// Where its progress is recorded.
+        progress: Arc<SendProgress>,
+    },
 }
 
 impl RequestBody {
@@ -426,6 +670,20 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Multipart(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Tracked { inner, progress } => {
+                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(_))) => {
+                        progress.touch();
+                        if inner.is_end_stream() {
+                            progress.finish();
+                        }
+                    }
+                    Poll::Ready(None) => progress.finish(),
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                }
+                polled
+            }
         }
     }
 
@@ -434,6 +692,7 @@ impl Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::Full(bytes) => bytes.is_none(),
             RequestBody::Multipart(body) => body.is_end_stream(),
+            RequestBody::Tracked { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -444,6 +703,7 @@ impl Body for RequestBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             RequestBody::Multipart(body) => body.size_hint(),
+            RequestBody::Tracked { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -491,6 +751,25 @@ mod tests {
             Connector::new(e, None, Duration::from_secs(1)),
             Err(ClientError::NoTrust { .. })
         ));
+    }
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons() {
+        let hex = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_fingerprint(&hex).unwrap(), [0xab; 32]);
+        assert_eq!(parse_fingerprint(&colons).unwrap(), [0xab; 32]);
+        assert_eq!(
+            parse_fingerprint(&format!("sha256:{hex}")).unwrap(),
+            [0xab; 32]
+        );
+        assert!(parse_fingerprint("ab:cd").is_err());
+        assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+        assert_eq!(
+            certificate_fingerprint(b"abc")[..4],
+            [0xba, 0x78, 0x16, 0xbf],
+            "SHA-256 of `abc`"
+        );
     }
 
     #[test]

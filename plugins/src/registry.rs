@@ -100,6 +100,19 @@ impl Registry {
         }
     }
 
+    /// A registry without external engines and without probing for them
+    /// (OCR and PDF rasterising absent), for servers and tests that must not
+    /// start processes.
+    pub fn without_engines() -> Registry {
+        let absent = || Probe::Absent("not probed: this registry runs without external engines".into());
+        Registry {
+            settings: RegistrySettings::default(),
+            ocr: absent(),
+            rasteriser: absent(),
+            ocr_slots: Arc::new(Semaphore::new(1)),
+        }
+    }
+
     /// The settings the registry was started with.
     pub fn settings(&self) -> &RegistrySettings {
         &self.settings

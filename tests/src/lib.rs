@@ -8,6 +8,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which
 //! `cargo xtask test` does).
 
+pub mod fault;
 pub mod http;
 pub mod support;
 

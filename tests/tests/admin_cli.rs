@@ -92,6 +92,87 @@ fn promotion_deactivate_04_activate_03_on_a_running_secondary() {
     assert_eq!(ack.json()["role"], "primary");
 }
 
+/// `license promote` swaps the 04 activation for an 03 one in one step:
+/// `/health`, polled throughout, never says the server is unlicensed.
+#[test]
+fn one_step_promotion_never_answers_not_licensed() {
+    let site = Site::new(&["gw-b"], "");
+    site.activate("gw-b", "04", 45, 5);
+    let gw = site.start("gw-b");
+    let health_url = gw.plain();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let probe = Device::new(&health_url, "none");
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = probe.call("GET", "/health", &[], b"");
+                let body = r.json();
+                seen.push((r.status, body["role"].as_str().unwrap_or("").to_owned()));
+            }
+            seen
+        })
+    };
+
+    // A key that is not an 03 key leaves the 04 activation in place.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, site.vendor.key("04", 46, 5)).unwrap();
+    let out = site.cli(
+        "gw-b",
+        &["license", "promote", "--key-file", wrong.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("needs an 03 key"), "{}", stderr(&out));
+    assert_eq!(gw.health().1["role"], "secondary");
+
+    // The 03 key comes from standard input, so it is never in the process list.
+    let mut child = std::process::Command::new(bin("gateway"))
+        .args([
+            "--config",
+            site.config.to_str().unwrap(),
+            "--instance",
+            "gw-b",
+        ])
+        .args(["license", "promote", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(site.vendor.key("03", 85, 5).as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("released license serial 0000045"), "{text}");
+    assert!(text.contains("role:        primary"), "{text}");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = poller.join().unwrap();
+    assert!(seen.len() >= 3, "the poller saw too little: {seen:?}");
+    assert!(
+        seen.iter().all(|(status, _)| *status == 200),
+        "a probe during the promotion was refused: {seen:?}"
+    );
+    assert_eq!(seen.first().unwrap().1, "secondary");
+    assert!(
+        seen.iter()
+            .all(|(_, role)| role == "secondary" || role == "primary"),
+        "{seen:?}"
+    );
+    let (status, health) = gw.health();
+    assert_eq!((status, health["role"].as_str()), (200, Some("primary")));
+    site.add_device("gw-b", "mfd-1");
+}
+
 #[test]
 fn bad_license_keys_get_a_clear_one_line_reason() {
     let site = Site::new(&["gw-a"], "");

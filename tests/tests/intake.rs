@@ -167,10 +167,15 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body[..body.len() / 2]).unwrap();
     stream.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The upload is in the spool's temporary area before it is cut off;
+    // otherwise "nothing left behind" below would prove nothing.
+    let tmp = site.data_dir("gw-a").join("gw-a-spool/tmp");
+    let started = eventually(Duration::from_secs(10), || {
+        (std::fs::read_dir(&tmp).unwrap().count() > 0).then_some(())
+    });
+    assert!(started.is_some(), "the upload never reached the spool");
     drop(stream);
 
-    let tmp = site.data_dir("gw-a").join("gw-a-spool/tmp");
     let emptied = eventually(Duration::from_secs(10), || {
         (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
     });

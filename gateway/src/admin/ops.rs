@@ -6,11 +6,11 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::role::RoleSnapshot;
+use crate::names::DeviceName;
+use crate::role::{ReadOnly, RoleSnapshot};
 use crate::security::tokens;
 use crate::spool::JobSpool;
 use crate::store::{Device, DeviceStatus, JobRecord, JobState, Store, StoreError};
-use crate::web::api::validate_device_name;
 
 /// Why an admin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("{0}")]
     Refused(String),
+    /// A configuration change on a server that is not the primary.
+    #[error(transparent)]
+    ReadOnly(#[from] ReadOnly),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -31,6 +34,8 @@ impl AdminError {
             AdminError::Invalid(_) => "invalid",
             AdminError::NotFound(_) => "not_found",
             AdminError::Refused(_) => "refused",
+            AdminError::ReadOnly(r) => r.code(),
+            AdminError::Store(StoreError::Fenced { .. }) => "fenced",
             AdminError::Store(_) => "store",
         }
     }
@@ -51,10 +56,8 @@ pub fn add_device(
     name: &str,
     serial: Option<&str>,
 ) -> Result<ProvisionedDevice, AdminError> {
-    validate_device_name(name).map_err(AdminError::Invalid)?;
-    let write = role
-        .config_write(instance)
-        .map_err(|e| AdminError::Refused(e.to_string()))?;
+    DeviceName::parse(name).map_err(AdminError::Invalid)?;
+    let write = role.config_write(instance)?;
     if store.device_by_name(name)?.is_some() {
         return Err(AdminError::Refused(format!(
             "a device named `{name}` is already registered"
@@ -92,9 +95,7 @@ pub fn set_device_status(
     id_or_name: &str,
     status: DeviceStatus,
 ) -> Result<Device, AdminError> {
-    let write = role
-        .config_write(instance)
-        .map_err(|e| AdminError::Refused(e.to_string()))?;
+    let write = role.config_write(instance)?;
     let device = find_device(store, id_or_name)?;
     store.set_device_status(device.id, status, write)?;
     find_device(store, &device.id.to_string())
@@ -168,9 +169,12 @@ mod tests {
     use crate::role::ServerRole;
 
     fn role(role: ServerRole) -> RoleSnapshot {
+        let epoch = pair_core::Epoch::new(1, pair_core::ServerId::from_u128(1));
         RoleSnapshot {
             role,
-            epoch: 1,
+            epoch,
+            seen_epoch: epoch,
+            fenced_by: None,
             license: None,
             license_problem: None,
         }
@@ -186,11 +190,13 @@ mod tests {
                 .contains("secondary cannot change configuration"),
             "{err}"
         );
-        assert!(
-            err.to_string()
-                .contains("gateway license activate <03 key>"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("gateway license promote"), "{err}");
+        assert_eq!(err.code(), "read_only_secondary");
+        let mut fenced = role(ServerRole::Fenced);
+        fenced.fenced_by = Some(pair_core::Epoch::new(2, pair_core::ServerId::from_u128(2)));
+        let err = add_device(&store, &fenced, "gw-a", "mfd-1", None).unwrap_err();
+        assert_eq!(err.code(), "fenced");
+        assert!(err.to_string().contains("epoch 2"), "{err}");
         let added = add_device(&store, &role(ServerRole::Primary), "gw-a", "mfd-1", None).unwrap();
         assert!(tokens::looks_like_device_token(&added.token));
         assert_eq!(added.device.status, DeviceStatus::Approved);
@@ -233,5 +239,41 @@ mod tests {
             retry_job(&store, &Uuid::new_v4().to_string()),
             Err(AdminError::NotFound(_))
         ));
+        let id = Uuid::new_v4();
+        store
+            .insert_job(&crate::store::NewJob {
+                id,
+                device_id: Uuid::new_v4(),
+                user: "ann".into(),
+                workflow: "w".into(),
+                manifest: "{}".into(),
+                manifest_sha256: "00".into(),
+                bytes: 1,
+                accepted_by: "gw-a".into(),
+                accepted_role: "primary".into(),
+                accepted_epoch: 1,
+                client_addr: None,
+                received_at: chrono::Utc::now(),
+                acceptor: pair_core::ServerId::from_u128(1),
+                pages: vec![crate::store::NewPage {
+                    seq: 1,
+                    file_name: "page-0001.png".into(),
+                    format: "png".into(),
+                    bytes: 1,
+                    sha256: "ab".into(),
+                }],
+            })
+            .unwrap();
+        // A job that is not failed is refused and stays as it was.
+        let err = retry_job(&store, &id.to_string()).unwrap_err();
+        assert!(matches!(err, AdminError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("is received, not failed"), "{err}");
+        assert_eq!(store.job(id).unwrap().unwrap().state, JobState::Received);
+        // A failed one goes back to the queue without its reason.
+        store
+            .set_job_state(id, JobState::Failed, Some("webhook down"))
+            .unwrap();
+        let retried = retry_job(&store, &id.to_string()).unwrap();
+        assert_eq!((retried.state, retried.reason), (JobState::Received, None));
     }
 }

@@ -12,7 +12,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::Utc;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,9 +19,29 @@ use tokio::net::UnixListener;
 use tower::ServiceExt;
 
 use super::ops::{self, AdminError};
-use crate::instance::Gateway;
-use crate::role;
+use crate::core::Core;
 use crate::store::{DeviceStatus, JobState};
+
+/// The web service as the admin channel controls it: stopped and started
+/// on an admin's request (failover cause 2 on purpose). The composition
+/// root gives the admin channel an implementation, so this adapter needs
+/// nothing of the web adapter.
+pub trait WebSwitch: Send + Sync {
+    fn start(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn stop(&self) -> BoxFuture<'_, ()>;
+    /// Up or down and where it listens, as status shows it.
+    fn state(&self) -> Value;
+}
+
+/// A future the switch returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What the admin routes share.
+#[derive(Clone)]
+struct Admin {
+    core: Arc<Core>,
+    web: Arc<dyn WebSwitch>,
+}
 
 /// The bound admin socket, with the uid allowed besides root.
 pub struct AdminSocket {
@@ -32,8 +51,8 @@ pub struct AdminSocket {
 
 /// Binds the socket, refusing to start when another process of the same
 /// instance is already serving it.
-pub async fn bind(gw: &Gateway) -> anyhow::Result<AdminSocket> {
-    let path = &gw.paths.admin_socket;
+pub async fn bind(core: &Core) -> anyhow::Result<AdminSocket> {
+    let path = &core.paths.admin_socket;
     if path.as_os_str().len() > 100 {
         bail!(
             "the admin socket path {} is too long for a Unix socket (over 100 bytes); use a shorter data_dir",
@@ -44,7 +63,7 @@ pub async fn bind(gw: &Gateway) -> anyhow::Result<AdminSocket> {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             bail!(
                 "instance `{}` is already running (its admin socket {} answers); stop it first",
-                gw.name(),
+                core.name(),
                 path.display()
             );
         }
@@ -63,8 +82,8 @@ pub async fn bind(gw: &Gateway) -> anyhow::Result<AdminSocket> {
 }
 
 /// Serves admin requests until the task is aborted.
-pub async fn run(gw: Arc<Gateway>, socket: AdminSocket) {
-    let app = router(gw);
+pub async fn run(core: Arc<Core>, web: Arc<dyn WebSwitch>, socket: AdminSocket) {
+    let app = router(Admin { core, web });
     loop {
         let Ok((stream, _)) = socket.listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -94,7 +113,7 @@ pub async fn run(gw: Arc<Gateway>, socket: AdminSocket) {
     }
 }
 
-fn router(gw: Arc<Gateway>) -> Router {
+fn router(admin: Admin) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/maintenance", post(maintenance))
@@ -103,13 +122,14 @@ fn router(gw: Arc<Gateway>) -> Router {
         .route("/license", get(license_show))
         .route("/license/activate", post(license_activate))
         .route("/license/deactivate", post(license_deactivate))
+        .route("/license/promote", post(license_promote))
         .route("/devices", get(devices).post(device_add))
         .route("/devices/{id}/{action}", post(device_action))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/retry", post(job_retry))
         .route("/db/check", get(db_check))
         .route("/shutdown", post(shutdown))
-        .with_state(gw)
+        .with_state(admin)
 }
 
 /// Admin answers: JSON on success, `{"error": {...}}` with a status otherwise.
@@ -133,7 +153,8 @@ fn reply(r: Result<Value, AdminError>) -> AdminReply {
         let status = match &e {
             AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Refused(_) => StatusCode::CONFLICT,
+            AdminError::Refused(_) | AdminError::ReadOnly(_) => StatusCode::CONFLICT,
+            AdminError::Store(crate::store::StoreError::Fenced { .. }) => StatusCode::CONFLICT,
             AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, e)
@@ -141,12 +162,12 @@ fn reply(r: Result<Value, AdminError>) -> AdminReply {
 }
 
 /// Runs an operation on the store of the running data service.
-async fn on_store<T, F>(gw: &Gateway, f: F) -> Result<T, AdminError>
+async fn on_store<T, F>(core: &Core, f: F) -> Result<T, AdminError>
 where
     T: Send + 'static,
     F: FnOnce(&crate::store::Store) -> Result<T, AdminError> + Send + 'static,
 {
-    let parts = gw.data.parts().map_err(|e| {
+    let parts = core.data.parts().map_err(|e| {
         AdminError::Refused(format!("{e}; start it with `gateway service start data`"))
     })?;
     tokio::task::spawn_blocking(move || f(&parts.store))
@@ -159,11 +180,11 @@ fn to_json<T: serde::Serialize>(v: T) -> Value {
 }
 
 /// The full status of the instance.
-pub async fn status_value(gw: &Gateway) -> Value {
-    let data = gw.data.state();
+async fn status_value(core: &Core, web: &dyn WebSwitch) -> Value {
+    let data = core.data.state();
     let (queue, failed) = if data.up {
-        let q = gw.data.run(|s| s.queue_depth()).await.ok();
-        let f = gw
+        let q = core.data.run(|s| s.queue_depth()).await.ok();
+        let f = core
             .data
             .run(|s| s.count_in_state(JobState::Failed))
             .await
@@ -172,38 +193,40 @@ pub async fn status_value(gw: &Gateway) -> Value {
     } else {
         (None, None)
     };
-    let config = gw.config.current();
+    let config = core.config.current();
     json!({
-        "instance": gw.name(),
+        "instance": core.name(),
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
-        "started_at": gw.started_at,
-        "role": gw.role.snapshot(),
-        "web": gw.web.state(),
+        "started_at": core.started_at,
+        "role": core.role.snapshot(),
+        "server_id": core.server_id().map(|id| id.to_string()),
+        "web": web.state(),
         "data": data,
-        "maintenance": gw.in_maintenance(),
-        "pipeline_paused": gw.pipeline_paused(),
-        "accepting": gw.refusal().is_none(),
+        "maintenance": core.in_maintenance(),
+        "pipeline_paused": core.pipeline_paused(),
+        "accepting": core.refusal().is_none(),
         "queue_depth": queue,
         "failed_jobs": failed,
-        "jobs_accepted_since_start": gw.metrics.accepted(),
+        "jobs_accepted_since_start": core.metrics.accepted(),
         "config": config.map(|c| json!({
             "version": c.meta.version,
-            "epoch": c.meta.epoch,
+            "epoch": c.meta.epoch.number,
+            "epoch_id": c.meta.epoch.to_string(),
             "workflows": c.workflow_names(),
             "broken_workflows": c.broken_workflows,
             "users": c.users.len(),
         })),
-        "capabilities": gw.registry.capabilities(),
-        "time_zone": gw.settings.instance.time_zone.name(),
-        "data_dir": gw.paths.data_dir,
-        "certificate": gw.cert_path,
-        "config_source": gw.settings.source,
+        "capabilities": core.registry.capabilities(),
+        "time_zone": core.settings.instance.time_zone.name(),
+        "data_dir": core.paths.data_dir,
+        "certificate": core.certificate,
+        "config_source": core.settings.source,
     })
 }
 
-async fn status(State(gw): State<Arc<Gateway>>) -> AdminReply {
-    AdminReply(Ok(status_value(&gw).await))
+async fn status(State(a): State<Admin>) -> AdminReply {
+    AdminReply(Ok(status_value(&a.core, a.web.as_ref()).await))
 }
 
 #[derive(Deserialize)]
@@ -211,11 +234,8 @@ struct MaintenanceRequest {
     on: bool,
 }
 
-async fn maintenance(
-    State(gw): State<Arc<Gateway>>,
-    Json(req): Json<MaintenanceRequest>,
-) -> AdminReply {
-    let persisted = gw.set_maintenance(req.on).await;
+async fn maintenance(State(a): State<Admin>, Json(req): Json<MaintenanceRequest>) -> AdminReply {
+    let persisted = a.core.set_maintenance(req.on).await;
     reply(Ok(json!({"maintenance": req.on, "persisted": persisted})))
 }
 
@@ -224,90 +244,92 @@ struct PipelineRequest {
     paused: bool,
 }
 
-async fn pipeline(State(gw): State<Arc<Gateway>>, Json(req): Json<PipelineRequest>) -> AdminReply {
-    gw.set_pipeline_paused(req.paused);
-    reply(Ok(json!({"pipeline_paused": gw.pipeline_paused()})))
+async fn pipeline(State(a): State<Admin>, Json(req): Json<PipelineRequest>) -> AdminReply {
+    a.core.set_pipeline_paused(req.paused);
+    reply(Ok(json!({"pipeline_paused": a.core.pipeline_paused()})))
 }
 
 async fn service(
-    State(gw): State<Arc<Gateway>>,
+    State(a): State<Admin>,
     Path((name, action)): Path<(String, String)>,
 ) -> AdminReply {
+    let core = &a.core;
     let result = match (name.as_str(), action.as_str()) {
         ("data", "stop") => {
-            gw.data.stop().await;
+            core.data.stop().await;
             Ok(())
         }
-        ("data", "start") => gw.data.start().await.map_err(AdminError::Refused),
+        ("data", "start") => core.data.start().await.map_err(AdminError::Refused),
         ("web", "stop") => {
-            gw.web.stop().await;
+            a.web.stop().await;
             Ok(())
         }
-        ("web", "start") => gw
-            .web
-            .start(crate::web::app(gw.clone()))
-            .await
-            .map(|_| ())
-            .map_err(|e| AdminError::Refused(e.to_string())),
+        ("web", "start") => a.web.start().await.map_err(AdminError::Refused),
         ("data" | "web", "status") => Ok(()),
         _ => Err(AdminError::Invalid(format!(
             "unknown service command `{action} {name}`; use start, stop or status with web or data"
         ))),
     };
-    reply(result.map(|()| json!({"web": gw.web.state(), "data": gw.data.state()})))
+    reply(result.map(|()| json!({"web": a.web.state(), "data": core.data.state()})))
 }
 
-async fn license_show(State(gw): State<Arc<Gateway>>) -> AdminReply {
+async fn license_show(State(a): State<Admin>) -> AdminReply {
     reply(Ok(
-        json!({"role": gw.role.snapshot(), "install_id": gw.license.install_id}),
+        json!({"role": a.core.role.snapshot(), "install_id": a.core.license.install_id}),
     ))
 }
 
 #[derive(Deserialize)]
-struct ActivateRequest {
+struct KeyRequest {
     key: String,
 }
 
-async fn license_activate(
-    State(gw): State<Arc<Gateway>>,
-    Json(req): Json<ActivateRequest>,
-) -> AdminReply {
-    let ctx = gw.license.clone();
-    let result = on_store(&gw, move |s| {
-        role::activate_license(s, &ctx, &req.key, Utc::now())
-            .map_err(|e| AdminError::Refused(e.to_string()))
-    })
-    .await;
-    if result.is_ok() {
-        // A new primary imports the file's configuration under its epoch.
-        if let Err(e) = gw.on_data_up().await {
-            tracing::error!(error = e, "reloading after activation failed");
-        }
-    }
+async fn license_activate(State(a): State<Admin>, Json(req): Json<KeyRequest>) -> AdminReply {
+    let result = a
+        .core
+        .activate_license(req.key)
+        .await
+        .map_err(|e| AdminError::Refused(e.to_string()));
     reply(result.map(|snapshot| {
         tracing::warn!(
             role = snapshot.role.as_str(),
-            epoch = snapshot.epoch,
+            epoch = %snapshot.epoch.short(),
             "license activated"
         );
         to_json(snapshot)
     }))
 }
 
-async fn license_deactivate(State(gw): State<Arc<Gateway>>) -> AdminReply {
-    let result = on_store(&gw, |s| {
-        role::deactivate_license(s, Utc::now()).map_err(|e| AdminError::Refused(e.to_string()))
-    })
-    .await;
-    let _ = gw.refresh_role().await;
-    reply(result.map(|d| {
-        tracing::warn!(serial = d.serial, "license deactivated");
-        json!({"released_serial": d.serial, "released_role": d.role, "role": gw.role.snapshot()})
+async fn license_promote(State(a): State<Admin>, Json(req): Json<KeyRequest>) -> AdminReply {
+    let result = a
+        .core
+        .promote(req.key)
+        .await
+        .map_err(|e| AdminError::Refused(e.to_string()));
+    reply(result.map(|(released, snapshot)| {
+        tracing::warn!(
+            released_serial = released.serial,
+            epoch = %snapshot.epoch.short(),
+            "promoted to primary"
+        );
+        json!({"released_serial": released.serial, "role": snapshot})
     }))
 }
 
-async fn devices(State(gw): State<Arc<Gateway>>) -> AdminReply {
-    reply(on_store(&gw, |s| Ok(to_json(s.devices()?))).await)
+async fn license_deactivate(State(a): State<Admin>) -> AdminReply {
+    let result = a
+        .core
+        .deactivate_license()
+        .await
+        .map_err(|e| AdminError::Refused(e.to_string()));
+    reply(result.map(|d| {
+        tracing::warn!(serial = d.serial, "license deactivated");
+        json!({"released_serial": d.serial, "released_role": d.role, "role": a.core.role.snapshot()})
+    }))
+}
+
+async fn devices(State(a): State<Admin>) -> AdminReply {
+    reply(on_store(&a.core, |s| Ok(to_json(s.devices()?))).await)
 }
 
 #[derive(Deserialize)]
@@ -316,11 +338,11 @@ struct AddDevice {
     serial: Option<String>,
 }
 
-async fn device_add(State(gw): State<Arc<Gateway>>, Json(req): Json<AddDevice>) -> AdminReply {
-    let role = gw.role.snapshot();
-    let instance = gw.name().to_owned();
+async fn device_add(State(a): State<Admin>, Json(req): Json<AddDevice>) -> AdminReply {
+    let role = a.core.role.snapshot();
+    let instance = a.core.name().to_owned();
     reply(
-        on_store(&gw, move |s| {
+        on_store(&a.core, move |s| {
             Ok(to_json(ops::add_device(
                 s,
                 &role,
@@ -334,7 +356,7 @@ async fn device_add(State(gw): State<Arc<Gateway>>, Json(req): Json<AddDevice>) 
 }
 
 async fn device_action(
-    State(gw): State<Arc<Gateway>>,
+    State(a): State<Admin>,
     Path((id, action)): Path<(String, String)>,
 ) -> AdminReply {
     let status = match action.as_str() {
@@ -346,10 +368,10 @@ async fn device_action(
             ))));
         }
     };
-    let role = gw.role.snapshot();
-    let instance = gw.name().to_owned();
+    let role = a.core.role.snapshot();
+    let instance = a.core.name().to_owned();
     reply(
-        on_store(&gw, move |s| {
+        on_store(&a.core, move |s| {
             Ok(to_json(ops::set_device_status(
                 s, &role, &instance, &id, status,
             )?))
@@ -363,28 +385,33 @@ struct JobsQuery {
     state: Option<String>,
 }
 
-async fn jobs(State(gw): State<Arc<Gateway>>, Query(q): Query<JobsQuery>) -> AdminReply {
+async fn jobs(State(a): State<Admin>, Query(q): Query<JobsQuery>) -> AdminReply {
     let name = q.state.as_deref().unwrap_or("failed");
     let Some(state) = JobState::from_name(name) else {
         return reply(Err(AdminError::Invalid(format!(
             "unknown job state `{name}`"
         ))));
     };
-    reply(on_store(&gw, move |s| Ok(to_json(s.jobs_in_state(state, 1000)?))).await)
+    reply(on_store(&a.core, move |s| Ok(to_json(s.jobs_in_state(state, 1000)?))).await)
 }
 
-async fn job_retry(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> AdminReply {
-    let result = on_store(&gw, move |s| ops::retry_job(s, &id)).await;
-    gw.job_ready.notify_one();
+async fn job_retry(State(a): State<Admin>, Path(id): Path<String>) -> AdminReply {
+    let result = on_store(&a.core, move |s| ops::retry_job(s, &id)).await;
+    a.core.job_ready.notify_one();
     reply(result.map(to_json))
 }
 
-async fn db_check(State(gw): State<Arc<Gateway>>) -> AdminReply {
-    let spool = gw.data.parts().ok().map(|p| p.spool.clone());
-    reply(on_store(&gw, move |s| Ok(to_json(ops::db_check(s, spool.as_ref())?))).await)
+async fn db_check(State(a): State<Admin>) -> AdminReply {
+    let spool = a.core.data.parts().ok().map(|p| p.spool.clone());
+    reply(
+        on_store(&a.core, move |s| {
+            Ok(to_json(ops::db_check(s, spool.as_ref())?))
+        })
+        .await,
+    )
 }
 
-async fn shutdown(State(gw): State<Arc<Gateway>>) -> AdminReply {
-    gw.request_shutdown();
+async fn shutdown(State(a): State<Admin>) -> AdminReply {
+    a.core.request_shutdown();
     reply(Ok(json!({"shutting_down": true})))
 }

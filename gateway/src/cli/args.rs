@@ -103,14 +103,35 @@ pub enum PauseResume {
 #[derive(Subcommand, Debug)]
 pub enum LicenseAction {
     /// Activate a license key (03 primary, 04 secondary).
-    Activate { key: String },
-    /// Release the active license (the first step of a promotion).
+    Activate {
+        #[command(flatten)]
+        key: KeyInput,
+    },
+    /// Release the active license (the first step of a two-step promotion).
     Deactivate,
+    /// Promote this secondary: release its 04 key and activate an 03 key
+    /// in one step (it never stops taking jobs in between).
+    Promote {
+        #[command(flatten)]
+        key: KeyInput,
+    },
     /// Show the active license.
     Show {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a license key comes from: the argument, a file, or standard input
+/// (`-`), so that keys need not appear in the process list.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct KeyInput {
+    /// The key itself, or `-` to read it from standard input.
+    pub key: Option<String>,
+    /// Read the key from this file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use crate::admin::client::{AdminCallError, AdminClient};
 use crate::admin::ops;
+use crate::license::{self, LicenseContext};
 use crate::paths::InstancePaths;
-use crate::role::{self, LicenseContext};
+use crate::role::ServerRole;
 use crate::security::{PasswordHash, passwords};
 use crate::settings::{self, Settings, Source};
 use crate::spool::JobSpool;
@@ -62,7 +63,7 @@ fn offline(settings: &Settings) -> anyhow::Result<Offline> {
     let license = LicenseContext {
         trusted,
         instance: instance.clone(),
-        install_id: role::install_id(&paths.data_dir, &instance),
+        install_id: license::install_id(&paths.data_dir, &instance),
     };
     Ok(Offline {
         store,
@@ -139,7 +140,7 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
             }
             None => {
                 let off = offline(&settings)?;
-                let role = role::read_role(&off.store, &off.license, Utc::now().date_naive())?;
+                let role = license::read_role(&off.store, &off.license, Utc::now().date_naive())?;
                 let status = json!({
                     "instance": instance,
                     "running": false,
@@ -243,21 +244,65 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
     }
 }
 
+/// Reads a license key as `KeyInput` says: the argument, a file or stdin.
+fn read_key(input: &KeyInput) -> anyhow::Result<String> {
+    let text = match (&input.key, &input.key_file) {
+        (Some(k), None) if k == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the license key from standard input")?;
+            text
+        }
+        (Some(k), None) => k.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the license key file {}", path.display()))?,
+        _ => bail!("give the key, `-` to read it from standard input, or --key-file FILE"),
+    };
+    let key = text.trim().to_owned();
+    if key.is_empty() {
+        bail!("the license key is empty");
+    }
+    Ok(key)
+}
+
 async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i32> {
     let client = running(settings).await;
     let snapshot = match (action, client) {
         (LicenseAction::Activate { key }, Some(c)) => c
-            .post("/license/activate", json!({"key": key}))
+            .post("/license/activate", json!({"key": read_key(&key)?}))
             .await
             .map_err(call_error)?,
         (LicenseAction::Activate { key }, None) => {
             let off = offline(settings)?;
-            serde_json::to_value(role::activate_license(
-                &off.store,
-                &off.license,
-                &key,
-                Utc::now(),
-            )?)?
+            let role =
+                license::activate_license(&off.store, &off.license, &read_key(&key)?, Utc::now())?;
+            if role.role == ServerRole::Primary {
+                crate::site::record_file_hash(&off.store, &settings.site)?;
+            }
+            serde_json::to_value(role)?
+        }
+        (LicenseAction::Promote { key }, Some(c)) => {
+            let r = c
+                .post("/license/promote", json!({"key": read_key(&key)?}))
+                .await
+                .map_err(call_error)?;
+            println!(
+                "released license serial {:07} (04); this server is now the primary",
+                r["released_serial"].as_u64().unwrap_or(0)
+            );
+            r["role"].clone()
+        }
+        (LicenseAction::Promote { key }, None) => {
+            let off = offline(settings)?;
+            let (released, role) =
+                license::promote(&off.store, &off.license, &read_key(&key)?, Utc::now())?;
+            crate::site::record_file_hash(&off.store, &settings.site)?;
+            println!(
+                "released license serial {:07} (04); this server is now the primary",
+                released.serial
+            );
+            serde_json::to_value(role)?
         }
         (LicenseAction::Deactivate, Some(c)) => {
             let r = c
@@ -272,9 +317,9 @@ async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i
         }
         (LicenseAction::Deactivate, None) => {
             let off = offline(settings)?;
-            let d = role::deactivate_license(&off.store, Utc::now())?;
+            let d = license::deactivate_license(&off.store, Utc::now())?;
             println!("released license serial {:07}", d.serial);
-            serde_json::to_value(role::read_role(
+            serde_json::to_value(license::read_role(
                 &off.store,
                 &off.license,
                 Utc::now().date_naive(),
@@ -285,7 +330,7 @@ async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i
                 Some(c) => c.get("/license").await.map_err(call_error)?["role"].clone(),
                 None => {
                     let off = offline(settings)?;
-                    serde_json::to_value(role::read_role(
+                    serde_json::to_value(license::read_role(
                         &off.store,
                         &off.license,
                         Utc::now().date_naive(),
@@ -423,7 +468,7 @@ async fn device(settings: &Settings, action: DeviceAction) -> anyhow::Result<i32
         (DeviceAction::List, Some(c)) => c.get("/devices").await.map_err(call_error)?,
         (_, None) => {
             let off = offline(settings)?;
-            let role = role::read_role(&off.store, &off.license, Utc::now().date_naive())?;
+            let role = license::read_role(&off.store, &off.license, Utc::now().date_naive())?;
             match &action {
                 DeviceAction::Add { name, serial } => serde_json::to_value(ops::add_device(
                     &off.store,

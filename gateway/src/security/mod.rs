@@ -7,3 +7,14 @@ pub mod tokens;
 
 pub use passwords::PasswordHash;
 pub use sessions::{Session, SessionError, SessionKey};
+
+/// Lower-case hex of some bytes (digests, ids).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::store::hex;
+use crate::security::hex;
 
 /// Prefix that makes a device token recognisable in a config file or a
 /// secret scanner, and lets a typo be reported as such.

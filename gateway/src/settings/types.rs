@@ -1,6 +1,7 @@
 //! The typed, validated settings an instance runs with, and the value types
 //! they are made of. Only `settings` builds them; everything else reads them.
 
+use crate::names::InstanceName;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,38 +84,6 @@ pub struct Settings {
     pub site: SiteConfig,
     /// Where the settings came from, for status output.
     pub source: String,
-}
-
-/// A valid instance name: it appears in paths, log lines and unit names.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct InstanceName(String);
-
-impl InstanceName {
-    pub fn parse(name: &str) -> Result<InstanceName, String> {
-        let ok = !name.is_empty()
-            && name.len() <= 32
-            && name.as_bytes()[0].is_ascii_alphanumeric()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(InstanceName(name.to_owned()))
-        } else {
-            Err(format!(
-                "`{name}` is not a valid instance name: use 1-32 lower-case letters, digits and dashes, starting with a letter or digit"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for InstanceName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// What kind of connections a listener takes.

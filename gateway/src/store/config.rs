@@ -1,23 +1,35 @@
 //! Configuration as the pair shares it: named JSON documents (workflows,
-//! users, limits, the session key) and the device registry. Every change
-//! raises the config-set version by one and stamps the changed rows with that
-//! version and the writer's epoch, which is what the pair link will replicate.
-//! Whether this server may write at all is decided by the role module, not
-//! here.
+//! users, limits, the session key) and the device registry, and the newest
+//! epoch this server has seen. Every change raises the config-set version by
+//! one and stamps the changed rows with that version and the writer's epoch,
+//! which is what the pair link replicates.
+//!
+//! Whether this server may write at all is decided by the role module (a
+//! write needs its [`ConfigWrite`] permission). What is enforced here, in the
+//! same transaction as the write, is the epoch rule: a write or a replicated
+//! change stamped with an epoch older than the newest one this store has
+//! seen is refused with [`StoreError::Fenced`], and the stored epoch never
+//! moves backwards. A newer epoch is taken and remembered.
 
 use chrono::{DateTime, Utc};
+use pair_core::Epoch;
 use ring::digest;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, StoreError, hex, now_text, parse_time};
+use super::{Store, StoreError, now_text, parse_time};
+use crate::role::{ConfigWrite, WriteKind};
+use crate::security::hex;
+
+/// Where the newest epoch this server has seen is kept (local state).
+const SEEN_EPOCH_KEY: &str = "epoch.seen";
 
 /// The version and epoch of the configuration set as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigMeta {
     pub version: u64,
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// One configuration document.
@@ -27,7 +39,7 @@ pub struct ConfigDoc {
     pub body: String,
     pub sha256: String,
     pub version: u64,
-    pub epoch: u64,
+    pub epoch: Epoch,
 }
 
 /// A registered device's approval state.
@@ -58,17 +70,6 @@ pub struct Device {
     pub status: DeviceStatus,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
-}
-
-/// How a configuration write is stamped.
-#[derive(Debug, Clone, Copy)]
-pub enum ConfigWrite<'a> {
-    /// A write by the primary of `epoch`: raises the version.
-    Primary { epoch: u64, by: &'a str },
-    /// A server that is not (yet) primary seeds its empty configuration from
-    /// its file so it can work alone; stamped version 0 so that anything the
-    /// primary sends supersedes it.
-    Bootstrap,
 }
 
 fn sha256_hex(body: &str) -> String {
@@ -102,55 +103,164 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>
 
 const DEVICE_COLUMNS: &str = "id, name, serial, status, created_at, approved_at";
 
-/// Raises the set version inside `tx` and returns the new version.
-fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, u64), StoreError> {
-    match write {
-        ConfigWrite::Primary { epoch, by } => {
-            let version: i64 = tx.query_row(
-                "UPDATE config_meta SET version = version + 1, epoch = ?1, updated_at = ?2, updated_by = ?3
-                 WHERE id = 1 RETURNING version",
-                params![epoch as i64, now_text(), by],
-                |r| r.get(0),
-            )?;
-            Ok((version as u64, epoch))
-        }
-        ConfigWrite::Bootstrap => Ok((0, 0)),
+fn epoch_from(number: i64, server: &str) -> Result<Epoch, StoreError> {
+    Ok(Epoch::new(
+        number as u64,
+        server
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("epoch server id: {e}")))?,
+    ))
+}
+
+/// The newest epoch recorded in the store: the one the last configuration
+/// change carried, or a newer one the server has seen since.
+fn newest_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+    let (number, server): (i64, String) = conn.query_row(
+        "SELECT epoch, epoch_server FROM config_meta WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(epoch_from(number, &server)?.max(seen_epoch(conn)?))
+}
+
+fn seen_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT value FROM local_state WHERE key = ?1",
+            [SEEN_EPOCH_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match text {
+        None => Ok(Epoch::ZERO),
+        // A damaged value must never read as "no epoch": that would let an
+        // old primary's changes in again.
+        Some(t) => t
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("the stored newest epoch `{t}`: {e}"))),
     }
+}
+
+fn raise_seen(conn: &Connection, epoch: Epoch) -> Result<Epoch, StoreError> {
+    let seen = seen_epoch(conn)?;
+    if epoch > seen {
+        conn.execute(
+            "INSERT INTO local_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![SEEN_EPOCH_KEY, epoch.to_string()],
+        )?;
+        return Ok(epoch);
+    }
+    Ok(seen)
+}
+
+/// Checks the write's epoch against the newest one stored and raises the
+/// set version inside `tx`. Returns the (version, epoch) the changed rows
+/// are stamped with.
+fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, Epoch), StoreError> {
+    let current: i64 = tx.query_row("SELECT version FROM config_meta WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
+    let (version, epoch, by) = match write.kind() {
+        WriteKind::Bootstrap => return Ok((0, Epoch::ZERO)),
+        WriteKind::Primary { epoch, by } => (current as u64 + 1, epoch, by.to_owned()),
+        WriteKind::Replicated { epoch, version } => {
+            if version <= current as u64 {
+                return Err(StoreError::StaleVersion {
+                    offered: version,
+                    stored: current as u64,
+                });
+            }
+            (
+                version,
+                epoch,
+                format!("replicated from epoch {}", epoch.short()),
+            )
+        }
+    };
+    let newest = newest_epoch(tx)?;
+    if epoch < newest {
+        return Err(StoreError::Fenced {
+            offered: epoch,
+            newest,
+        });
+    }
+    raise_seen(tx, epoch)?;
+    tx.execute(
+        "UPDATE config_meta SET version = ?1, epoch = ?2, epoch_server = ?3, updated_at = ?4, updated_by = ?5
+         WHERE id = 1",
+        params![
+            version as i64,
+            epoch.number as i64,
+            epoch.server.to_string(),
+            now_text(),
+            by
+        ],
+    )?;
+    Ok((version, epoch))
 }
 
 impl Store {
     /// The configuration set's version and epoch.
     pub fn config_meta(&self) -> Result<ConfigMeta, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT version, epoch FROM config_meta WHERE id = 1",
+        let (version, number, server): (i64, i64, String) = self.conn().query_row(
+            "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
             [],
-            |r| {
-                Ok(ConfigMeta {
-                    version: r.get::<_, i64>(0)? as u64,
-                    epoch: r.get::<_, i64>(1)? as u64,
-                })
-            },
-        )?)
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok(ConfigMeta {
+            version: version as u64,
+            epoch: epoch_from(number, &server)?,
+        })
+    }
+
+    /// The newest epoch this server has seen: its own, a peer's, or the one
+    /// its configuration carries, whichever is newest.
+    pub fn newest_epoch(&self) -> Result<Epoch, StoreError> {
+        newest_epoch(&self.conn())
+    }
+
+    /// Records that an epoch exists (the pair link tells of a peer's). The
+    /// stored value only ever moves forward; returns the newest epoch known
+    /// afterwards.
+    pub fn note_epoch(&self, epoch: Epoch) -> Result<Epoch, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        raise_seen(&tx, epoch)?;
+        let newest = newest_epoch(&tx)?;
+        tx.commit()?;
+        Ok(newest)
     }
 
     /// One configuration document.
     pub fn config_doc(&self, name: &str) -> Result<Option<ConfigDoc>, StoreError> {
-        Ok(self
+        let row = self
             .conn()
             .query_row(
-                "SELECT name, body, sha256, version, epoch FROM config_docs WHERE name = ?1",
+                "SELECT name, body, sha256, version, epoch, epoch_server FROM config_docs WHERE name = ?1",
                 [name],
                 |r| {
-                    Ok(ConfigDoc {
-                        name: r.get(0)?,
-                        body: r.get(1)?,
-                        sha256: r.get(2)?,
-                        version: r.get::<_, i64>(3)? as u64,
-                        epoch: r.get::<_, i64>(4)? as u64,
-                    })
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
                 },
             )
-            .optional()?)
+            .optional()?;
+        row.map(|(name, body, sha256, version, number, server)| {
+            Ok(ConfigDoc {
+                name,
+                body,
+                sha256,
+                version: version as u64,
+                epoch: epoch_from(number, &server)?,
+            })
+        })
+        .transpose()
     }
 
     /// Writes the documents that differ from what is stored, all under one new
@@ -169,7 +279,7 @@ impl Store {
             tx.query_row("SELECT version FROM config_meta WHERE id = 1", [], |r| {
                 r.get(0)
             })?;
-        if matches!(write, ConfigWrite::Bootstrap) && current > 0 {
+        if matches!(write.kind(), WriteKind::Bootstrap) && current > 0 {
             return Ok(None);
         }
         let mut changed = Vec::new();
@@ -192,10 +302,20 @@ impl Store {
         let (version, epoch) = bump(&tx, write)?;
         for (name, body, sum) in changed {
             tx.execute(
-                "INSERT INTO config_docs (name, body, sha256, version, epoch, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO config_docs (name, body, sha256, version, epoch, epoch_server, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET body = excluded.body, sha256 = excluded.sha256,
-                     version = excluded.version, epoch = excluded.epoch, updated_at = excluded.updated_at",
-                params![name, body, sum, version as i64, epoch as i64, now_text()],
+                     version = excluded.version, epoch = excluded.epoch,
+                     epoch_server = excluded.epoch_server, updated_at = excluded.updated_at",
+                params![
+                    name,
+                    body,
+                    sum,
+                    version as i64,
+                    epoch.number as i64,
+                    epoch.server.to_string(),
+                    now_text()
+                ],
             )?;
         }
         tx.commit()?;
@@ -221,11 +341,23 @@ impl Store {
         let now = now_text();
         let approved = (status == DeviceStatus::Approved).then(|| now.clone());
         tx.execute(
-            "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at, approval_seq, version, epoch)
+            "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at, approval_seq,
+                                  version, epoch, epoch_server)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,
                      CASE WHEN ?5 = 'approved' THEN (SELECT coalesce(max(approval_seq), 0) + 1 FROM devices) END,
-                     ?8, ?9)",
-            params![id.to_string(), name, serial, token_sha256, status.as_str(), now, approved, version as i64, epoch as i64],
+                     ?8, ?9, ?10)",
+            params![
+                id.to_string(),
+                name,
+                serial,
+                token_sha256,
+                status.as_str(),
+                now,
+                approved,
+                version as i64,
+                epoch.number as i64,
+                epoch.server.to_string()
+            ],
         )?;
         tx.commit()?;
         drop(conn);
@@ -300,13 +432,20 @@ impl Store {
         }
         let (version, epoch) = bump(&tx, write)?;
         tx.execute(
-            "UPDATE devices SET status = ?2, version = ?3, epoch = ?4,
+            "UPDATE devices SET status = ?2, version = ?3, epoch = ?4, epoch_server = ?6,
                  approved_at = CASE WHEN ?2 = 'approved' THEN coalesce(approved_at, ?5) ELSE approved_at END,
                  approval_seq = CASE WHEN ?2 = 'approved'
                      THEN coalesce(approval_seq, (SELECT coalesce(max(approval_seq), 0) + 1 FROM devices))
                      ELSE approval_seq END
              WHERE id = ?1",
-            params![id.to_string(), status.as_str(), version as i64, epoch as i64, now_text()],
+            params![
+                id.to_string(),
+                status.as_str(),
+                version as i64,
+                epoch.number as i64,
+                now_text(),
+                epoch.server.to_string()
+            ],
         )?;
         tx.commit()?;
         Ok(true)
@@ -331,11 +470,27 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::role::RoleSnapshot;
+    use pair_core::ServerId;
 
-    const PRIMARY: ConfigWrite<'static> = ConfigWrite::Primary {
-        epoch: 1,
-        by: "gw-a",
-    };
+    const A: ServerId = ServerId::from_u128(0xa);
+    const B: ServerId = ServerId::from_u128(0xb);
+    const E1: Epoch = Epoch::new(1, A);
+    const PRIMARY: ConfigWrite<'static> = primary(E1);
+
+    const fn primary(epoch: Epoch) -> ConfigWrite<'static> {
+        ConfigWrite::for_tests(epoch, "gw-a")
+    }
+
+    fn seed() -> ConfigWrite<'static> {
+        RoleSnapshot::unlicensed(None).seed_write("gw-b")
+    }
+
+    fn replicated(epoch: Epoch, version: u64) -> ConfigWrite<'static> {
+        RoleSnapshot::unlicensed(None)
+            .replicated_write(epoch, version)
+            .unwrap()
+    }
 
     #[test]
     fn unchanged_documents_do_not_raise_the_version() {
@@ -361,7 +516,7 @@ mod tests {
             store.config_meta().unwrap(),
             ConfigMeta {
                 version: 2,
-                epoch: 1
+                epoch: E1
             }
         );
     }
@@ -371,7 +526,7 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         assert_eq!(
             store
-                .put_config_docs(&[("users", "{}".into())], ConfigWrite::Bootstrap)
+                .put_config_docs(&[("users", "{}".into())], seed())
                 .unwrap(),
             Some(0)
         );
@@ -381,7 +536,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .put_config_docs(&[("users", "{}".into())], ConfigWrite::Bootstrap)
+                .put_config_docs(&[("users", "{}".into())], seed())
                 .unwrap(),
             None
         );
@@ -442,5 +597,121 @@ mod tests {
             1,
             "failed write leaves the version alone"
         );
+    }
+
+    /// Regression: `bump()` used to set the epoch unconditionally, so a
+    /// write stamped with an older epoch was accepted and lowered the
+    /// stored epoch.
+    #[test]
+    fn stale_epoch_write_is_refused_and_the_stored_epoch_does_not_move() {
+        let store = Store::open_in_memory().unwrap();
+        let e3 = Epoch::new(3, A);
+        store
+            .put_config_docs(&[("users", "{}".into())], primary(e3))
+            .unwrap();
+        for stale in [Epoch::new(2, B), Epoch::new(3, ServerId::NONE)] {
+            let err = store
+                .put_config_docs(&[("users", "{\"x\":1}".into())], primary(stale))
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::Fenced { offered, newest } if offered == stale && newest == e3),
+                "{err}"
+            );
+            assert!(err.to_string().contains("epoch 3"), "{err}");
+            let err = store
+                .insert_device("d", None, "hd", DeviceStatus::Approved, primary(stale))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+            let err = store
+                .put_config_docs(&[("users", "{\"y\":1}".into())], replicated(stale, 9))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        }
+        assert_eq!(
+            store.config_meta().unwrap(),
+            ConfigMeta {
+                version: 1,
+                epoch: e3
+            }
+        );
+        assert_eq!(store.config_doc("users").unwrap().unwrap().body, "{}");
+        assert!(store.device_by_name("d").unwrap().is_none());
+
+        // The current epoch goes through; a newer one is taken.
+        store
+            .put_config_docs(&[("users", "{\"z\":1}".into())], primary(e3))
+            .unwrap();
+        let e4 = Epoch::new(4, B);
+        store
+            .put_config_docs(&[("users", "{\"w\":1}".into())], replicated(e4, 3))
+            .unwrap();
+        assert_eq!(
+            store.config_meta().unwrap(),
+            ConfigMeta {
+                version: 3,
+                epoch: e4
+            }
+        );
+        assert_eq!(store.config_doc("users").unwrap().unwrap().epoch, e4);
+        assert!(matches!(
+            store.put_config_docs(&[("users", "{}".into())], primary(e3)),
+            Err(StoreError::Fenced { .. })
+        ));
+    }
+
+    #[test]
+    fn a_seen_epoch_fences_older_writes_before_any_change_carries_it() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .put_config_docs(&[("users", "{}".into())], PRIMARY)
+            .unwrap();
+        let newer = Epoch::new(1, B);
+        assert_eq!(store.note_epoch(newer).unwrap(), newer);
+        assert_eq!(
+            store.note_epoch(E1).unwrap(),
+            newer,
+            "the newest epoch never moves back"
+        );
+        assert!(matches!(
+            store.put_config_docs(&[("users", "{\"a\":1}".into())], PRIMARY),
+            Err(StoreError::Fenced { .. })
+        ));
+        assert_eq!(store.newest_epoch().unwrap(), newer);
+    }
+
+    #[test]
+    fn replicated_changes_keep_the_primary_stamp_and_refuse_old_versions() {
+        let store = Store::open_in_memory().unwrap();
+        assert_eq!(
+            store
+                .put_config_docs(&[("users", "{}".into())], replicated(E1, 5))
+                .unwrap(),
+            Some(5)
+        );
+        assert_eq!(store.config_doc("users").unwrap().unwrap().version, 5);
+        let err = store
+            .put_config_docs(&[("limits", "{}".into())], replicated(E1, 5))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::StaleVersion {
+                    offered: 5,
+                    stored: 5
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_stored_epoch_is_an_error_not_zero() {
+        let store = Store::open_in_memory().unwrap();
+        store.local_set(SEEN_EPOCH_KEY, Some("garbage")).unwrap();
+        assert!(matches!(store.newest_epoch(), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            store.put_config_docs(&[("users", "{}".into())], PRIMARY),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

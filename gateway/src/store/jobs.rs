@@ -1,10 +1,18 @@
 //! The job log: jobs, their page files and the attempts of each pipeline
 //! step. Written by whichever server accepted the job.
+//!
+//! Ownership: every job names the server that accepted it and the server
+//! that owns its processing (the acceptor, until a takeover moves it), by
+//! server id. Workers claim only jobs their server owns. Jobs are numbered
+//! per acceptor (`seq`), and replication cursors follow those numbers: two
+//! servers' clocks never order anything across the pair.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 use uuid::Uuid;
+
+use pair_core::ServerId;
 
 use super::{Store, StoreError, now_text, parse_time, time_text};
 
@@ -68,6 +76,41 @@ pub struct NewJob {
     pub client_addr: Option<String>,
     pub received_at: DateTime<Utc>,
     pub pages: Vec<NewPage>,
+    /// The server that accepted the job; it also owns it at first.
+    pub acceptor: ServerId,
+}
+
+/// Whether the peer has a copy of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaState {
+    /// Accepted here; the peer has no copy yet.
+    Local,
+    /// Accepted here; the peer stored a copy.
+    Replicated,
+    /// A copy of a job the peer accepted.
+    Replica,
+}
+
+impl ReplicaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Local => "local",
+            ReplicaState::Replicated => "replicated",
+            ReplicaState::Replica => "replica",
+        }
+    }
+
+    fn parse(s: &str) -> Result<ReplicaState, StoreError> {
+        match s {
+            "local" => Ok(ReplicaState::Local),
+            "replicated" => Ok(ReplicaState::Replicated),
+            "replica" => Ok(ReplicaState::Replica),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown replica state `{other}`"
+            ))),
+        }
+    }
 }
 
 /// One page file of a job.
@@ -101,6 +144,11 @@ pub struct JobRecord {
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub acceptor_server: ServerId,
+    pub owner_server: ServerId,
+    /// The acceptor's sequence number of this job.
+    pub seq: u64,
+    pub replica_state: ReplicaState,
 }
 
 /// One attempt of one pipeline step.
@@ -116,7 +164,14 @@ pub struct StepRow {
 }
 
 const JOB_COLUMNS: &str = "id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes, \
-     accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at";
+     accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at, \
+     acceptor_server, owner_server, seq, replica_state";
+
+fn server_col(row: &Row<'_>, i: usize) -> Result<ServerId, StoreError> {
+    let s: String = row.get(i)?;
+    s.parse()
+        .map_err(|e| StoreError::Corrupt(format!("job server id: {e}")))
+}
 
 fn uuid_col(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     let s: String = row.get(i)?;
@@ -147,6 +202,10 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Result<JobRecord, StoreError>
             reason: row.get(13)?,
             received_at: parse_time(&received)?,
             updated_at: parse_time(&updated)?,
+            acceptor_server: server_col(row, 16)?,
+            owner_server: server_col(row, 17)?,
+            seq: row.get::<_, Option<i64>>(18)?.unwrap_or(0) as u64,
+            replica_state: ReplicaState::parse(&row.get::<_, String>(19)?)?,
         })
     };
     Ok(build())
@@ -160,8 +219,10 @@ impl Store {
         let tx = conn.transaction()?;
         let inserted = tx.execute(
             "INSERT INTO jobs (id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes,
-                               accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13)
+                               accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at,
+                               acceptor_server, owner_server, seq, replica_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13, ?14, ?14,
+                     (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?14), 'local')
              ON CONFLICT (id) DO NOTHING",
             params![
                 job.id.to_string(),
@@ -177,6 +238,7 @@ impl Store {
                 job.accepted_epoch as i64,
                 job.client_addr,
                 time_text(job.received_at),
+                job.acceptor.to_string(),
             ],
         )?;
         if inserted == 0 {
@@ -279,15 +341,18 @@ impl Store {
         )? as u64)
     }
 
-    /// Takes the oldest received job for a worker.
-    pub fn claim_next_job(&self) -> Result<Option<Uuid>, StoreError> {
+    /// Takes the oldest received job that `owner` owns, for a worker. Jobs
+    /// owned by the peer (replicas) are never taken here; a takeover moves
+    /// their ownership first.
+    pub fn claim_next_job(&self, owner: ServerId) -> Result<Option<Uuid>, StoreError> {
         let conn = self.conn();
         let id: Option<String> = conn
             .query_row(
                 "UPDATE jobs SET state = 'processing', updated_at = ?1
-                 WHERE id = (SELECT id FROM jobs WHERE state = 'received' ORDER BY received_at, id LIMIT 1)
+                 WHERE id = (SELECT id FROM jobs WHERE owner_server = ?2 AND state = 'received'
+                             ORDER BY received_at, id LIMIT 1)
                  RETURNING id",
-                [now_text()],
+                params![now_text(), owner.to_string()],
                 |r| r.get(0),
             )
             .optional()?;
@@ -304,6 +369,31 @@ impl Store {
             "UPDATE jobs SET state = 'received', updated_at = ?1 WHERE state = 'processing'",
             [now_text()],
         )? as u64)
+    }
+
+    /// Jobs stored before jobs had owners were all accepted and owned by
+    /// this server: give them its id, numbered in the order received.
+    /// Returns how many were adopted.
+    pub fn adopt_unowned_jobs(&self, me: ServerId) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT id FROM jobs WHERE acceptor_server = '' ORDER BY received_at, id",
+            )?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            tx.execute(
+                "UPDATE jobs SET acceptor_server = ?2, owner_server = ?2,
+                     seq = (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?2)
+                 WHERE id = ?1",
+                params![id, me.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(ids.len() as u64)
     }
 
     /// Sets a job's state and reason.
@@ -443,6 +533,9 @@ impl Store {
 mod tests {
     use super::*;
 
+    const ME: ServerId = ServerId::from_u128(1);
+    const PEER: ServerId = ServerId::from_u128(2);
+
     pub(crate) fn sample_job(id: Uuid) -> NewJob {
         NewJob {
             id,
@@ -457,6 +550,7 @@ mod tests {
             accepted_epoch: 1,
             client_addr: Some("127.0.0.1:5000".into()),
             received_at: Utc::now(),
+            acceptor: ME,
             pages: vec![NewPage {
                 seq: 1,
                 file_name: "page-0001.png".into(),
@@ -499,11 +593,58 @@ mod tests {
         ja.received_at = Utc::now() - chrono::Duration::seconds(5);
         store.insert_job(&ja).unwrap();
         store.insert_job(&sample_job(b)).unwrap();
-        assert_eq!(store.claim_next_job().unwrap(), Some(a));
-        assert_eq!(store.claim_next_job().unwrap(), Some(b));
-        assert_eq!(store.claim_next_job().unwrap(), None);
+        assert_eq!(store.claim_next_job(ME).unwrap(), Some(a));
+        assert_eq!(store.claim_next_job(ME).unwrap(), Some(b));
+        assert_eq!(store.claim_next_job(ME).unwrap(), None);
         assert_eq!(store.requeue_processing().unwrap(), 2);
-        assert_eq!(store.claim_next_job().unwrap(), Some(a));
+        assert_eq!(store.claim_next_job(ME).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn workers_claim_only_jobs_their_server_owns_and_seq_counts_per_acceptor() {
+        let store = Store::open_in_memory().unwrap();
+        let (mine, theirs, mine2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        store.insert_job(&sample_job(mine)).unwrap();
+        let mut other = sample_job(theirs);
+        other.acceptor = PEER;
+        store.insert_job(&other).unwrap();
+        store.insert_job(&sample_job(mine2)).unwrap();
+        let seqs: Vec<(ServerId, u64)> = [mine, theirs, mine2]
+            .iter()
+            .map(|id| {
+                let j = store.job(*id).unwrap().unwrap();
+                assert_eq!(j.owner_server, j.acceptor_server);
+                assert_eq!(j.replica_state, ReplicaState::Local);
+                (j.acceptor_server, j.seq)
+            })
+            .collect();
+        assert_eq!(seqs, [(ME, 1), (PEER, 1), (ME, 2)]);
+        assert_eq!(store.claim_next_job(PEER).unwrap(), Some(theirs));
+        assert_eq!(store.claim_next_job(PEER).unwrap(), None);
+        let mut claimed = vec![
+            store.claim_next_job(ME).unwrap().unwrap(),
+            store.claim_next_job(ME).unwrap().unwrap(),
+        ];
+        claimed.sort();
+        let mut expected = vec![mine, mine2];
+        expected.sort();
+        assert_eq!(claimed, expected);
+        assert_eq!(store.claim_next_job(ME).unwrap(), None);
+    }
+
+    /// A second insert of the same id must never look like a new job: the
+    /// intake answers it as a replay.
+    #[test]
+    fn a_second_insert_of_an_id_changes_nothing() {
+        let store = Store::open_in_memory().unwrap();
+        let id = Uuid::new_v4();
+        assert!(store.insert_job(&sample_job(id)).unwrap());
+        let mut again = sample_job(id);
+        again.user = "mallory".into();
+        again.acceptor = PEER;
+        assert!(!store.insert_job(&again).unwrap());
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!((job.user.as_str(), job.acceptor_server), ("alice", ME));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use ring::digest;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{StoreError, hex, now_text};
+use super::{StoreError, now_text};
+use crate::security::hex;
 
 /// One numbered migration file.
 pub struct Migration {
@@ -16,11 +17,18 @@ pub struct Migration {
 
 /// Every migration this binary knows, in order. A test checks that this list
 /// and the files in `migrations/` agree, so a new file cannot be forgotten.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial.sql",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial.sql",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_epochs_and_job_ownership.sql",
+        sql: include_str!("../../../migrations/0002_epochs_and_job_ownership.sql"),
+    },
+];
 
 /// The newest schema version this binary understands.
 pub fn latest_version() -> u32 {
@@ -121,7 +129,7 @@ mod tests {
     #[test]
     fn fresh_database_gets_every_table() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply(&mut conn).unwrap(), vec![1]);
+        assert_eq!(apply(&mut conn).unwrap(), vec![1, 2]);
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
             .unwrap();
@@ -164,7 +172,7 @@ mod tests {
                 err,
                 StoreError::SchemaTooNew {
                     found: 99,
-                    known: 1
+                    known: 2
                 }
             ),
             "{err}"

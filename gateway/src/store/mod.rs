@@ -18,7 +18,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-pub use config::{ConfigDoc, ConfigMeta, ConfigWrite, Device, DeviceStatus};
+pub use config::{ConfigDoc, ConfigMeta, Device, DeviceStatus};
+pub use jobs::ReplicaState;
+
+use pair_core::ServerId;
+
+/// Where this server's id is kept (local state).
+const SERVER_ID_KEY: &str = "server.id";
 pub use jobs::{JobRecord, JobState, NewJob, NewPage, StepRow};
 
 /// What went wrong in the store.
@@ -42,6 +48,22 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A configuration change stamped with an epoch older than the newest
+    /// one this server has seen: it comes from a primary that was replaced.
+    #[error(
+        "configuration change refused: it carries epoch {}, but this server has seen epoch {}; \
+         a change from a replaced primary is never applied",
+        offered.short(), newest.short()
+    )]
+    Fenced {
+        offered: pair_core::Epoch,
+        newest: pair_core::Epoch,
+    },
+    /// A replicated change whose version is not newer than the stored one.
+    #[error(
+        "configuration change refused: it carries version {offered}, but this server already has version {stored}"
+    )]
+    StaleVersion { offered: u64, stored: u64 },
 }
 
 impl StoreError {
@@ -68,6 +90,7 @@ impl StoreError {
             StoreError::Sqlite(_) => false,
             StoreError::SchemaTooNew { .. } | StoreError::MigrationChanged { .. } => true,
             StoreError::Corrupt(_) => true,
+            StoreError::Fenced { .. } | StoreError::StaleVersion { .. } => false,
         }
     }
 }
@@ -177,6 +200,23 @@ impl Store {
         Ok(())
     }
 
+    /// This server's id: the one stored, or `fresh` stored now when there is
+    /// none (the first start). Made once and kept for the store's life.
+    pub fn server_id_or_init(&self, fresh: ServerId) -> Result<ServerId, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO local_state (key, value) VALUES (?1, ?2)",
+            params![SERVER_ID_KEY, fresh.to_string()],
+        )?;
+        let text: String = conn.query_row(
+            "SELECT value FROM local_state WHERE key = ?1",
+            [SERVER_ID_KEY],
+            |r| r.get(0),
+        )?;
+        text.parse()
+            .map_err(|e| StoreError::Corrupt(format!("the stored server id: {e}")))
+    }
+
     /// Records that a session was ended (logout), until it would have expired.
     pub fn end_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError> {
         let conn = self.conn();
@@ -284,17 +324,6 @@ pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
 }
 
-/// Lower-case hex of some bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn the_server_id_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.sqlite");
+        let first = ServerId::from_u128(11);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.server_id_or_init(first).unwrap(), first);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.server_id_or_init(ServerId::from_u128(12)).unwrap(),
+            first
+        );
+    }
+
+    #[test]
     fn ended_sessions_are_remembered() {
         let store = Store::open_in_memory().unwrap();
         let exp = Utc::now().timestamp() + 60;
@@ -342,6 +386,6 @@ mod tests {
     fn integrity_check_of_fresh_store_is_clean() {
         let store = Store::open_in_memory().unwrap();
         assert!(store.integrity_problems().unwrap().is_empty());
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
     }
 }

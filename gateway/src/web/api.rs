@@ -14,12 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::instance::Gateway;
+use crate::core::Core;
+use crate::names::DeviceName;
 use crate::security::{PasswordHash, passwords, tokens};
 use crate::store::{DeviceStatus, JobRecord, StepRow};
 use crate::web::ApiJson;
 use crate::web::auth::{AnyDevice, ApprovedDevice, check_seat, verify_session};
+use crate::web::error::ApiError;
 
 /// Registrations waiting for approval are capped so that an open
 /// registration endpoint cannot fill the store.
@@ -33,28 +34,12 @@ pub struct RegisterRequest {
     serial: Option<String>,
 }
 
-/// Device names appear in file names and logs.
-pub fn validate_device_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "device name `{name}` is not valid: use 1-64 letters, digits and . _ -"
-        ))
-    }
-}
-
 pub async fn register(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    gw.check_accepting()?;
-    validate_device_name(&req.name).map_err(ApiError::BadRequest)?;
+    core.check_accepting()?;
+    DeviceName::parse(&req.name).map_err(ApiError::BadRequest)?;
     if let Some(serial) = &req.serial
         && (serial.len() > 64 || serial.chars().any(char::is_control))
     {
@@ -62,14 +47,13 @@ pub async fn register(
             "serial must be at most 64 characters without control characters".into(),
         ));
     }
-    let role = gw.role.snapshot();
-    let instance = gw.name().to_owned();
-    role.config_write(&instance)
-        .map_err(|e| ApiError::ReadOnlySecondary(e.to_string()))?;
+    let role = core.role.snapshot();
+    let instance = core.name().to_owned();
+    role.config_write(&instance)?;
     let token = tokens::new_device_token();
     let digest = tokens::token_digest(&token);
     let name = req.name.clone();
-    let outcome = gw
+    let outcome = core
         .data
         .run(move |s| {
             if s.device_by_name(&name)?.is_some() {
@@ -79,7 +63,9 @@ pub async fn register(
             if pending >= MAX_PENDING_DEVICES {
                 return Ok(Err(ApiError::TooManyPendingDevices(pending)));
             }
-            let write = role.config_write(&instance).expect("checked above");
+            let Ok(write) = role.config_write(&instance) else {
+                unreachable!("checked above, on the same snapshot")
+            };
             Ok(Ok(s.insert_device(
                 &name,
                 req.serial.as_deref(),
@@ -99,11 +85,11 @@ pub async fn register(
 }
 
 pub async fn device(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     AnyDevice(device): AnyDevice,
 ) -> Result<impl IntoResponse, ApiError> {
     let within = match device.status {
-        DeviceStatus::Approved => check_seat(&gw, &device).await.is_ok(),
+        DeviceStatus::Approved => check_seat(&core, &device).await.is_ok(),
         _ => false,
     };
     Ok(Json(json!({
@@ -139,19 +125,20 @@ fn decoy_hash() -> &'static PasswordHash {
 }
 
 pub async fn login(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApprovedDevice(device): ApprovedDevice,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    gw.check_accepting()?;
-    check_seat(&gw, &device).await?;
-    gw.logins
+    core.check_accepting()?;
+    check_seat(&core, &device).await?;
+    core.admission
+        .logins
         .check(device.id, Instant::now())
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     if req.user.len() > 64 || req.password.len() > 1024 {
         return Err(ApiError::BadCredentials);
     }
-    let config = gw.active_config()?;
+    let config = core.active_config()?;
     let user = config.users.get(&req.user).cloned();
     let password = req.password;
     let ok = tokio::task::spawn_blocking(move || match &user {
@@ -163,17 +150,19 @@ pub async fn login(
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))?;
-    gw.metrics.login(ok);
+    core.metrics.login(ok);
     if !ok {
-        gw.logins.failed(device.id, Instant::now());
+        core.admission.logins.failed(device.id, Instant::now());
         tracing::info!(device = %device.id, user = req.user, "login refused");
         return Err(ApiError::BadCredentials);
     }
-    gw.logins.succeeded(device.id);
-    let (token, session) =
-        config
-            .session_key
-            .issue(&req.user, device.id, Utc::now(), config.session_ttl_secs);
+    core.admission.logins.succeeded(device.id);
+    let (token, session) = config.session_key.issue(
+        &req.user,
+        device.id,
+        core.clock.now(),
+        config.session_ttl_secs,
+    );
     tracing::info!(device = %device.id, user = req.user, session = %session.id, "user logged in");
     let display = config
         .users
@@ -191,22 +180,22 @@ pub async fn login(
 }
 
 pub async fn logout(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApprovedDevice(device): ApprovedDevice,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let session = verify_session(&gw, &headers, &device).await?;
+    let session = verify_session(&core, &headers, &device).await?;
     let (sid, exp) = (session.id.to_string(), session.exp);
-    gw.data.run(move |s| s.end_session(&sid, exp)).await?;
+    core.data.run(move |s| s.end_session(&sid, exp)).await?;
     tracing::info!(device = %device.id, user = session.user, session = %session.id, "user logged out");
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn workflows(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApprovedDevice(_): ApprovedDevice,
 ) -> Result<impl IntoResponse, ApiError> {
-    let config = gw.active_config()?;
+    let config = core.active_config()?;
     Ok(Json(json!({"workflows": config.workflow_names()})))
 }
 
@@ -262,12 +251,12 @@ pub fn parse_job_id(text: &str) -> Result<Uuid, ApiError> {
 }
 
 pub async fn job_status(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApprovedDevice(device): ApprovedDevice,
     Path(job_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_job_id(&job_id)?;
-    let found = gw
+    let found = core
         .data
         .run(move |s| match s.job(id)? {
             Some(job) => Ok(Some((job, s.job_steps(id)?))),
@@ -285,7 +274,7 @@ pub async fn job_status(
 }
 
 pub async fn list_jobs(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     ApprovedDevice(device): ApprovedDevice,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -305,7 +294,7 @@ pub async fn list_jobs(
         )));
     }
     let id = device.id;
-    let jobs = gw.data.run(move |s| s.jobs_of_device(id, limit)).await?;
+    let jobs = core.data.run(move |s| s.jobs_of_device(id, limit)).await?;
     let views: Vec<JobView> = jobs.into_iter().map(|j| JobView::new(j, None)).collect();
     Ok(Json(json!({"jobs": views})))
 }

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use chrono::Utc;
 
-use crate::error::ApiError;
-use crate::instance::Gateway;
+use crate::core::Core;
 use crate::security::{Session, SessionError, tokens};
 use crate::store::{Device, DeviceStatus};
+use crate::web::error::ApiError;
 
 pub const SESSION_HEADER: &str = "x-scan-session";
 
@@ -34,10 +33,10 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-impl FromRequestParts<Arc<Gateway>> for AnyDevice {
+impl FromRequestParts<Arc<Core>> for AnyDevice {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)?;
         // A token of the wrong shape cannot exist in the store: refuse it
         // without a database round trip.
@@ -45,7 +44,7 @@ impl FromRequestParts<Arc<Gateway>> for AnyDevice {
             return Err(ApiError::DeviceTokenInvalid);
         }
         let digest = tokens::token_digest(token);
-        let device = gw
+        let device = core
             .data
             .run(move |s| s.device_by_token(&digest))
             .await?
@@ -54,11 +53,11 @@ impl FromRequestParts<Arc<Gateway>> for AnyDevice {
     }
 }
 
-impl FromRequestParts<Arc<Gateway>> for ApprovedDevice {
+impl FromRequestParts<Arc<Core>> for ApprovedDevice {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Gateway>) -> Result<Self, ApiError> {
-        let AnyDevice(device) = AnyDevice::from_request_parts(parts, gw).await?;
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, ApiError> {
+        let AnyDevice(device) = AnyDevice::from_request_parts(parts, core).await?;
         match device.status {
             DeviceStatus::Approved => Ok(ApprovedDevice(device)),
             DeviceStatus::Pending => Err(ApiError::DevicePending(device.id.to_string())),
@@ -68,10 +67,10 @@ impl FromRequestParts<Arc<Gateway>> for ApprovedDevice {
 }
 
 /// Refuses a device beyond the license's seats.
-pub async fn check_seat(gw: &Gateway, device: &Device) -> Result<(), ApiError> {
-    let seats = gw.role.snapshot().seats();
+pub async fn check_seat(core: &Core, device: &Device) -> Result<(), ApiError> {
+    let seats = core.role.snapshot().seats();
     let id = device.id;
-    let rank = gw.data.run(move |s| s.seat_rank(id)).await?;
+    let rank = core.data.run(move |s| s.seat_rank(id)).await?;
     match rank {
         Some(rank) if rank <= u64::from(seats) => Ok(()),
         _ => Err(ApiError::SeatLimit { seats }),
@@ -80,7 +79,7 @@ pub async fn check_seat(gw: &Gateway, device: &Device) -> Result<(), ApiError> {
 
 /// Verifies the user session sent with a request by `device`.
 pub async fn verify_session(
-    gw: &Gateway,
+    core: &Core,
     headers: &HeaderMap,
     device: &Device,
 ) -> Result<Session, ApiError> {
@@ -91,10 +90,10 @@ pub async fn verify_session(
         .map_err(|_| {
             ApiError::SessionInvalid("the session header is not ASCII text: log in again".into())
         })?;
-    let config = gw.active_config()?;
+    let config = core.active_config()?;
     let session = config
         .session_key
-        .verify(token, Utc::now())
+        .verify(token, core.clock.now())
         .map_err(|e| match e {
             SessionError::Expired(_) => ApiError::SessionExpired(e.to_string()),
             other => ApiError::SessionInvalid(other.to_string()),
@@ -105,7 +104,7 @@ pub async fn verify_session(
         ));
     }
     let sid = session.id.to_string();
-    if gw.data.run(move |s| s.session_ended(&sid)).await? {
+    if core.data.run(move |s| s.session_ended(&sid)).await? {
         return Err(ApiError::SessionExpired(
             "the session was ended by logging out: log in again".into(),
         ));

@@ -4,40 +4,48 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 
-use crate::instance::Gateway;
+use crate::core::Core;
 use crate::metrics::Gauges;
 
-/// `200` when the instance takes jobs, `503` with the reason when not. Read
-/// from memory only, so a health check never waits on the database.
-pub async fn health(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    let report = gw.health();
-    let status = if report.accepting {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(report))
+/// `200` when the instance takes jobs, `503` with the reason and a
+/// `Retry-After` when not (as every 503 of the API). Read from memory
+/// only, so a health check never waits on the database.
+pub async fn health(State(core): State<Arc<Core>>) -> Response {
+    let report = core.health();
+    let mut response = (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(&report),
+    )
+        .into_response();
+    if let Some(secs) = report.retry_after_secs {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
-pub async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    let role = gw.role.snapshot();
-    let data = gw.data.state();
+pub async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    let role = core.role.snapshot();
+    let data = core.data.state();
     let queue_depth = if data.up {
-        gw.data.run(|s| s.queue_depth()).await.ok()
+        core.data.run(|s| s.queue_depth()).await.ok()
     } else {
         None
     };
-    let text = gw.metrics.render(&Gauges {
-        instance: gw.name(),
+    let text = core.metrics.render(&Gauges {
+        instance: core.name(),
         role: role.role.as_str(),
-        epoch: role.epoch,
+        epoch: role.epoch.number,
         queue_depth,
         data_up: data.up,
-        maintenance: gw.in_maintenance(),
-        config_version: gw.config.current().map_or(0, |c| c.meta.version),
+        maintenance: core.in_maintenance(),
+        config_version: core.config.current().map_or(0, |c| c.meta.version),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

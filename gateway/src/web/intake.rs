@@ -10,7 +10,6 @@
 //! without its pages being read or stored again; an upload cut off midway
 //! leaves nothing behind, so its retry starts clean.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,15 +21,17 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use plugins::PageFormat;
 use ring::digest;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::instance::Gateway;
+use crate::core::Core;
+use crate::manifest::Manifest;
+use crate::security::hex;
 use crate::site::ActiveConfig;
-use crate::store::{JobRecord, NewJob, NewPage, hex};
+use crate::store::{JobRecord, NewJob, NewPage, Store, StoreError};
 use crate::web::api::parse_job_id;
 use crate::web::auth::{ApprovedDevice, check_seat, verify_session};
+use crate::web::error::ApiError;
 use crate::web::serve::ClientAddr;
 
 /// The manifest is small JSON; anything bigger is not a manifest.
@@ -39,75 +40,23 @@ pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 /// An upload that sends nothing for this long is abandoned.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-const MAX_METADATA_KEYS: usize = 64;
 
-/// The first part of a job upload.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    pub workflow: String,
-    pub page_count: u32,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl Manifest {
-    fn validate(&self, config: &ActiveConfig) -> Result<(), ApiError> {
-        if let Some(reason) = config.broken_workflows.get(&self.workflow) {
-            return Err(ApiError::InvalidManifest(format!(
-                "workflow `{}` cannot run on this server: {reason}",
-                self.workflow
-            )));
-        }
-        if !config.workflows.contains_key(&self.workflow) {
-            return Err(ApiError::UnknownWorkflow {
-                name: self.workflow.chars().take(64).collect(),
-                known: config.workflow_names().join(", "),
-            });
-        }
-        if self.page_count == 0 {
-            return Err(ApiError::InvalidManifest(
-                "page_count must be at least 1".into(),
-            ));
-        }
-        if self.page_count > config.limits.max_pages {
-            return Err(ApiError::TooManyPages {
-                count: self.page_count,
-                limit: config.limits.max_pages,
-            });
-        }
-        if self.metadata.len() > MAX_METADATA_KEYS {
-            return Err(ApiError::InvalidManifest(format!(
-                "metadata has {} keys; at most {MAX_METADATA_KEYS} are allowed",
-                self.metadata.len()
-            )));
-        }
-        for (k, v) in &self.metadata {
-            let key_ok = !k.is_empty()
-                && k.len() <= 64
-                && k.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !key_ok {
-                return Err(ApiError::InvalidManifest(format!(
-                    "metadata key `{}` is not valid: use 1-64 letters, digits and _ . -",
-                    k.chars().take(64).collect::<String>()
-                )));
-            }
-            if v.chars().count() > 1024 || v.chars().any(char::is_control) {
-                return Err(ApiError::InvalidManifest(format!(
-                    "metadata value of `{k}` must be at most 1024 characters without control characters"
-                )));
-            }
-        }
-        Ok(())
+/// Checks a manifest against the configuration in use: its workflow must
+/// exist and be runnable here, and its pages and metadata within limits.
+fn check_manifest(manifest: &Manifest, config: &ActiveConfig) -> Result<(), ApiError> {
+    if let Some(reason) = config.broken_workflows.get(&manifest.workflow) {
+        return Err(ApiError::InvalidManifest(format!(
+            "workflow `{}` cannot run on this server: {reason}",
+            manifest.workflow
+        )));
     }
-
-    /// The manifest in one canonical form (sorted metadata, no extra
-    /// whitespace), whose hash tells a resubmission from a different job
-    /// that reuses an id.
-    fn canonical(&self) -> String {
-        serde_json::to_string(self).expect("manifest serialises")
+    if !config.workflows.contains_key(&manifest.workflow) {
+        return Err(ApiError::UnknownWorkflow {
+            name: manifest.workflow.chars().take(64).collect(),
+            known: config.workflow_names().join(", "),
+        });
     }
+    Ok(manifest.check(config.limits.max_pages)?)
 }
 
 /// The acknowledgement of an accepted job.
@@ -141,7 +90,7 @@ impl JobAck {
 }
 
 pub async fn submit(
-    State(gw): State<Arc<Gateway>>,
+    State(core): State<Arc<Core>>,
     Path(job_id): Path<String>,
     client: Option<axum::Extension<ClientAddr>>,
     headers: HeaderMap,
@@ -150,18 +99,18 @@ pub async fn submit(
 ) -> Response {
     let started = Instant::now();
     let client = client.map(|c| c.0.0);
-    let result = receive(&gw, &job_id, client, &headers, device, multipart, started).await;
+    let result = receive(&core, &job_id, client, &headers, device, multipart, started).await;
     match result {
         Ok(response) => response,
         Err(e) => {
-            gw.metrics.job_refused(e.code());
+            core.metrics.job_refused(e.code());
             e.into_response()
         }
     }
 }
 
 async fn receive(
-    gw: &Arc<Gateway>,
+    core: &Arc<Core>,
     job_id: &str,
     client: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
@@ -170,11 +119,11 @@ async fn receive(
     started: Instant,
 ) -> Result<Response, ApiError> {
     let id = parse_job_id(job_id)?;
-    gw.check_accepting()?;
+    core.check_accepting()?;
     let ApprovedDevice(device) = device?;
-    check_seat(gw, &device).await?;
-    let session = verify_session(gw, headers, &device).await?;
-    let config = gw.active_config()?;
+    check_seat(core, &device).await?;
+    let session = verify_session(core, headers, &device).await?;
+    let config = core.active_config()?;
     let limits = config.limits;
 
     // Refuse an oversized upload before reading it when its size is declared.
@@ -194,7 +143,8 @@ async fn receive(
             e.body_text()
         ))
     })?;
-    let _claim = gw
+    let _claim = core
+        .admission
         .uploads
         .claim(id)
         .ok_or_else(|| ApiError::UploadInProgress(id.to_string()))?;
@@ -218,28 +168,32 @@ async fn receive(
                 limit: MAX_MANIFEST_BYTES,
             })?;
     drop(field);
-    let manifest: Manifest = serde_json::from_slice(&raw_manifest)
-        .map_err(|e| ApiError::InvalidManifest(format!("the manifest is not valid: {e}")))?;
-    manifest.validate(&config)?;
+    let manifest = Manifest::parse(&raw_manifest)?;
+    check_manifest(&manifest, &config)?;
     let canonical = manifest.canonical();
     let manifest_sha256 = hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
 
     // Idempotency: an accepted job id answers with its acknowledgement.
-    if let Some(existing) = gw.data.run(move |s| s.job(id)).await? {
-        if existing.manifest_sha256 == manifest_sha256 && existing.device_id == device.id {
-            gw.metrics.job_replayed();
-            tracing::info!(job = %id, device = %device.id, "resubmitted job answered with its acknowledgement");
-            return Ok((StatusCode::OK, Json(JobAck::of(&existing, true))).into_response());
-        }
-        return Err(ApiError::JobIdConflict(id.to_string()));
+    if let Some(existing) = core.data.run(move |s| s.job(id)).await? {
+        return replay(core, existing, &manifest_sha256, device.id);
     }
 
-    let parts = gw.data.parts()?;
+    let parts = core.data.parts()?;
+    // No row exists and this connection holds the id's upload claim, so a
+    // spool directory for the id is an orphan of an attempt whose row was
+    // never committed: remove it, since a commit never replaces one.
+    if parts.spool.job_dir(id).exists() {
+        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
+        parts.spool.remove_job(id).map_err(|e| {
+            core.data
+                .spool_error("removing an orphan job directory", &e)
+        })?;
+    }
     let mut upload = parts
         .spool
         .begin(id)
         .await
-        .map_err(|e| gw.data.spool_error("starting the upload", &e))?;
+        .map_err(|e| core.data.spool_error("starting the upload", &e))?;
     let mut total = raw_manifest.len() as u64;
     let mut pages: Vec<NewPage> = Vec::new();
     while let Some(mut field) = next_field(&mut multipart).await? {
@@ -275,7 +229,7 @@ async fn receive(
         let mut writer = upload
             .page(seq, format.extension())
             .await
-            .map_err(|e| gw.data.spool_error("creating a page file", &e))?;
+            .map_err(|e| core.data.spool_error("creating a page file", &e))?;
         let mut chunk = Some(bytes::Bytes::from(head));
         while let Some(data) = chunk {
             total += data.len() as u64;
@@ -293,13 +247,13 @@ async fn receive(
             writer
                 .write(&data)
                 .await
-                .map_err(|e| gw.data.spool_error("writing a page", &e))?;
+                .map_err(|e| core.data.spool_error("writing a page", &e))?;
             chunk = next_chunk(&mut field).await?;
         }
         let page = writer
             .finish()
             .await
-            .map_err(|e| gw.data.spool_error("syncing a page", &e))?;
+            .map_err(|e| core.data.spool_error("syncing a page", &e))?;
         pages.push(NewPage {
             seq,
             file_name: page.file_name,
@@ -317,9 +271,12 @@ async fn receive(
     upload
         .commit(canonical.as_bytes())
         .await
-        .map_err(|e| gw.data.spool_error("committing the job directory", &e))?;
+        .map_err(|e| core.data.spool_error("committing the job directory", &e))?;
 
-    let role = gw.role.snapshot();
+    let role = core.role.snapshot();
+    let acceptor = core.server_id().ok_or_else(|| ApiError::DataServiceDown {
+        cause: "the store has not been read yet".into(),
+    })?;
     let job = NewJob {
         id,
         device_id: device.id,
@@ -328,27 +285,37 @@ async fn receive(
         manifest: canonical,
         manifest_sha256,
         bytes: pages.iter().map(|p| p.bytes).sum(),
-        accepted_by: gw.name().to_owned(),
+        accepted_by: core.name().to_owned(),
         accepted_role: role.role.as_str().to_owned(),
-        accepted_epoch: role.epoch,
+        accepted_epoch: role.epoch.number,
         client_addr: client.map(|a| a.to_string()),
-        received_at: Utc::now(),
+        received_at: core.clock.now(),
+        acceptor,
         pages,
     };
-    let record = {
+    let (inserted, record) = {
         let job = job.clone();
-        gw.data
-            .run(move |s| {
-                s.insert_job(&job)?;
-                s.job(job.id)
-            })
-            .await?
-            .ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("job {id} missing right after commit"))
-            })?
+        let committed = core.data.run(move |s| insert_and_read(s, &job)).await;
+        match committed {
+            Ok(found) => found,
+            Err(e) => {
+                // The directory is durable but no row points to it: remove
+                // it now rather than at the next start, so a retry of the
+                // same id starts clean.
+                let _ = parts.spool.remove_job(id);
+                return Err(e.into());
+            }
+        }
     };
-    gw.job_ready.notify_one();
-    gw.metrics.job_accepted(job.bytes, started.elapsed());
+    if !inserted {
+        // Another path stored the id between the check above and this
+        // insert: answer as a replay (or a conflict), never a second 201.
+        // The directory committed here is not the stored job's and goes.
+        let _ = parts.spool.remove_job(id);
+        return replay(core, record, &job.manifest_sha256, device.id);
+    }
+    core.job_ready.notify_one();
+    core.metrics.job_accepted(job.bytes, started.elapsed());
     tracing::info!(
         job = %id,
         device = %device.id,
@@ -360,6 +327,33 @@ async fn receive(
         "job accepted"
     );
     Ok((StatusCode::CREATED, Json(JobAck::of(&record, false))).into_response())
+}
+
+/// Inserts the job and reads it back: `(false, existing)` when a job with
+/// its id was already stored.
+fn insert_and_read(store: &Store, job: &NewJob) -> Result<(bool, JobRecord), StoreError> {
+    let inserted = store.insert_job(job)?;
+    let record = store
+        .job(job.id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("job {} missing right after commit", job.id)))?;
+    Ok((inserted, record))
+}
+
+/// The answer to an id that is already stored: the original
+/// acknowledgement when the same device sends the same manifest, a
+/// conflict otherwise.
+fn replay(
+    core: &Core,
+    existing: JobRecord,
+    manifest_sha256: &str,
+    device: Uuid,
+) -> Result<Response, ApiError> {
+    if existing.manifest_sha256 == manifest_sha256 && existing.device_id == device {
+        core.metrics.job_replayed();
+        tracing::info!(job = %existing.id, %device, "resubmitted job answered with its acknowledgement");
+        return Ok((StatusCode::OK, Json(JobAck::of(&existing, true))).into_response());
+    }
+    Err(ApiError::JobIdConflict(existing.id.to_string()))
 }
 
 /// The stored name of a page format (`tiff`, `jpeg`, `png`, `pdf`).

@@ -4,10 +4,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod error;
 pub mod health;
 pub mod intake;
-pub mod limits;
 pub mod serve;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,15 +21,15 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::error::ApiError;
-use crate::instance::Gateway;
+use crate::core::Core;
+use crate::web::error::ApiError;
 use serve::ClientAddr;
 
 /// JSON bodies other than uploads are small.
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 /// The router. Tests call it directly; `serve` puts it behind the listeners.
-pub fn app(gw: Arc<Gateway>) -> Router {
+pub fn app(core: Arc<Core>) -> Router {
     let uploads = Router::new()
         .route(
             "/api/v1/jobs/{job_id}",
@@ -51,7 +54,7 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(log_request))
-        .with_state(gw)
+        .with_state(core)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

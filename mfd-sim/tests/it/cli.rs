@@ -248,3 +248,75 @@ async fn unusable_arguments_fail_with_a_message_that_says_what_to_do() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn run_with_an_outbox_fails_over_and_reports_every_job() {
+    let primary = refused_url().await;
+    let secondary = TestServer::http(handler(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/api/v1/sessions") => session(),
+        ("PUT", _) => ack(&r.path, 201),
+        _ => json(200, serde_json::json!({})),
+    }))
+    .await;
+    let mut devices = tempfile::NamedTempFile::new().unwrap();
+    devices
+        .write_all(br#"[{"name": "mfd-1", "token": "t1"}, {"name": "mfd-2", "token": "t2"}]"#)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = mfd_sim(&[
+        "run",
+        "--server",
+        &primary,
+        "--server",
+        &secondary.url,
+        "--devices-file",
+        devices.path().to_str().unwrap(),
+        "--user",
+        "alice",
+        "--password",
+        "pw",
+        "--workflow",
+        "scan-to-folder",
+        "--jobs",
+        "5",
+        "--page-source",
+        "random",
+        "--page-bytes",
+        "1000",
+        "--outbox",
+        dir.path().join("outbox").to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["jobs_acknowledged"], 5);
+    assert_eq!(
+        summary["failovers"]["web_service_down"], 2,
+        "once per device"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let jobs = report["job_reports"].as_array().unwrap();
+    assert_eq!(jobs.len(), 5);
+    for job in jobs {
+        assert_eq!(job["outcome"], "acknowledged");
+        assert_eq!(job["server"], secondary.url.as_str());
+        assert!(job["job_id"].as_str().unwrap().len() == 36);
+    }
+    let puts = secondary
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::PUT)
+        .count();
+    assert_eq!(puts, 5);
+    // Both outboxes are empty.
+    for d in ["mfd-1", "mfd-2"] {
+        let jobs = dir.path().join("outbox").join(d).join("jobs");
+        assert_eq!(std::fs::read_dir(jobs).unwrap().count(), 0);
+    }
+}

@@ -137,6 +137,6 @@ async fn failures_are_counted_by_status_and_connection_errors_by_cause() {
     .unwrap();
     assert_eq!(
         s.outcomes,
-        BTreeMap::from([("error:network".to_owned(), 3)])
+        BTreeMap::from([("error:web_service_down".to_owned(), 3)])
     );
 }

@@ -5,7 +5,9 @@
 mod cli;
 mod client;
 mod docs;
+mod failover;
 mod failures;
+mod gateway;
 mod load;
 mod servers;
 mod sim;

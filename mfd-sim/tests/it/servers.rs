@@ -32,7 +32,7 @@ async fn skips_a_refused_and_a_maintenance_server_and_returns_the_third() {
     assert_eq!(
         skipped,
         [
-            (0, Classification::Failover(FailoverCause::Network)),
+            (0, Classification::Failover(FailoverCause::WebServiceDown)),
             (1, Classification::Failover(FailoverCause::Maintenance)),
         ]
     );

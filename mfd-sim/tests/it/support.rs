@@ -297,7 +297,7 @@ pub fn trust() -> TlsTrust {
 pub fn quick() -> Timeouts {
     Timeouts {
         connect: Duration::from_secs(2),
-        request: Duration::from_secs(5),
+        response: Duration::from_secs(5),
     }
 }
 
@@ -410,4 +410,50 @@ pub fn parse_multipart(content_type: &str, body: &Bytes) -> Vec<Part> {
         });
         at += data_start + data_len + between.len();
     }
+}
+
+/// A listener that never accepts, with its accept queue filled: further
+/// connection attempts get no answer at all (the kernel drops their SYNs),
+/// which is how a silent drop looks to the device.
+pub struct Blackhole {
+    pub url: String,
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<tokio::net::TcpStream>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Connect until a connect does not complete: the queue is full.
+        for _ in 0..16 {
+            match tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Ok(Ok(s)) => fillers.push(s),
+                _ => break,
+            }
+        }
+        Blackhole {
+            url: format!("http://{addr}"),
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
+/// The test-only gateway certificate's SHA-256 fingerprint.
+pub fn gateway_cert_fingerprint() -> [u8; 32] {
+    let der = CertificateDer::pem_file_iter(fixture("gateway-test-cert.pem"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    mfd_sim::transport::certificate_fingerprint(der.as_ref())
 }

@@ -1,12 +1,63 @@
-//! Per-request guards kept in memory: one upload at a time per job id, and a
-//! limit on failed logins per device (which also bounds the CPU an attacker
-//! can make us spend on password hashing).
+//! Who may come in, kept in memory: the admin's switches (maintenance,
+//! pipeline pause), whether the web service is up, one upload at a time per
+//! job id, and a limit on failed logins per device (which also bounds the
+//! CPU an attacker can make us spend on password hashing). No I/O: the core
+//! persists the switches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
+
+/// The switches that decide whether new work is let in.
+pub struct Admission {
+    maintenance: AtomicBool,
+    /// Set by an admin to hold accepted jobs (e.g. while a delivery target
+    /// is down); intake goes on, workers take no new jobs.
+    pipeline_paused: AtomicBool,
+    /// Whether the web service's listeners are up (set by the web adapter).
+    web_up: AtomicBool,
+    pub uploads: UploadClaims,
+    pub logins: LoginLimiter,
+}
+
+impl Admission {
+    pub fn new(login_failures_per_minute: u32) -> Admission {
+        Admission {
+            maintenance: AtomicBool::new(false),
+            pipeline_paused: AtomicBool::new(false),
+            web_up: AtomicBool::new(false),
+            uploads: UploadClaims::default(),
+            logins: LoginLimiter::new(login_failures_per_minute),
+        }
+    }
+
+    pub fn maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::SeqCst)
+    }
+
+    pub fn set_maintenance(&self, on: bool) {
+        self.maintenance.store(on, Ordering::SeqCst);
+    }
+
+    pub fn pipeline_paused(&self) -> bool {
+        self.pipeline_paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_pipeline_paused(&self, paused: bool) {
+        self.pipeline_paused.store(paused, Ordering::SeqCst);
+    }
+
+    pub fn web_up(&self) -> bool {
+        self.web_up.load(Ordering::SeqCst)
+    }
+
+    pub fn set_web_up(&self, up: bool) {
+        self.web_up.store(up, Ordering::SeqCst);
+    }
+}
 
 /// Job ids with an upload streaming right now.
 #[derive(Default, Clone)]

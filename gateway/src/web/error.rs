@@ -9,6 +9,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::core::Refusal;
+use crate::data::DataError;
+use crate::manifest::ManifestError;
+use crate::role::ReadOnly;
 use crate::settings::ByteSize;
 
 /// Everything the API can refuse a request for.
@@ -78,9 +82,12 @@ pub enum ApiError {
         "{0} devices are already waiting for approval; an admin must approve or revoke some first"
     )]
     TooManyPendingDevices(u64),
-    /// A configuration write on a server that is not the primary.
+    /// A configuration write on the secondary.
     #[error("{0}")]
     ReadOnlySecondary(String),
+    /// A configuration write on a primary that a newer primary replaced.
+    #[error("{0}")]
+    Fenced(String),
     /// The whole job is over the size limit.
     #[error("the job is larger than the limit of {}; split the scan into several jobs", ByteSize(*limit))]
     JobTooLarge { limit: u64 },
@@ -143,9 +150,8 @@ impl ApiError {
             | SessionExpired(_) | BadCredentials => StatusCode::UNAUTHORIZED,
             DevicePending(_) | DeviceRevoked | SeatLimit { .. } => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
-            JobIdConflict(_) | UploadInProgress(_) | ReadOnlySecondary(_) | DeviceNameTaken(_) => {
-                StatusCode::CONFLICT
-            }
+            JobIdConflict(_) | UploadInProgress(_) | ReadOnlySecondary(_) | Fenced(_)
+            | DeviceNameTaken(_) => StatusCode::CONFLICT,
             JobTooLarge { .. }
             | PageTooLarge { .. }
             | ManifestTooLarge { .. }
@@ -182,6 +188,7 @@ impl ApiError {
             JobIdConflict(_) => "job_id_conflict",
             UploadInProgress(_) => "upload_in_progress",
             ReadOnlySecondary(_) => "read_only_secondary",
+            Fenced(_) => "fenced",
             DeviceNameTaken(_) => "device_name_taken",
             TooManyPendingDevices(_) => "too_many_pending_devices",
             JobTooLarge { .. } => "job_too_large",
@@ -240,6 +247,50 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Maintenance { retry_after_secs } => ApiError::Maintenance {
+                retry_after: retry_after_secs,
+            },
+            Refusal::DataServiceDown { cause } => ApiError::DataServiceDown { cause },
+            Refusal::NotLicensed { why } => ApiError::NotLicensed(why),
+        }
+    }
+}
+
+impl From<ReadOnly> for ApiError {
+    fn from(r: ReadOnly) -> Self {
+        match r {
+            ReadOnly::Secondary => ApiError::ReadOnlySecondary(r.to_string()),
+            ReadOnly::Fenced { .. } => ApiError::Fenced(r.to_string()),
+            ReadOnly::Unlicensed => ApiError::NotLicensed("no license is activated".into()),
+        }
+    }
+}
+
+impl From<DataError> for ApiError {
+    fn from(e: DataError) -> Self {
+        match e {
+            DataError::Down(cause) => ApiError::DataServiceDown { cause },
+            // The role changed between the check and the write.
+            DataError::Store(e @ crate::store::StoreError::Fenced { .. }) => {
+                ApiError::Fenced(e.to_string())
+            }
+            DataError::Store(e) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        match e {
+            ManifestError::Invalid(m) => ApiError::InvalidManifest(m),
+            ManifestError::TooManyPages { count, limit } => ApiError::TooManyPages { count, limit },
+        }
     }
 }
 
@@ -311,5 +362,122 @@ mod tests {
             "page 3 is larger than the per-page limit of 64 MiB; scan it at a lower resolution"
         );
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// One example of every variant. The match below has no wildcard, so
+    /// a new variant does not compile until it is listed here too.
+    fn every_variant() -> Vec<ApiError> {
+        use ApiError::*;
+        let all = vec![
+            BadRequest(String::new()),
+            InvalidJobId(String::new()),
+            DeviceTokenMissing,
+            DeviceTokenInvalid,
+            SessionMissing,
+            SessionInvalid(String::new()),
+            SessionExpired(String::new()),
+            BadCredentials,
+            DevicePending(String::new()),
+            DeviceRevoked,
+            SeatLimit { seats: 1 },
+            NotFound(String::new()),
+            JobIdConflict(String::new()),
+            UploadInProgress(String::new()),
+            DeviceNameTaken(String::new()),
+            TooManyPendingDevices(1),
+            ReadOnlySecondary(String::new()),
+            Fenced(String::new()),
+            JobTooLarge { limit: 1 },
+            PageTooLarge { page: 1, limit: 1 },
+            RequestTooLarge { limit: 1 },
+            ManifestTooLarge { limit: 1 },
+            UnsupportedPageFormat { page: 1 },
+            InvalidManifest(String::new()),
+            UnknownWorkflow {
+                name: String::new(),
+                known: String::new(),
+            },
+            TooManyPages { count: 1, limit: 1 },
+            PageCountMismatch {
+                declared: 1,
+                received: 1,
+            },
+            RateLimited { retry_after: 1 },
+            Maintenance { retry_after: 1 },
+            DataServiceDown {
+                cause: String::new(),
+            },
+            NotLicensed(String::new()),
+            Internal(anyhow::anyhow!("x")),
+        ];
+        for e in &all {
+            match e {
+                BadRequest(_)
+                | InvalidJobId(_)
+                | DeviceTokenMissing
+                | DeviceTokenInvalid
+                | SessionMissing
+                | SessionInvalid(_)
+                | SessionExpired(_)
+                | BadCredentials
+                | DevicePending(_)
+                | DeviceRevoked
+                | SeatLimit { .. }
+                | NotFound(_)
+                | JobIdConflict(_)
+                | UploadInProgress(_)
+                | DeviceNameTaken(_)
+                | TooManyPendingDevices(_)
+                | ReadOnlySecondary(_)
+                | Fenced(_)
+                | JobTooLarge { .. }
+                | PageTooLarge { .. }
+                | RequestTooLarge { .. }
+                | ManifestTooLarge { .. }
+                | UnsupportedPageFormat { .. }
+                | InvalidManifest(_)
+                | UnknownWorkflow { .. }
+                | TooManyPages { .. }
+                | PageCountMismatch { .. }
+                | RateLimited { .. }
+                | Maintenance { .. }
+                | DataServiceDown { .. }
+                | NotLicensed(_)
+                | Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    /// `docs/API.md` lists every (status, code) the API answers with, and
+    /// nothing else: the table and `ApiError` must agree.
+    #[test]
+    fn the_error_code_table_in_the_api_docs_matches_the_codes() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/API.md"))
+            .unwrap();
+        let table = docs
+            .split("## Status codes and error codes")
+            .nth(1)
+            .expect("docs/API.md has the error-code table");
+        let mut documented = std::collections::BTreeSet::new();
+        for line in table.lines().filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let Ok(status) = cells[1].parse::<u16>() else {
+                continue;
+            };
+            for code in cells[2].split(',') {
+                documented.insert((status, code.trim().trim_matches('`').to_owned()));
+            }
+        }
+        let actual: std::collections::BTreeSet<(u16, String)> = every_variant()
+            .iter()
+            .map(|e| (e.status().as_u16(), e.code().to_owned()))
+            .collect();
+        let missing: Vec<_> = actual.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&actual).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "docs/API.md and ApiError disagree: not documented {missing:?}; documented but never answered {extra:?}"
+        );
     }
 }

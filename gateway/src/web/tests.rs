@@ -1,0 +1,392 @@
+//! In-process tests of the router: requests go straight into `app(core)`
+//! with `tower::ServiceExt::oneshot`, over a core with a real store in a
+//! temporary directory but no TLS, no listeners and no workers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use licensing::{KeySpec, Role, TrustedKeys, VendorKeyPair};
+use pair_core::{Epoch, ServerId};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::admin::ops;
+use crate::core::Core;
+use crate::security::PasswordHash;
+use crate::security::passwords::MIN_ITERATIONS;
+use crate::settings::{self, Source};
+
+/// A core with one user (`ann` / `pw`) and a folder workflow, its data
+/// service up and its configuration loaded; unlicensed until a test
+/// activates a key.
+struct Site {
+    _dir: tempfile::TempDir,
+    core: Arc<Core>,
+    vendor: VendorKeyPair,
+}
+
+impl Site {
+    async fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = PasswordHash::create("pw", MIN_ITERATIONS).to_text();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+[defaults]
+listen = "127.0.0.1:0"
+data_dir = "{}/{{instance}}"
+
+[users.ann]
+password_hash = "{hash}"
+
+[workflows.scan-to-folder]
+steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/delivered" }}]
+"#,
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let settings = settings::load(Source::File(&file), Some("gw-t"), &|_| None).unwrap();
+        let (vendor, _) = VendorKeyPair::generate().unwrap();
+        let core = Core::for_tests(settings, TrustedKeys::builtin().with(vendor.public_key()));
+        core.data.start().await.unwrap();
+        core.load_generation(core.data.state().generation)
+            .await
+            .unwrap();
+        Site {
+            _dir: dir,
+            core,
+            vendor,
+        }
+    }
+
+    fn key(&self, role: Role) -> String {
+        self.vendor
+            .issue(&KeySpec {
+                role,
+                serial: 7,
+                seats: 5,
+                expires: None,
+            })
+            .unwrap()
+    }
+
+    async fn licensed(role: Role) -> Site {
+        let site = Site::new().await;
+        site.core.activate_license(site.key(role)).await.unwrap();
+        site
+    }
+
+    /// Adds an approved device (as the primary would have) and returns
+    /// its token.
+    async fn device(&self, name: &'static str) -> String {
+        let core = self.core.clone();
+        let role = core.role.snapshot();
+        let instance = core.name().to_owned();
+        core.data
+            .run(move |s| {
+                Ok(ops::add_device(s, &role, &instance, name, None)
+                    .expect("the primary adds devices")
+                    .token)
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn call(&self, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+        let response = crate::web::app(self.core.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, retry, body)
+    }
+
+    async fn health(&self) -> (StatusCode, Option<String>, Value) {
+        self.call(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+    }
+
+    async fn login(&self, token: &str) -> String {
+        let (status, _, body) = self
+            .call(
+                Request::post("/api/v1/sessions")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        json!({"user": "ann", "password": "pw"}).to_string(),
+                    ))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["session"].as_str().unwrap().to_owned()
+    }
+
+    async fn submit(
+        &self,
+        token: &str,
+        session: &str,
+        id: Uuid,
+        pages: u32,
+    ) -> (StatusCode, Value) {
+        let boundary = "xBOUNDARYx";
+        let mut body = Vec::new();
+        let manifest = json!({"workflow": "scan-to-folder", "page_count": pages});
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"manifest\"\r\n\r\n{manifest}\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"page\"; filename=\"p1.png\"\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(b"\x89PNG\r\n\x1a\n-not-decoded-by-the-intake-");
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let (status, _, body) = self
+            .call(
+                Request::put(format!("/api/v1/jobs/{id}"))
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header("x-scan-session", session)
+                    .header(
+                        header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+        (status, body)
+    }
+
+    async fn register(&self) -> (StatusCode, Value) {
+        let (status, _, body) = self
+            .call(
+                Request::post("/api/v1/devices/register")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(json!({"name": "mfd-new"}).to_string()))
+                    .unwrap(),
+            )
+            .await;
+        (status, body)
+    }
+}
+
+#[tokio::test]
+async fn job_api_answers_with_its_documented_status_codes() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    let id = Uuid::new_v4();
+
+    let (status, ack) = site.submit(&token, &session, id, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{ack}");
+    assert_eq!(ack["replayed"], false);
+    assert_eq!(ack["accepted_by"], "gw-t");
+    assert_eq!(ack["role"], "primary");
+
+    // The same job again: the original acknowledgement, never a second job.
+    let (status, again) = site.submit(&token, &session, id, 1).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["received_at"], ack["received_at"]);
+
+    // The same id with another manifest is a conflict.
+    let (status, body) = site.submit(&token, &session, id, 2).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "job_id_conflict");
+
+    let get = |path: String, token: Option<&str>| {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let (status, _, job) = site
+        .call(get(format!("/api/v1/jobs/{id}"), Some(&token)))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "received");
+    let (status, _, body) = site
+        .call(get(
+            format!("/api/v1/jobs/{}", Uuid::new_v4()),
+            Some(&token),
+        ))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, _, body) = site
+        .call(get("/api/v1/jobs/job-42".into(), Some(&token)))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_job_id"))
+    );
+    let (status, _, body) = site.call(get(format!("/api/v1/jobs/{id}"), None)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("device_token_missing"))
+    );
+    let (status, _, body) = site.call(get("/api/v1/jobs".into(), Some(&token))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_secondary_refuses_configuration_writes_with_read_only_secondary() {
+    let site = Site::licensed(Role::Secondary).await;
+    let (status, body) = site.register().await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "read_only_secondary");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway license promote"),
+        "{body}"
+    );
+    let (status, _, health) = site.health().await;
+    assert_eq!(
+        (status, health["role"].as_str()),
+        (StatusCode::OK, Some("secondary"))
+    );
+}
+
+#[tokio::test]
+async fn a_fenced_server_refuses_configuration_writes_and_still_takes_jobs() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    let newer = Epoch::new(
+        site.core.role.snapshot().epoch.number + 1,
+        ServerId::from_u128(9),
+    );
+    let role = site.core.note_epoch(newer).await.unwrap();
+    assert_eq!(role.role.as_str(), "fenced");
+
+    let (status, body) = site.register().await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "fenced");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("epoch {}", newer.number)),
+        "{message}"
+    );
+    assert!(message.contains("04 key"), "{message}");
+
+    let (status, _, health) = site.health().await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    assert_eq!(health["role"], "fenced");
+    assert_eq!(health["accepting"], true);
+    assert_eq!(health["fenced"]["by_epoch"], newer.number);
+
+    let (status, ack) = site.submit(&token, &session, Uuid::new_v4(), 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{ack}");
+    assert_eq!(ack["role"], "fenced");
+}
+
+#[tokio::test]
+async fn health_names_every_refusal_reason_with_retry_after() {
+    let site = Site::new().await;
+    let (status, retry, body) = site.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reason"], "not-licensed");
+    assert_eq!(retry.as_deref(), Some("30"));
+
+    site.core
+        .activate_license(site.key(Role::Primary))
+        .await
+        .unwrap();
+    let (status, retry, body) = site.health().await;
+    assert_eq!((status, retry), (StatusCode::OK, None), "{body}");
+    assert_eq!(body["reason"], Value::Null);
+    assert_eq!(body["accepting"], true);
+
+    site.core.set_maintenance(true).await;
+    let (status, retry, body) = site.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["reason"], "maintenance");
+    assert_eq!(
+        retry.as_deref(),
+        Some(
+            site.core
+                .settings
+                .instance
+                .maintenance_retry_after_secs
+                .to_string()
+                .as_str()
+        )
+    );
+    site.core.set_maintenance(false).await;
+
+    site.core.data.stop().await;
+    let (status, retry, body) = site.health().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["reason"], "data-service-down");
+    assert_eq!(retry.as_deref(), Some("30"));
+    assert_eq!(body["data"], "down");
+}
+
+/// Regression: `license activate` re-ran the file import, so a secondary
+/// promoted to primary replaced the configuration it had received with its
+/// own file's.
+#[tokio::test]
+async fn promotion_and_a_restart_after_it_keep_the_replicated_configuration() {
+    let site = Site::licensed(Role::Secondary).await;
+    // What the primary sent: version 5 of epoch 1, where user `bob` replaced
+    // the file's `ann`.
+    let primary_epoch = Epoch::new(1, ServerId::from_u128(0xa));
+    let bob =
+        json!({"bob": {"password_hash": PasswordHash::create("pw", MIN_ITERATIONS).to_text()}});
+    let write = site
+        .core
+        .role
+        .snapshot()
+        .replicated_write(primary_epoch, 5)
+        .unwrap();
+    site.core
+        .data
+        .run(move |s| s.put_config_docs(&[("users", bob.to_string())], write))
+        .await
+        .unwrap();
+    site.core.reload_config().await.unwrap();
+    let received = site.core.config.current().unwrap();
+    assert_eq!(received.meta.version, 5);
+    assert!(received.users.contains_key("bob"));
+
+    let (_, role) = site.core.promote(site.key(Role::Primary)).await.unwrap();
+    assert_eq!(role.role.as_str(), "primary");
+    assert!(role.epoch > primary_epoch);
+    site.core.reload_config().await.unwrap();
+    let kept = |site: &Site| {
+        let c = site.core.config.current().unwrap();
+        assert_eq!(c.meta.version, 5, "no import on promotion");
+        assert!(c.users.contains_key("bob") && !c.users.contains_key("ann"));
+    };
+    kept(&site);
+    // A restart (the data service coming up again) imports nothing either:
+    // the file's hash was recorded at promotion.
+    site.core.data.stop().await;
+    site.core.data.start().await.unwrap();
+    site.core
+        .load_generation(site.core.data.state().generation)
+        .await
+        .unwrap();
+    kept(&site);
+}

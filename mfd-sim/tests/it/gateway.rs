@@ -1,0 +1,396 @@
+//! The failover client against real `gateway` processes: the causes the
+//! gateway itself produces (maintenance, data service stopped by an admin,
+//! the process gone) are recorded as such, and a job whose acknowledgement
+//! was lost on the way is accepted once. The other server of the list is an
+//! in-test server, because two independent gateways do not share device
+//! tokens (that needs a paired site, which the end-to-end tests build).
+//!
+//! The gateway binary must be built into the same target directory first
+//! (`cargo build -p gateway --bins`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use licensing::{KeySpec, Role, VendorKeyPair};
+use mfd_sim::{
+    client::GatewayClient,
+    failover::{Delivery, EventKind, FailoverClient, FailoverSettings},
+    multipart::{Manifest, Page},
+    outbox::{Outbox, OutboxLimits},
+    servers::ServerList,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::support::*;
+
+const PASSWORD: &str = "correct horse";
+
+fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join("gateway");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p gateway --bins` (same CARGO_TARGET_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// One licensed gateway instance with an approved device.
+struct Gateway {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    plain: String,
+    token: String,
+}
+
+impl Gateway {
+    fn start() -> Gateway {
+        let bin = gateway_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("mfd-gw-")
+            .tempdir()
+            .unwrap();
+        let (vendor, _) = VendorKeyPair::generate().unwrap();
+        let hash = {
+            let mut child = Command::new(&bin)
+                .args(["user", "hash-password", "--iterations", "10000"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), PASSWORD.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let text = format!(
+            "[licensing]\ntrusted_vendor_keys = [\"{}\"]\n\n[users.alice]\npassword_hash = \"{hash}\"\n\n\
+             [workflows.scan-to-folder]\nsteps = [ {{ plugin = \"assemble\" }}, {{ plugin = \"folder\", root = \"{{data_dir}}/delivered\" }} ]\n\n\
+             [defaults]\ndata_dir = \"{{instance}}\"\nlisten = \"127.0.0.1:0\"\nlisten_plain = \"127.0.0.1:0\"\n\n[instances.gw-a]\n",
+            vendor.public_key().to_text()
+        );
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut gw = Gateway {
+            dir,
+            config,
+            child: None,
+            plain: String::new(),
+            token: String::new(),
+        };
+        let key = vendor
+            .issue(&KeySpec {
+                role: Role::Primary,
+                serial: 7,
+                seats: 5,
+                expires: None,
+            })
+            .unwrap();
+        gw.cli(&["license", "activate", &key]);
+        let out = gw.cli(&["device", "add", "mfd-1"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        gw.token = v["token"].as_str().unwrap().to_owned();
+        gw.serve();
+        gw
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--instance", "gw-a"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn serve(&mut self) {
+        let run_file = self.dir.path().join("gw-a").join("gw-a.run.json");
+        let _ = std::fs::remove_file(&run_file);
+        let log = std::fs::File::create(self.dir.path().join("gw-a.log")).unwrap();
+        let child = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--instance", "gw-a", "serve"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&run_file)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                let plain = v["listeners"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l["kind"] == "plain")
+                    .expect("a plain listener")["addr"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                self.plain = format!("http://{plain}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("gw-a.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self) -> GatewayClient {
+        GatewayClient::new(&self.plain, None, quick())
+            .unwrap()
+            .with_token(&self.token)
+            .unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- gateway log ----\n{}",
+                std::fs::read_to_string(self.dir.path().join("gw-a.log")).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The in-test second server: logs in and acknowledges everything.
+fn fallback() -> Handler {
+    handler(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("POST", "/api/v1/sessions") => session(),
+        ("GET", "/health") => health(true, "up", false, None),
+        ("PUT", p) => ack(p, 201),
+        _ => json(200, serde_json::json!({})),
+    })
+}
+
+fn settings() -> FailoverSettings {
+    FailoverSettings {
+        failback_probe_interval: Duration::from_secs(3600),
+        ..FailoverSettings::default()
+    }
+}
+
+fn job_pages() -> Vec<Page> {
+    vec![Page::Memory(
+        mfd_sim::synthetic::noise_png(2000, 1).unwrap(),
+    )]
+}
+
+async fn client_for(urls: &[String], token: &str) -> FailoverClient {
+    let list = ServerList::new(
+        urls.iter()
+            .map(|u| GatewayClient::new(u, None, quick()).unwrap())
+            .collect(),
+    )
+    .unwrap()
+    .with_token(token)
+    .unwrap();
+    FailoverClient::new(list, settings())
+}
+
+/// Logs in on the gateway while it works, breaks it with `break_it`, then
+/// scans and delivers one job; returns the recorded causes.
+async fn cause_after(
+    break_it: impl FnOnce(&mut Gateway) + Send + 'static,
+) -> Vec<(String, String)> {
+    let mut gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let other = TestServer::http(fallback()).await;
+    let c = client_for(&[gw.plain.clone(), other.url.clone()], &gw.token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    c.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(c.current_index(), 0, "the gateway took the login");
+    let gw_url = gw.plain.clone();
+    let mut gw = tokio::task::spawn_blocking(move || {
+        break_it(&mut gw);
+        gw
+    })
+    .await
+    .unwrap();
+    let job = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    let Delivery::Acknowledged(d) = c.deliver(&outbox, &job).await.unwrap() else {
+        panic!("acknowledged by the other server")
+    };
+    assert_eq!(d.server_index, 1);
+    assert!(outbox.pending().unwrap().is_empty());
+    gw.kill9();
+    c.events()
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e.server, gw_url);
+            match e.kind {
+                EventKind::Failover { cause, .. } => (e.server, cause.to_string()),
+                other => (e.server, other.name().to_owned()),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gateway_in_maintenance_is_recorded_as_maintenance() {
+    let causes = cause_after(|gw| {
+        gw.cli(&["maintenance", "on"]);
+    })
+    .await;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].1, "maintenance");
+}
+
+#[tokio::test]
+async fn a_gateway_whose_data_service_an_admin_stopped_is_recorded_as_data_service_down() {
+    let causes = cause_after(|gw| {
+        gw.cli(&["service", "stop", "data"]);
+    })
+    .await;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].1, "data_service_down");
+}
+
+#[tokio::test]
+async fn a_killed_gateway_refuses_connections_and_is_recorded_as_web_service_down() {
+    let causes = cause_after(Gateway::kill9).await;
+    assert_eq!(causes.len(), 1);
+    assert_eq!(causes[0].1, "web_service_down");
+}
+
+/// A TCP proxy that passes everything until it is armed; once armed, it
+/// still forwards what the device sends but drops what the gateway answers
+/// and closes the device's connection: an acknowledgement lost on the way.
+async fn lossy_proxy(
+    upstream: String,
+    armed: Arc<AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (upstream, armed) = (upstream.clone(), armed.clone());
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if armed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_job_whose_acknowledgement_was_lost_is_accepted_once_as_a_replay() {
+    let gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let (proxy, _task) = lossy_proxy(gw.plain.clone(), armed.clone()).await;
+    let c = client_for(&[proxy.clone(), gw.plain.clone()], &gw.token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    c.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(c.current_index(), 0);
+    let job = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let Delivery::Acknowledged(d) = c.deliver(&outbox, &job).await.unwrap() else {
+        panic!("acknowledged")
+    };
+    assert!(d.replayed, "the gateway had stored it through the proxy");
+    assert_eq!(d.server_index, 1);
+    assert_eq!(d.ack.job_id, job.job_id);
+    let jobs = gw.client().jobs(50).await.unwrap();
+    let same: Vec<_> = jobs.iter().filter(|j| j.job_id == job.job_id).collect();
+    assert_eq!(same.len(), 1, "stored once");
+    assert_eq!(jobs.len(), 1);
+    assert!(outbox.pending().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_gateway_takes_a_job_replayed_from_the_outbox_after_a_restart() {
+    let gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let job_id = {
+        let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+        let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+        c.login("alice", PASSWORD).await.unwrap();
+        c.scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+            .await
+            .unwrap()
+            .job_id
+        // The device goes down here, before the first attempt.
+    };
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+    let done = c.replay(&outbox).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].0, job_id);
+    let Ok(Delivery::Acknowledged(d)) = &done[0].1 else {
+        panic!("{:?}", done[0].1)
+    };
+    assert!(!d.replayed);
+    let again = c.replay(&outbox).await.unwrap();
+    assert!(again.is_empty());
+    let jobs = gw.client().jobs(50).await.unwrap();
+    assert_eq!(jobs.iter().filter(|j| j.job_id == job_id).count(), 1);
+}
