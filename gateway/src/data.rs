@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use plugins::fsutil::create_private_dir_all;
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
@@ -336,7 +337,10 @@ struct Recovered {
 }
 
 fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
-    std::fs::create_dir_all(&paths.data_dir).map_err(|e| {
+    // The data directory and everything in it are the service user's alone:
+    // the store holds the session signing key and the license, the spool
+    // people's documents.
+    create_private_dir_all(&paths.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
             paths.data_dir.display()
@@ -346,7 +350,7 @@ fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
         .map_err(|e| format!("cannot open database {}: {e}", paths.database.display()))?;
     let spool = JobSpool::open(&paths.spool)
         .map_err(|e| format!("cannot open spool {}: {e}", paths.spool.display()))?;
-    std::fs::create_dir_all(&paths.work)
+    create_private_dir_all(&paths.work)
         .map_err(|e| format!("cannot create {}: {e}", paths.work.display()))?;
     spool
         .probe()
@@ -354,6 +358,15 @@ fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
     store
         .probe_write()
         .map_err(|e| format!("the database cannot be written: {e}"))?;
+    let interrupted = store
+        .close_interrupted_attempts(Utc::now())
+        .map_err(|e| e.to_string())?;
+    if interrupted > 0 {
+        tracing::warn!(
+            attempts = interrupted,
+            "closed step attempts that a previous run left running as interrupted"
+        );
+    }
     let requeued = store.requeue_processing().map_err(|e| e.to_string())?;
     let mut orphans = 0;
     for id in spool

@@ -82,7 +82,8 @@ impl Instance {
             &paths.temp,
             &paths.delivered,
         ] {
-            std::fs::create_dir_all(dir).with_context(|| {
+            // 0700: the data directory is the service user's alone.
+            plugins::fsutil::create_private_dir_all(dir).with_context(|| {
                 format!(
                     "cannot create {} — check that the service user owns the data directory",
                     dir.display()
@@ -220,11 +221,9 @@ async fn recheck_license(core: Arc<Core>) {
 }
 
 fn write_run_file(path: &std::path::Path, info: &RunInfo) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    // Atomic (readers see the old or the new file) and private (0600).
+    plugins::fsutil::write_atomic(path, &serde_json::to_vec_pretty(info)?, "run")
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn wait_for_signal() {

@@ -23,23 +23,132 @@ use crate::security::PasswordHash;
 /// with the built-in workflows.
 pub const EMBEDDED_DEFAULTS: &str = include_str!("../default-config.toml");
 
-/// Every environment variable that overrides an instance setting.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("SCANGW_DATA_DIR", "data_dir"),
-    ("SCANGW_LISTEN", "listen"),
-    ("SCANGW_LISTEN_PLAIN", "listen_plain"),
-    ("SCANGW_LISTEN_PROXY", "listen_proxy"),
-    ("SCANGW_TLS_CERT", "tls_cert"),
-    ("SCANGW_TLS_KEY", "tls_key"),
-    ("SCANGW_WORKERS", "workers"),
-    ("SCANGW_TIME_ZONE", "time_zone"),
-    ("SCANGW_LOG_FORMAT", "log_format"),
-    ("SCANGW_LOG_LEVEL", "log_level"),
-    ("SCANGW_TESSERACT", "tesseract"),
-    ("SCANGW_OCR_PARALLELISM", "ocr_parallelism"),
-    ("SCANGW_MAX_ATTEMPTS", "max_attempts"),
-    ("SCANGW_STEP_TIMEOUT_SECS", "step_timeout_secs"),
+/// What a `SCANGW_*` environment variable stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvTarget {
+    /// A command-line option that clap reads from the environment itself
+    /// (`gateway/src/cli/args.rs`); listed so that it is not an unknown
+    /// variable here.
+    CommandLine(&'static str),
+    /// An instance setting (a key of `[defaults]` / `[instances.NAME]`).
+    Instance(&'static str),
+}
+
+/// Every `SCANGW_*` environment variable the gateway knows. It is the one
+/// list the loader consults: a variable with the prefix that is not here is
+/// refused by name (a typo such as `SCANGW_WORKER=4` must not be ignored
+/// silently), and every variable here that names a setting overrides it.
+/// A new setting gets its variable by adding a row (and a target variant,
+/// for a new table).
+pub const ENV_VARS: &[(&str, EnvTarget)] = &[
+    ("SCANGW_CONFIG", EnvTarget::CommandLine("--config")),
+    ("SCANGW_INSTANCE", EnvTarget::CommandLine("--instance")),
+    ("SCANGW_DATA_DIR", EnvTarget::Instance("data_dir")),
+    ("SCANGW_LISTEN", EnvTarget::Instance("listen")),
+    ("SCANGW_LISTEN_PLAIN", EnvTarget::Instance("listen_plain")),
+    ("SCANGW_LISTEN_PROXY", EnvTarget::Instance("listen_proxy")),
+    ("SCANGW_TLS_CERT", EnvTarget::Instance("tls_cert")),
+    ("SCANGW_TLS_KEY", EnvTarget::Instance("tls_key")),
+    ("SCANGW_WORKERS", EnvTarget::Instance("workers")),
+    ("SCANGW_TIME_ZONE", EnvTarget::Instance("time_zone")),
+    ("SCANGW_LOG_FORMAT", EnvTarget::Instance("log_format")),
+    ("SCANGW_LOG_LEVEL", EnvTarget::Instance("log_level")),
+    ("SCANGW_TESSERACT", EnvTarget::Instance("tesseract")),
+    (
+        "SCANGW_OCR_PARALLELISM",
+        EnvTarget::Instance("ocr_parallelism"),
+    ),
+    ("SCANGW_MAX_ATTEMPTS", EnvTarget::Instance("max_attempts")),
+    (
+        "SCANGW_STEP_TIMEOUT_SECS",
+        EnvTarget::Instance("step_timeout_secs"),
+    ),
+    (
+        "SCANGW_MAINTENANCE_RETRY_AFTER_SECS",
+        EnvTarget::Instance("maintenance_retry_after_secs"),
+    ),
+    (
+        "SCANGW_LOGIN_FAILURES_PER_MINUTE",
+        EnvTarget::Instance("login_failures_per_minute"),
+    ),
 ];
+
+/// The prefix of the gateway's environment variables.
+pub const ENV_PREFIX: &str = "SCANGW_";
+
+/// The `SCANGW_*` variables of an environment, taken once so the loader can
+/// both look values up and refuse the names it does not know.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+    /// Variables with the prefix whose name or value is not UTF-8.
+    unreadable: Vec<String>,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn process() -> Env {
+        let mut env = Env::default();
+        for (name, value) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if !name_text.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => {
+                    env.vars.insert(name, value);
+                }
+                (Ok(name), Err(_)) => env.unreadable.push(name),
+                (Err(name), _) => env.unreadable.push(name.to_string_lossy().into_owned()),
+            }
+        }
+        env
+    }
+
+    /// No variables at all (embedded defaults, tests).
+    pub fn none() -> Env {
+        Env::default()
+    }
+
+    /// The given variables (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Env {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            unreadable: Vec::new(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Refuses a `SCANGW_*` variable that is not in [`ENV_VARS`], or that
+    /// cannot be read as text.
+    fn check_known(&self) -> Result<(), SettingsError> {
+        if let Some(name) = self.unreadable.first() {
+            return Err(invalid(
+                format!("environment variable {name}"),
+                "is not valid UTF-8 text",
+            ));
+        }
+        for name in self.vars.keys().filter(|n| n.starts_with(ENV_PREFIX)) {
+            if !ENV_VARS.iter().any(|(known, _)| known == name) {
+                let known: Vec<&str> = ENV_VARS.iter().map(|(n, _)| *n).collect();
+                return Err(invalid(
+                    format!("environment variable {name}"),
+                    format!(
+                        "is not a setting of the gateway; unset it or use one of: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A configuration problem, naming the key (or variable) and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +160,14 @@ pub enum SettingsError {
     },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: String, message: String },
+    /// A value of the wrong type, found by the TOML decoder.
+    #[error("{key}: {message} (line {line} of {path})")]
+    WrongType {
+        key: String,
+        message: String,
+        line: usize,
+        path: String,
+    },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     #[error("instance `{name}` is not in {path}; instances there: {known}")]
@@ -102,14 +219,14 @@ struct RawLicensing {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_job_bytes: Option<ByteSize>,
-    max_pages: Option<u32>,
+    max_pages: Option<Scalar>,
     max_page_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSessions {
-    ttl_secs: Option<u64>,
+    ttl_secs: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,34 +237,102 @@ struct RawUser {
 }
 
 /// Instance settings as written; every field optional so `[defaults]`,
-/// `[instances.NAME]` and the environment can be layered.
+/// `[instances.NAME]` and the environment can be layered. Every value is a
+/// loose [`Scalar`] until validation, so a value of the wrong type is
+/// reported like any other bad value: with the key (or variable) it came
+/// from and the type expected.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInstance {
-    data_dir: Option<String>,
-    listen: Option<String>,
-    listen_plain: Option<String>,
-    listen_proxy: Option<String>,
-    tls_cert: Option<String>,
-    tls_key: Option<String>,
-    workers: Option<TomlScalar>,
-    time_zone: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
-    tesseract: Option<String>,
-    ocr_parallelism: Option<TomlScalar>,
-    max_attempts: Option<TomlScalar>,
-    step_timeout_secs: Option<TomlScalar>,
-    maintenance_retry_after_secs: Option<TomlScalar>,
-    login_failures_per_minute: Option<TomlScalar>,
+    data_dir: Option<Scalar>,
+    listen: Option<Scalar>,
+    listen_plain: Option<Scalar>,
+    listen_proxy: Option<Scalar>,
+    tls_cert: Option<Scalar>,
+    tls_key: Option<Scalar>,
+    workers: Option<Scalar>,
+    time_zone: Option<Scalar>,
+    log_format: Option<Scalar>,
+    log_level: Option<Scalar>,
+    tesseract: Option<Scalar>,
+    ocr_parallelism: Option<Scalar>,
+    max_attempts: Option<Scalar>,
+    step_timeout_secs: Option<Scalar>,
+    maintenance_retry_after_secs: Option<Scalar>,
+    login_failures_per_minute: Option<Scalar>,
 }
 
-/// A number as written in the file, or as text from the environment.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub(crate) enum TomlScalar {
+/// A value as written in the file (any TOML type), or as text from the
+/// environment, before its type is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Scalar {
     Int(i64),
+    Float(f64),
+    Bool(bool),
     Text(String),
+    /// An array, a table or a date: never a valid setting value.
+    Other(&'static str),
+}
+
+impl Scalar {
+    /// How the value is shown in a message about its type.
+    fn found(&self) -> String {
+        match self {
+            Scalar::Int(n) => format!("the whole number {n}"),
+            Scalar::Float(f) => format!("the decimal number {f}"),
+            Scalar::Bool(b) => format!("the boolean {b}"),
+            Scalar::Text(t) => format!("the string \"{}\"", t.escape_debug()),
+            Scalar::Other(what) => (*what).to_owned(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Loose;
+        impl<'de> serde::de::Visitor<'de> for Loose {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+                Ok(i64::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Scalar, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other("an array"))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Scalar, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar::Other("a table or a date"))
+            }
+        }
+        d.deserialize_any(Loose)
+    }
 }
 
 // ----- loading --------------------------------------------------------------------
@@ -163,8 +348,9 @@ pub enum Source<'a> {
 pub fn load(
     source: Source<'_>,
     instance: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &Env,
 ) -> Result<Settings, SettingsError> {
+    env.check_known()?;
     let (text, label, base_dir) = match source {
         Source::File(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
@@ -194,10 +380,7 @@ pub fn load(
             })?
             .join(base_dir)
     };
-    let raw: RawFile = toml::from_str(&text).map_err(|e| SettingsError::Parse {
-        path: label.clone(),
-        message: e.to_string().trim_end().to_owned(),
-    })?;
+    let raw: RawFile = toml::from_str(&text).map_err(|e| decode_error(&text, &label, &e))?;
     for key in raw.instances.keys() {
         InstanceName::parse(key).map_err(|m| invalid(format!("instances.{key}"), m))?;
     }
@@ -240,9 +423,9 @@ pub fn load(
             merge(&mut merged, layer, &prefix, &mut origin);
         }
     }
-    for (var, field) in ENV_OVERRIDES {
-        if let Some(value) = env(var) {
-            set_text_field(&mut merged, field, value);
+    for (var, target) in ENV_VARS {
+        if let (EnvTarget::Instance(field), Some(value)) = (target, env.get(var)) {
+            set_instance_field(&mut merged, field, Scalar::Text(value.to_owned()));
             origin.insert(field, format!("environment variable {var}"));
         }
     }
@@ -301,28 +484,81 @@ fn merge(
     );
 }
 
-fn set_text_field(into: &mut RawInstance, field: &str, value: String) {
-    match field {
-        "data_dir" => into.data_dir = Some(value),
-        "listen" => into.listen = Some(value),
-        "listen_plain" => into.listen_plain = Some(value),
-        "listen_proxy" => into.listen_proxy = Some(value),
-        "tls_cert" => into.tls_cert = Some(value),
-        "tls_key" => into.tls_key = Some(value),
-        "workers" => into.workers = Some(TomlScalar::Text(value)),
-        "time_zone" => into.time_zone = Some(value),
-        "log_format" => into.log_format = Some(value),
-        "log_level" => into.log_level = Some(value),
-        "tesseract" => into.tesseract = Some(value),
-        "ocr_parallelism" => into.ocr_parallelism = Some(TomlScalar::Text(value)),
-        "max_attempts" => into.max_attempts = Some(TomlScalar::Text(value)),
-        "step_timeout_secs" => into.step_timeout_secs = Some(TomlScalar::Text(value)),
-        other => unreachable!("ENV_OVERRIDES names unknown field {other}"),
+fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
+    let slot = match field {
+        "data_dir" => &mut into.data_dir,
+        "listen" => &mut into.listen,
+        "listen_plain" => &mut into.listen_plain,
+        "listen_proxy" => &mut into.listen_proxy,
+        "tls_cert" => &mut into.tls_cert,
+        "tls_key" => &mut into.tls_key,
+        "workers" => &mut into.workers,
+        "time_zone" => &mut into.time_zone,
+        "log_format" => &mut into.log_format,
+        "log_level" => &mut into.log_level,
+        "tesseract" => &mut into.tesseract,
+        "ocr_parallelism" => &mut into.ocr_parallelism,
+        "max_attempts" => &mut into.max_attempts,
+        "step_timeout_secs" => &mut into.step_timeout_secs,
+        "maintenance_retry_after_secs" => &mut into.maintenance_retry_after_secs,
+        "login_failures_per_minute" => &mut into.login_failures_per_minute,
+        other => unreachable!("ENV_VARS names unknown instance setting {other}"),
+    };
+    *slot = Some(value);
+}
+
+/// A TOML decoding error, naming the key when the error is about a value
+/// (the decoder itself only points at a line and column).
+fn decode_error(text: &str, label: &str, error: &toml::de::Error) -> SettingsError {
+    let message = error.message().trim_end().to_owned();
+    if let Some(span) = error.span()
+        && let Some((key, line)) = key_at(text, span.start)
+    {
+        return SettingsError::WrongType {
+            key,
+            message,
+            line,
+            path: label.to_owned(),
+        };
+    }
+    SettingsError::Parse {
+        path: label.to_owned(),
+        message: error.to_string().trim_end().to_owned(),
     }
 }
 
+/// The dotted key whose value starts at byte `at` of `text` (`limits.max_pages`
+/// for `max_pages = ...` under `[limits]`) and its line number; `None` when
+/// `at` is not inside the value of a `key = value` line (a syntax error, or an
+/// unknown key, which the decoder already names).
+fn key_at(text: &str, at: usize) -> Option<(String, usize)> {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..line_start].matches('\n').count() + 1;
+    let (key, _) = text[line_start..at].split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| {
+            l.trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .replace('"', "")
+        });
+    let key = match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    };
+    Some((key, line_no))
+}
+
 fn number(
-    value: &Option<TomlScalar>,
+    value: &Option<Scalar>,
     key: &dyn Fn(&'static str) -> String,
     field: &'static str,
     default: u64,
@@ -330,11 +566,17 @@ fn number(
 ) -> Result<u64, SettingsError> {
     let n = match value {
         None => return Ok(default),
-        Some(TomlScalar::Int(n)) => *n,
-        Some(TomlScalar::Text(t)) => t
+        Some(Scalar::Int(n)) => *n,
+        Some(Scalar::Text(t)) => t
             .trim()
             .parse::<i64>()
             .map_err(|_| invalid(key(field), format!("`{t}` is not a whole number")))?,
+        Some(other) => {
+            return Err(invalid(
+                key(field),
+                format!("expected a whole number, found {}", other.found()),
+            ));
+        }
     };
     if n < 0 || !range.contains(&(n as u64)) {
         return Err(invalid(
@@ -347,6 +589,22 @@ fn number(
         ));
     }
     Ok(n as u64)
+}
+
+/// A text setting; a value of another type is refused, naming the key.
+fn text(
+    value: &Option<Scalar>,
+    key: &dyn Fn(&'static str) -> String,
+    field: &'static str,
+) -> Result<Option<String>, SettingsError> {
+    match value {
+        None => Ok(None),
+        Some(Scalar::Text(t)) => Ok(Some(t.clone())),
+        Some(other) => Err(invalid(
+            key(field),
+            format!("expected a string (in quotes), found {}", other.found()),
+        )),
+    }
 }
 
 fn address(value: &str, key: String) -> Result<SocketAddr, SettingsError> {
@@ -364,9 +622,16 @@ fn validate_instance(
     base_dir: &Path,
     key: &dyn Fn(&'static str) -> String,
 ) -> Result<InstanceSettings, SettingsError> {
-    let data_dir = raw
-        .data_dir
-        .clone()
+    let listen = text(&raw.listen, key, "listen")?;
+    let listen_plain = text(&raw.listen_plain, key, "listen_plain")?;
+    let listen_proxy = text(&raw.listen_proxy, key, "listen_proxy")?;
+    let tls_cert = text(&raw.tls_cert, key, "tls_cert")?;
+    let tls_key = text(&raw.tls_key, key, "tls_key")?;
+    let time_zone = text(&raw.time_zone, key, "time_zone")?;
+    let log_format = text(&raw.log_format, key, "log_format")?;
+    let log_level = text(&raw.log_level, key, "log_level")?;
+    let tesseract = text(&raw.tesseract, key, "tesseract")?;
+    let data_dir = text(&raw.data_dir, key, "data_dir")?
         .unwrap_or_else(|| "gateway-data/{instance}".to_owned())
         .replace("{instance}", name.as_str());
     if data_dir.trim().is_empty() {
@@ -375,13 +640,13 @@ fn validate_instance(
     let data_dir = base_dir.join(data_dir);
 
     let mut listeners = Vec::new();
-    if let Some(v) = &raw.listen {
+    if let Some(v) = &listen {
         listeners.push(ListenerSettings {
             addr: address(v, key("listen"))?,
             kind: ListenerKind::Https,
         });
     }
-    if let Some(v) = &raw.listen_plain {
+    if let Some(v) = &listen_plain {
         let addr = address(v, key("listen_plain"))?;
         // Plain HTTP carries device tokens and passwords in the clear, so it
         // is only ever allowed where nothing leaves the machine.
@@ -398,7 +663,7 @@ fn validate_instance(
             kind: ListenerKind::Plain,
         });
     }
-    if let Some(v) = &raw.listen_proxy {
+    if let Some(v) = &listen_proxy {
         listeners.push(ListenerSettings {
             addr: address(v, key("listen_proxy"))?,
             kind: ListenerKind::ProxyHttps,
@@ -419,7 +684,7 @@ fn validate_instance(
         }
     }
 
-    let tls = match (&raw.tls_cert, &raw.tls_key) {
+    let tls = match (&tls_cert, &tls_key) {
         (Some(c), Some(k)) => TlsSource::Files {
             cert: base_dir.join(c),
             key: base_dir.join(k),
@@ -440,7 +705,7 @@ fn validate_instance(
     };
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let time_zone = match &raw.time_zone {
+    let time_zone = match &time_zone {
         Some(tz) => tz.parse::<chrono_tz::Tz>().map_err(|_| {
             invalid(
                 key("time_zone"),
@@ -449,7 +714,7 @@ fn validate_instance(
         })?,
         None => system_time_zone(),
     };
-    let log_format = match raw.log_format.as_deref().unwrap_or("human") {
+    let log_format = match log_format.as_deref().unwrap_or("human") {
         "human" => LogFormat::Human,
         "json" => LogFormat::Json,
         other => {
@@ -459,7 +724,7 @@ fn validate_instance(
             ));
         }
     };
-    let log_level = raw.log_level.clone().unwrap_or_else(|| "info".to_owned());
+    let log_level = log_level.unwrap_or_else(|| "info".to_owned());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         return Err(invalid(
             key("log_level"),
@@ -493,11 +758,7 @@ fn validate_instance(
             10,
             1..=10_000,
         )? as u32,
-        tesseract: PathBuf::from(
-            raw.tesseract
-                .clone()
-                .unwrap_or_else(|| "tesseract".to_owned()),
-        ),
+        tesseract: PathBuf::from(tesseract.unwrap_or_else(|| "tesseract".to_owned())),
         name,
         data_dir,
         listeners,
@@ -515,15 +776,18 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
             .limits
             .max_job_bytes
             .map_or(defaults.max_job_bytes, |b| b.0),
-        max_pages: raw.limits.max_pages.unwrap_or(defaults.max_pages),
+        max_pages: number(
+            &raw.limits.max_pages,
+            &|_| "limits.max_pages".to_owned(),
+            "max_pages",
+            u64::from(defaults.max_pages),
+            1..=100_000,
+        )? as u32,
         max_page_bytes: raw
             .limits
             .max_page_bytes
             .map_or(defaults.max_page_bytes, |b| b.0),
     };
-    if limits.max_pages == 0 || limits.max_pages > 100_000 {
-        return Err(invalid("limits.max_pages", "must be between 1 and 100000"));
-    }
     if limits.max_page_bytes > limits.max_job_bytes {
         return Err(invalid(
             "limits.max_page_bytes",
@@ -534,13 +798,14 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
             ),
         ));
     }
-    let session_ttl_secs = raw.sessions.ttl_secs.unwrap_or(3600);
-    if !(60..=7 * 86_400).contains(&session_ttl_secs) {
-        return Err(invalid(
-            "sessions.ttl_secs",
-            "must be between 60 and 604800 (7 days)",
-        ));
-    }
+    // Between a minute and 7 days.
+    let session_ttl_secs = number(
+        &raw.sessions.ttl_secs,
+        &|_| "sessions.ttl_secs".to_owned(),
+        "ttl_secs",
+        3600,
+        60..=7 * 86_400,
+    )?;
     let mut users = BTreeMap::new();
     for (name, user) in &raw.users {
         crate::names::check_user_name(name).map_err(|m| invalid(format!("users.{name}"), m))?;

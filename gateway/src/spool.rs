@@ -6,12 +6,15 @@
 //! intake), and a directory without a row — a crash between the two — is an
 //! orphan the data service removes at start-up.
 //!
-//! This module knows files only: no SQL, no HTTP.
+//! This module knows files only: no SQL, no HTTP. Every directory and file
+//! it makes is private to the service user (0700, 0600).
 
 use std::io;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use std::io::Write;
+use plugins::fsutil::{PRIVATE_DIR_MODE, create_private_dir_all, create_private_file};
 
 use ring::digest;
 use uuid::Uuid;
@@ -42,8 +45,10 @@ impl JobSpool {
     /// Opens the spool, creating its directories, and empties `tmp/` (what is
     /// there belongs to uploads that were never acknowledged).
     pub fn open(root: &Path) -> io::Result<JobSpool> {
-        std::fs::create_dir_all(root.join("tmp"))?;
-        std::fs::create_dir_all(root.join("jobs"))?;
+        // Private to the service user: page files are people's documents.
+        create_private_dir_all(root)?;
+        create_private_dir_all(&root.join("tmp"))?;
+        create_private_dir_all(&root.join("jobs"))?;
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();
             if path.is_dir() {
@@ -75,7 +80,7 @@ impl JobSpool {
             .join("tmp")
             .join(format!(".probe-{}", Uuid::new_v4()));
         let result = (|| {
-            let mut f = std::fs::File::create(&path)?;
+            let mut f = create_private_file(&path)?;
             f.write_all(b"probe")?;
             f.sync_all()
         })();
@@ -89,7 +94,15 @@ impl JobSpool {
             .root
             .join("tmp")
             .join(format!("{id}.{}", Uuid::new_v4().simple()));
-        tokio::fs::create_dir(&dir).await?;
+        let create = dir.clone();
+        blocking(move || {
+            std::fs::DirBuilder::new()
+                .mode(PRIVATE_DIR_MODE)
+                .create(&create)?;
+            // The mode asked for is filtered by the umask; set it outright.
+            std::fs::set_permissions(&create, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+        })
+        .await?;
         Ok(SpoolUpload {
             spool: self.clone(),
             id,
@@ -138,7 +151,7 @@ impl SpoolUpload {
             .as_ref()
             .expect("upload not committed yet")
             .join(&file_name);
-        let file = blocking(move || std::fs::File::create(path)).await?;
+        let file = blocking(move || create_private_file(&path)).await?;
         Ok(PageWriter {
             file: Some(file),
             buffer: Vec::with_capacity(WRITE_BUFFER),
@@ -159,7 +172,7 @@ impl SpoolUpload {
         let jobs = self.spool.root.join("jobs");
         let manifest = manifest.to_vec();
         tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let mut f = std::fs::File::create(dir.join("manifest.json"))?;
+            let mut f = create_private_file(&dir.join("manifest.json"))?;
             f.write_all(&manifest)?;
             f.sync_all()?;
             sync_dir(&dir)?;
@@ -300,6 +313,27 @@ mod tests {
             std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    // Regression: spooled pages were 0644 in 0755 directories, readable by
+    // every local user.
+    #[tokio::test]
+    async fn spooled_files_and_directories_are_private_to_the_service_user() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("spool");
+        let spool = JobSpool::open(&root).unwrap();
+        let mut up = spool.begin(Uuid::new_v4()).await.unwrap();
+        let mut page = up.page(1, "png").await.unwrap();
+        page.write(b"abc").await.unwrap();
+        page.finish().await.unwrap();
+        let dir = up.commit(b"{}").await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        for d in [&root, &root.join("tmp"), &root.join("jobs"), &dir] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        for f in [dir.join("page-0001.png"), dir.join("manifest.json")] {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
     }
 
     #[tokio::test]

@@ -1,4 +1,10 @@
 //! `gateway service install|uninstall`: a systemd unit per named instance.
+//!
+//! The unit runs the gateway with `UMask=0077`, so anything a child process
+//! (the OCR engine, the PDF rasteriser) writes is private to the service
+//! user as well; the gateway sets the mode of its own files and directories
+//! explicitly and does not depend on it. `KillMode=control-group` stops
+//! every process of the instance with it, engines included.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +28,8 @@ pub fn unit_text(instance: &str, exe: &Path, config: &Path, user: Option<&str>) 
          Type=simple\n\
          {user_line}\
          ExecStart={exe} serve --config {config} --instance {instance}\n\
+         UMask=0077\n\
+         KillMode=control-group\n\
          Restart=on-failure\n\
          RestartSec=2\n\
          TimeoutStopSec=45\n\
@@ -97,6 +105,10 @@ mod tests {
         ));
         assert!(text.contains("User=scan\n"));
         assert!(text.contains("Restart=on-failure"));
+        // Files of child processes are private too, and no engine outlives
+        // the service.
+        assert!(text.contains("\nUMask=0077\n"));
+        assert!(text.contains("\nKillMode=control-group\n"));
     }
 
     #[test]

@@ -85,11 +85,14 @@ fn generate_self_signed(cert: &Path, key: &Path, hostnames: &[String]) -> anyhow
     let certified = rcgen::generate_simple_self_signed(names)
         .context("generating a self-signed certificate")?;
     if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        plugins::fsutil::create_private_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     write_private(key, certified.signing_key.serialize_pem().as_bytes())
         .with_context(|| format!("cannot write {}", key.display()))?;
-    std::fs::write(cert, certified.cert.pem())
+    // The certificate is public, but it lives among private files: the same
+    // mode, so the data directory has one rule. Devices get it from an admin.
+    write_private(cert, certified.cert.pem().as_bytes())
         .with_context(|| format!("cannot write {}", cert.display()))?;
     Ok(())
 }

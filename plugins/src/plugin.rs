@@ -69,6 +69,18 @@ impl StepError {
         }
     }
 
+    /// The permanent failure for a page that cannot be read: the reason
+    /// (shown to the device) names the page and the problem; the log gets
+    /// the file's path on the server and the full error.
+    pub fn unreadable_page(error: crate::page::PageReadError) -> Self {
+        tracing::warn!(
+            path = %error.path().map(|p| p.display().to_string()).unwrap_or_default(),
+            error = ?error,
+            "a page file could not be read"
+        );
+        StepError::Permanent(error.to_string())
+    }
+
     /// Classifies a local file-system failure: a full disk or an I/O hiccup
     /// may pass; missing permissions or a read-only mount will not fix
     /// themselves within a retry budget.

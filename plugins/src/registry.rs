@@ -104,7 +104,8 @@ impl Registry {
     /// (OCR and PDF rasterising absent), for servers and tests that must not
     /// start processes.
     pub fn without_engines() -> Registry {
-        let absent = || Probe::Absent("not probed: this registry runs without external engines".into());
+        let absent =
+            || Probe::Absent("not probed: this registry runs without external engines".into());
         Registry {
             settings: RegistrySettings::default(),
             ocr: absent(),

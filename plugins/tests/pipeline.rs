@@ -363,3 +363,48 @@ fn text_pdf(text: &str) -> Vec<u8> {
     doc.save_to(&mut bytes).unwrap();
     bytes
 }
+
+// Regression: the reasons of unreadable PNG, TIFF and PDF pages held the
+// page file's absolute path on the server, and devices are shown them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasons_for_unreadable_pages_name_the_page_and_never_a_server_path() {
+    let scratch = tempfile::tempdir().unwrap();
+    let spool = scratch.path().join("srv-secret-spool/jobs/0001");
+    std::fs::create_dir_all(&spool).unwrap();
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "page-0001.png",
+            b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDRtruncated".to_vec(),
+        ),
+        (
+            "page-0001.tiff",
+            b"II*\0\xff\xff\xff\x7fnot a tiff".to_vec(),
+        ),
+        ("page-0001.pdf", b"%PDF-1.7\nnot really a pdf".to_vec()),
+    ];
+    let registry = Registry::detect(RegistrySettings::default()).await;
+    let workflow = registry
+        .build_workflow("w", &spec("[[steps]]\nplugin = \"assemble\""))
+        .unwrap();
+    for (name, bytes) in cases {
+        let path = spool.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let format = plugins::PageFormat::sniff(&bytes).unwrap();
+        let job = job(
+            &scratch.path().join(format!("work-{name}")),
+            vec![plugins::PageFile { path, format }],
+        );
+        let outcome = JobRunner::new(policy())
+            .run(&workflow, &job, Arc::new(MemoryStore::new()))
+            .await;
+        let JobOutcome::DeadLetter { reason, .. } = outcome else {
+            panic!("{name}: expected a dead letter, got {outcome:?}")
+        };
+        assert!(reason.contains(name), "{name}: names the page: {reason}");
+        assert!(
+            !reason.contains("srv-secret-spool")
+                && !reason.contains(&*scratch.path().to_string_lossy()),
+            "{name}: a server path in the reason: {reason}"
+        );
+    }
+}

@@ -226,14 +226,23 @@ steps = [ { plugin = "assemble" }, { plugin = "folder", root = "/nonexistent-sha
     let failed = dev.wait_for_state(job, "failed", Duration::from_secs(30));
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.starts_with("step 2 (folder) failed:"), "{reason}");
+    // Devices are never shown a server path; the name stays recognisable.
     assert!(
-        reason.contains("/nonexistent-share-for-test"),
-        "the reason names the destination: {reason}"
+        reason.contains("the root nonexistent-share-for-test is not available")
+            && !reason.contains("/nonexistent-share-for-test"),
+        "the reason names the destination, without its path: {reason}"
     );
 
     let list: Value = serde_json::from_str(&site.cli_ok("gw-a", &["job", "list"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], job.to_string());
+    // The admin sees the whole reason, path included.
+    assert!(
+        list[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("/nonexistent-share-for-test")),
+        "{list}"
+    );
     let status = site.cli_ok("gw-a", &["status"]);
     assert!(status.contains("1 failed"), "{status}");
 
@@ -369,7 +378,7 @@ fn bad_configuration_is_refused_with_its_key_before_anything_starts() {
     let site = Site::new(&["gw-a"], "\n[limits]\nmax_pages = 0\n");
     let msg = stderr(&site.cli("gw-a", &["status"]));
     assert!(
-        msg.contains("limits.max_pages: must be between 1 and 100000"),
+        msg.contains("limits.max_pages: 0 is out of range; use 1..=100000"),
         "{msg}"
     );
 }

@@ -219,9 +219,15 @@ fn gateway_killed_during_ocr_resumes_the_job_and_delivers_it_exactly_once() {
         2,
         "the OCR step ran again after the crash: {done}"
     );
+    // Regression: the attempt the kill cut short stayed `running` (no
+    // outcome) forever; recovery closes it as interrupted.
+    assert_eq!(
+        ocr_attempts[0]["outcome"], "interrupted",
+        "the first attempt is closed by recovery: {done}"
+    );
     assert!(
-        ocr_attempts[0]["outcome"].is_null(),
-        "the first attempt never finished: {done}"
+        ocr_attempts[0]["finished_at"].is_string(),
+        "with the time of recovery: {done}"
     );
     for plugin in ["assemble", "folder", "mail", "webhook"] {
         assert_eq!(
@@ -231,4 +237,103 @@ fn gateway_killed_during_ocr_resumes_the_job_and_delivers_it_exactly_once() {
         );
     }
     assert_delivered_once(&site, &r, job);
+}
+
+/// The state of process `pid` (`R`, `S`, `Z`...) and its parent, or `None`
+/// when it is gone.
+fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// Regression: after `kill -9` of the gateway its tesseract child kept
+/// running against the spool. A stand-in engine that never finishes shows
+/// it: once the gateway is killed, its engine process must end too.
+#[test]
+fn no_engine_outlives_a_gateway_killed_during_ocr() {
+    let site_dir = tempfile::tempdir().unwrap();
+    let pid_file = site_dir.path().join("engine.pids");
+    let engine = site_dir.path().join("tesseract");
+    std::fs::write(
+        &engine,
+        format!(
+            "#!/bin/sh\n\
+             case \"$1\" in\n\
+             --version) echo 'tesseract 5.3.0'; exit 0 ;;\n\
+             --list-langs) echo 'List of available languages (1):'; echo eng; exit 0 ;;\n\
+             esac\n\
+             echo $$ >> '{}'\n\
+             exec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The lines before the first table header belong to `[instances.gw-a]`.
+    let site = Site::new(
+        &["gw-a"],
+        &format!(
+            "tesseract = \"{}\"\n\n[workflows.ocr-only]\nsteps = [{{ plugin = \"ocr\", languages = [\"eng\"] }}]\n",
+            engine.display()
+        ),
+    );
+    site.activate("gw-a", "03", 1, 2);
+    let token = site.add_device("gw-a", "mfd-1");
+    let mut gw = site.start("gw-a");
+    let dev = Device::new(&gw.plain(), &token);
+    let session = dev.login("alice");
+    let page = render_page(TEXTS[0], ScanFormat::Png, 150).unwrap();
+    assert_eq!(
+        dev.submit(&session, Uuid::new_v4(), "ocr-only", &[page])
+            .status,
+        201
+    );
+    let gateway = gw.pid();
+    let engines: Vec<u32> = eventually(Duration::from_secs(60), || {
+        let pids: Vec<u32> = std::fs::read_to_string(&pid_file)
+            .ok()?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (!pids.is_empty()).then_some(pids)
+    })
+    .expect("the gateway never started its engine");
+    for pid in &engines {
+        let (_, parent) = process_state(*pid).expect("the engine runs");
+        assert_eq!(parent, gateway, "the engine is the gateway's own child");
+    }
+
+    gw.kill9();
+    let survivors = eventually(Duration::from_secs(10), || {
+        // A zombie has ended; only a reaper is missing (PID 1 in a container
+        // may not reap).
+        let alive: Vec<u32> = engines
+            .iter()
+            .copied()
+            .filter(|pid| process_state(*pid).is_some_and(|(state, _)| state != 'Z'))
+            .collect();
+        alive.is_empty().then_some(())
+    });
+    let left: Vec<_> = engines
+        .iter()
+        .filter_map(|pid| process_state(*pid).map(|s| (*pid, s)))
+        .filter(|(_, (state, _))| *state != 'Z')
+        .collect();
+    // Do not leave a stray engine behind, whatever the outcome.
+    for (pid, _) in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        survivors.is_some(),
+        "engine processes of the killed gateway are still running: {left:?}"
+    );
 }

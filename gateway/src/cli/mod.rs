@@ -36,9 +36,11 @@ pub fn load_settings(target: &Target) -> anyhow::Result<Settings> {
         Some(path) => Source::File(path),
         None => Source::Embedded,
     };
-    Ok(settings::load(source, target.instance.as_deref(), &|k| {
-        std::env::var(k).ok()
-    })?)
+    Ok(settings::load(
+        source,
+        target.instance.as_deref(),
+        &settings::Env::process(),
+    )?)
 }
 
 /// What an offline command needs: the store and the licensing identity.
@@ -52,7 +54,7 @@ struct Offline {
 fn offline(settings: &Settings) -> anyhow::Result<Offline> {
     let instance = settings.instance.name.to_string();
     let paths = InstancePaths::new(&settings.instance.data_dir, &instance);
-    std::fs::create_dir_all(&paths.data_dir)
+    plugins::fsutil::create_private_dir_all(&paths.data_dir)
         .with_context(|| format!("cannot create data directory {}", paths.data_dir.display()))?;
     let store = Store::open(&paths.database)
         .with_context(|| format!("cannot open {}", paths.database.display()))?;

@@ -99,6 +99,34 @@ impl PasswordHash {
         }
     }
 
+    /// A hash to verify against when the named user does not exist. Its
+    /// salt and hash bytes are random rather than derived from a password,
+    /// so making one costs nothing, yet verifying against it runs the same
+    /// PBKDF2 with `iterations` as a real user's check does (and never
+    /// matches, but for a 2^-256 chance).
+    pub fn decoy(iterations: u32) -> PasswordHash {
+        let iterations = NonZeroU32::new(iterations.max(MIN_ITERATIONS)).expect("non-zero");
+        let mut salt = vec![0u8; 16];
+        let mut hash = vec![0u8; HASH_LEN];
+        let random = SystemRandom::new();
+        random
+            .fill(&mut salt)
+            .expect("the system random source works");
+        random
+            .fill(&mut hash)
+            .expect("the system random source works");
+        PasswordHash {
+            iterations,
+            salt,
+            hash,
+        }
+    }
+
+    /// The PBKDF2 iteration count: the cost of checking a password.
+    pub fn iterations(&self) -> u32 {
+        self.iterations.get()
+    }
+
     /// Checks a password in constant time.
     pub fn verify(&self, password: &str) -> bool {
         pbkdf2::verify(

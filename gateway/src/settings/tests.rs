@@ -3,15 +3,11 @@
 
 use super::*;
 
-fn no_env(_: &str) -> Option<String> {
-    None
+fn no_env() -> Env {
+    Env::none()
 }
 
-fn load_text(
-    text: &str,
-    instance: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Settings, SettingsError> {
+fn load_text(text: &str, instance: Option<&str>, env: &Env) -> Result<Settings, SettingsError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -40,7 +36,7 @@ max_page_bytes = "10 MB"
 
 #[test]
 fn embedded_defaults_load() {
-    let s = load(Source::Embedded, None, &no_env).unwrap();
+    let s = load(Source::Embedded, None, &no_env()).unwrap();
     assert_eq!(s.instance.name.as_str(), "gw1");
     assert_eq!(
         s.instance.data_dir,
@@ -54,8 +50,8 @@ fn embedded_defaults_load() {
 
 #[test]
 fn one_file_serves_several_instances() {
-    let a = load_text(SHARED, Some("gw-a"), &no_env).unwrap();
-    let b = load_text(SHARED, Some("gw-b"), &no_env).unwrap();
+    let a = load_text(SHARED, Some("gw-a"), &no_env()).unwrap();
+    let b = load_text(SHARED, Some("gw-b"), &no_env()).unwrap();
     assert_eq!(a.instance.data_dir, PathBuf::from("/srv/scan/gw-a"));
     assert_eq!(b.instance.data_dir, PathBuf::from("/srv/scan/gw-b"));
     assert_eq!(a.instance.workers, 3, "from [defaults]");
@@ -70,10 +66,10 @@ fn one_file_serves_several_instances() {
 
 #[test]
 fn instance_must_be_named_when_several_exist() {
-    let err = load_text(SHARED, None, &no_env).unwrap_err().to_string();
+    let err = load_text(SHARED, None, &no_env()).unwrap_err().to_string();
     assert!(err.contains("choose one with --instance"), "{err}");
     assert!(err.contains("gw-a, gw-b"), "{err}");
-    let err = load_text(SHARED, Some("gw-c"), &no_env)
+    let err = load_text(SHARED, Some("gw-c"), &no_env())
         .unwrap_err()
         .to_string();
     assert!(err.contains("instance `gw-c` is not in"), "{err}");
@@ -81,7 +77,7 @@ fn instance_must_be_named_when_several_exist() {
 
 #[test]
 fn environment_overrides_a_single_setting_and_is_named_in_errors() {
-    let env = |k: &str| (k == "SCANGW_WORKERS").then(|| "11".to_owned());
+    let env = Env::from_pairs([("SCANGW_WORKERS", "11")]);
     assert_eq!(
         load_text(SHARED, Some("gw-b"), &env)
             .unwrap()
@@ -89,7 +85,7 @@ fn environment_overrides_a_single_setting_and_is_named_in_errors() {
             .workers,
         11
     );
-    let env = |k: &str| (k == "SCANGW_WORKERS").then(|| "many".to_owned());
+    let env = Env::from_pairs([("SCANGW_WORKERS", "many")]);
     let err = load_text(SHARED, Some("gw-b"), &env)
         .unwrap_err()
         .to_string();
@@ -157,7 +153,9 @@ fn bad_values_name_their_key() {
         } else {
             None
         };
-        let err = load_text(text, instance, &no_env).unwrap_err().to_string();
+        let err = load_text(text, instance, &no_env())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(expected),
             "for {text:?}\n got: {err}\nwant: {expected}"
@@ -167,12 +165,12 @@ fn bad_values_name_their_key() {
 
 #[test]
 fn unknown_keys_and_syntax_errors_point_at_the_line() {
-    let err = load_text("[defaults]\nlisen = \"127.0.0.1:1\"\n", None, &no_env)
+    let err = load_text("[defaults]\nlisen = \"127.0.0.1:1\"\n", None, &no_env())
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown field `lisen`"), "{err}");
     assert!(err.contains("line 2"), "{err}");
-    let err = load_text("[defaults\n", None, &no_env)
+    let err = load_text("[defaults\n", None, &no_env())
         .unwrap_err()
         .to_string();
     assert!(err.contains("is not valid"), "{err}");
@@ -183,7 +181,7 @@ fn missing_file_says_what_to_check() {
     let err = load(
         Source::File(Path::new("/nonexistent/gw.toml")),
         None,
-        &no_env,
+        &no_env(),
     )
     .unwrap_err()
     .to_string();
@@ -203,4 +201,149 @@ fn byte_sizes_parse_with_units() {
     assert!(ByteSize::parse("lots").is_err());
     assert!(ByteSize::parse("0").is_err());
     assert_eq!(ByteSize(64 << 20).to_string(), "64 MiB");
+}
+
+// Regression: `workers = 1.5` was refused with "data did not match any
+// variant of untagged enum TomlScalar", naming neither key nor type.
+#[test]
+fn type_errors_name_the_key_and_the_expected_type() {
+    let cases = [
+        (
+            "[defaults]\nworkers = 1.5",
+            "defaults.workers: expected a whole number, found the decimal number 1.5",
+        ),
+        (
+            "[defaults]\nstep_timeout_secs = \"soon\"",
+            "defaults.step_timeout_secs: `soon` is not a whole number",
+        ),
+        (
+            "[defaults]\nlisten = 8443",
+            "defaults.listen: expected a string (in quotes), found the whole number 8443",
+        ),
+        (
+            "[defaults]\ndata_dir = [\"a\"]",
+            "defaults.data_dir: expected a string (in quotes), found an array",
+        ),
+        (
+            "[defaults]\nlog_format = true",
+            "defaults.log_format: expected a string (in quotes), found the boolean true",
+        ),
+        (
+            "[limits]\nmax_pages = \"many\"",
+            "limits.max_pages: `many` is not a whole number",
+        ),
+        (
+            "[sessions]\nttl_secs = 1.5",
+            "sessions.ttl_secs: expected a whole number, found the decimal number 1.5",
+        ),
+        (
+            "[limits]\nmax_job_bytes = true",
+            "limits.max_job_bytes: expected a size such as 20MiB or 1048576, found the boolean true (line 2 of ",
+        ),
+        (
+            "\n[users.alice]\npassword_hash = 5",
+            "users.alice.password_hash: invalid type: integer `5`, expected a string (line 3 of ",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = load_text(text, None, &no_env()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(expected),
+            "for {text:?}\n got: {err}\nwant: {expected}"
+        );
+    }
+}
+
+// Regression: the documented SCANGW_LOGIN_FAILURES_PER_MINUTE and
+// SCANGW_MAINTENANCE_RETRY_AFTER_SECS were silently ignored.
+#[test]
+fn every_instance_setting_has_an_environment_variable_that_overrides_it() {
+    let env = Env::from_pairs([
+        ("SCANGW_LOGIN_FAILURES_PER_MINUTE", "3"),
+        ("SCANGW_MAINTENANCE_RETRY_AFTER_SECS", "7"),
+        ("SCANGW_STEP_TIMEOUT_SECS", "9"),
+        ("SCANGW_LOG_FORMAT", "json"),
+    ]);
+    let s = load_text(SHARED, Some("gw-a"), &env).unwrap();
+    assert_eq!(s.instance.login_failures_per_minute, 3);
+    assert_eq!(s.instance.maintenance_retry_after_secs, 7);
+    assert_eq!(s.instance.step_timeout, Duration::from_secs(9));
+    assert_eq!(s.instance.log_format, LogFormat::Json);
+
+    // Every key of the instance table has its variable, named after it.
+    let keys = [
+        "data_dir",
+        "listen",
+        "listen_plain",
+        "listen_proxy",
+        "tls_cert",
+        "tls_key",
+        "workers",
+        "time_zone",
+        "log_format",
+        "log_level",
+        "tesseract",
+        "ocr_parallelism",
+        "max_attempts",
+        "step_timeout_secs",
+        "maintenance_retry_after_secs",
+        "login_failures_per_minute",
+    ];
+    for key in keys {
+        let var = format!("SCANGW_{}", key.to_ascii_uppercase());
+        assert!(
+            ENV_VARS.contains(&(var.as_str(), EnvTarget::Instance(key))),
+            "{key} has no {var}"
+        );
+        // The file rejects a key it does not know, so this also proves the
+        // list above is the whole instance table.
+        let text = format!("[defaults]\n{key} = \"x\"\n");
+        let err = load_text(&text, None, &no_env())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            !err.unwrap_or_default().contains("unknown field"),
+            "{key} is not an instance setting"
+        );
+    }
+    let docs = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    for (var, _) in ENV_VARS {
+        assert!(
+            docs.contains(var),
+            "docs/configuration.md does not list {var}"
+        );
+    }
+}
+
+#[test]
+fn unknown_or_unparsable_environment_variables_are_errors_naming_them() {
+    let err = load_text(
+        SHARED,
+        Some("gw-a"),
+        &Env::from_pairs([("SCANGW_WORKER", "4")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("environment variable SCANGW_WORKER: is not a setting of the gateway"),
+        "{err}"
+    );
+    let err = load_text(
+        SHARED,
+        Some("gw-a"),
+        &Env::from_pairs([("SCANGW_LOGIN_FAILURES_PER_MINUTE", "ten")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "environment variable SCANGW_LOGIN_FAILURES_PER_MINUTE: `ten` is not a whole number"
+    );
+    // Read by the command line, so known here.
+    let env = Env::from_pairs([("SCANGW_CONFIG", "/x.toml"), ("SCANGW_INSTANCE", "gw-a")]);
+    load_text(SHARED, Some("gw-a"), &env).unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::TomlScalar;
+use super::Scalar;
 
 /// A size in bytes, written as a number or as text with a unit (`20MiB`, `1 GB`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,12 +17,16 @@ pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match TomlScalar::deserialize(d)? {
-            TomlScalar::Int(n) if n > 0 => Ok(ByteSize(n as u64)),
-            TomlScalar::Int(n) => Err(serde::de::Error::custom(format!(
+        match Scalar::deserialize(d)? {
+            Scalar::Int(n) if n > 0 => Ok(ByteSize(n as u64)),
+            Scalar::Int(n) => Err(serde::de::Error::custom(format!(
                 "size must be positive, found {n}"
             ))),
-            TomlScalar::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+            Scalar::Text(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a size such as 20MiB or 1048576, found {}",
+                other.found()
+            ))),
         }
     }
 }

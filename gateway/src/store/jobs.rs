@@ -362,6 +362,21 @@ impl Store {
         .transpose()
     }
 
+    /// At start-up, before the jobs are requeued: the step attempts a
+    /// previous run left open (it died while they ran) are closed as
+    /// `interrupted` at `at`, the time of recovery, instead of showing as
+    /// running forever. Only jobs this server was processing have attempts
+    /// it ran. Returns how many were closed.
+    pub fn close_interrupted_attempts(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE job_steps SET finished_at = ?1, outcome = 'interrupted',
+                 reason = 'the server stopped while this attempt ran; it was closed when the server started again'
+             WHERE finished_at IS NULL
+               AND job_id IN (SELECT id FROM jobs WHERE state = 'processing')",
+            [time_text(at)],
+        )? as u64)
+    }
+
     /// At start-up: jobs a previous run was processing go back to the queue;
     /// the pipeline resumes each at the step it was in.
     pub fn requeue_processing(&self) -> Result<u64, StoreError> {
@@ -680,5 +695,37 @@ mod tests {
             "completed step kept, budget reset"
         );
         assert_eq!(store.job(id).unwrap().unwrap().state, JobState::Received);
+    }
+
+    // Regression: an attempt cut short by a crash stayed without an outcome
+    // ("running") forever.
+    #[test]
+    fn recovery_closes_attempts_left_running_as_interrupted_and_they_still_count() {
+        let store = Store::open_in_memory().unwrap();
+        let (crashed, queued) = (Uuid::new_v4(), Uuid::new_v4());
+        store.insert_job(&sample_job(crashed)).unwrap();
+        assert_eq!(store.claim_next_job(ME).unwrap(), Some(crashed));
+        let started = Utc::now() - chrono::Duration::seconds(60);
+        store.step_started(crashed, 0, "ocr", 1, started).unwrap();
+        store
+            .step_finished(crashed, 0, 1, "retry", Some("busy"), started)
+            .unwrap();
+        store.step_started(crashed, 0, "ocr", 2, started).unwrap();
+        store.insert_job(&sample_job(queued)).unwrap();
+
+        let recovered = Utc::now();
+        assert_eq!(store.close_interrupted_attempts(recovered).unwrap(), 1);
+        assert_eq!(store.close_interrupted_attempts(recovered).unwrap(), 0);
+        let steps = store.job_steps(crashed).unwrap();
+        assert_eq!(steps[0].outcome.as_deref(), Some("retry"));
+        assert_eq!(steps[1].outcome.as_deref(), Some("interrupted"));
+        assert_eq!(
+            steps[1].finished_at.map(|t| t.timestamp_millis()),
+            Some(recovered.timestamp_millis())
+        );
+        assert!(steps[1].reason.as_deref().unwrap().contains("stopped"));
+        // Both attempts count: the step resumes with attempt 3.
+        assert_eq!(store.job_progress(crashed).unwrap(), (0, 2));
+        assert!(store.job_steps(queued).unwrap().is_empty());
     }
 }

@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_epochs_and_job_ownership.sql",
         sql: include_str!("../../../migrations/0002_epochs_and_job_ownership.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_interrupted_step_attempts.sql",
+        sql: include_str!("../../../migrations/0003_interrupted_step_attempts.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.
@@ -129,7 +134,10 @@ mod tests {
     #[test]
     fn fresh_database_gets_every_table() {
         let mut conn = Connection::open_in_memory().unwrap();
-        assert_eq!(apply(&mut conn).unwrap(), vec![1, 2]);
+        assert_eq!(
+            apply(&mut conn).unwrap(),
+            (1..=latest_version()).collect::<Vec<_>>()
+        );
         let mut stmt = conn
             .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
             .unwrap();
@@ -170,14 +178,63 @@ mod tests {
         assert!(
             matches!(
                 err,
-                StoreError::SchemaTooNew {
-                    found: 99,
-                    known: 2
-                }
+                StoreError::SchemaTooNew { found: 99, known } if known == latest_version()
             ),
             "{err}"
         );
         assert!(err.to_string().contains("newer gateway"), "{err}");
+    }
+
+    /// 0003 rebuilds job_steps to allow `interrupted`: the rows of a store
+    /// at version 2 come through unchanged, and the new outcome is allowed
+    /// while other words still are not.
+    #[test]
+    fn step_attempts_survive_the_rebuild_that_allows_interrupted() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
+        let tx = conn.transaction().unwrap();
+        for m in &MIGRATIONS[..2] {
+            tx.execute_batch(m.sql).unwrap();
+        }
+        tx.execute_batch(
+            "INSERT INTO jobs (id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes,
+                               accepted_by, accepted_role, accepted_epoch, state, received_at, updated_at)
+             VALUES ('j1', 'd1', 'ann', 'w', '{}', 'x', 1, 1, 'gw', 'primary', 1, 'processing', 't', 't');
+             INSERT INTO job_steps (job_id, step, attempt, plugin, started_at, finished_at, outcome, reason)
+             VALUES ('j1', 0, 1, 'ocr', 't0', 't1', 'retry', 'busy'), ('j1', 0, 2, 'ocr', 't2', NULL, NULL, NULL);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[2].sql).unwrap();
+        tx.commit().unwrap();
+        let rows: Vec<(u32, Option<String>)> = conn
+            .prepare("SELECT attempt, outcome FROM job_steps WHERE job_id = 'j1' ORDER BY attempt")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows, vec![(1, Some("retry".into())), (2, None)]);
+        conn.execute(
+            "UPDATE job_steps SET outcome = 'interrupted' WHERE attempt = 2",
+            [],
+        )
+        .unwrap();
+        assert!(
+            conn.execute(
+                "UPDATE job_steps SET outcome = 'gone' WHERE attempt = 2",
+                []
+            )
+            .is_err()
+        );
+        // Still removed with its job.
+        conn.execute("DELETE FROM jobs WHERE id = 'j1'", [])
+            .unwrap();
+        let left: u32 = conn
+            .query_row("SELECT count(*) FROM job_steps", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[test]

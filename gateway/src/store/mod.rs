@@ -121,6 +121,7 @@ impl Store {
     /// Opens (creating if needed) the database at `path`, in WAL mode with
     /// full fsync on commit, and applies pending migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        make_private(path);
         let mut conn = Connection::open(path)?;
         Self::configure(&mut conn)?;
         Ok(Store {
@@ -217,8 +218,14 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("the stored server id: {e}")))
     }
 
-    /// Records that a session was ended (logout), until it would have expired.
-    pub fn end_session(&self, session_id: &str, expires_at: i64) -> Result<(), StoreError> {
+    /// Records that a session was ended (logout), until it would have
+    /// expired; records of sessions that expired before `now` are dropped.
+    pub fn end_session(
+        &self,
+        session_id: &str,
+        expires_at: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
             "INSERT OR IGNORE INTO ended_sessions (session_id, expires_at) VALUES (?1, ?2)",
@@ -226,7 +233,7 @@ impl Store {
         )?;
         conn.execute(
             "DELETE FROM ended_sessions WHERE expires_at < ?1",
-            [Utc::now().timestamp()],
+            [now.timestamp()],
         )?;
         Ok(())
     }
@@ -324,6 +331,41 @@ pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
 }
 
+/// Makes the database file private to the service user (0600) before
+/// SQLite opens it: it holds the session signing key and the license, and
+/// SQLite would create it under the process umask (usually 0644). SQLite
+/// gives its `-wal` and `-shm` files the database file's mode, so they
+/// follow. An existing file is tightened too, when this user may.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let private = std::fs::Permissions::from_mode(plugins::fsutil::PRIVATE_FILE_MODE);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(plugins::fsutil::PRIVATE_FILE_MODE)
+        .open(path)
+    {
+        // Created 0600 (the umask can only take bits away); set outright in
+        // case it took the owner's too.
+        Ok(file) => {
+            let _ = file.set_permissions(private);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Someone other than the owner (an admin command run by another
+            // user) cannot change the mode; SQLite's own check of access
+            // decides whether that user may open it.
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let _ = std::fs::set_permissions(PathBuf::from(name), private.clone());
+            }
+        }
+        // Let SQLite report a missing directory or a permission problem in
+        // its own words, as before.
+        Err(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,19 +415,26 @@ mod tests {
     }
 
     #[test]
-    fn ended_sessions_are_remembered() {
+    fn ended_sessions_are_remembered_until_they_would_have_expired() {
         let store = Store::open_in_memory().unwrap();
-        let exp = Utc::now().timestamp() + 60;
+        let now = Utc::now();
+        let exp = now.timestamp() + 60;
         assert!(!store.session_ended("s1").unwrap());
-        store.end_session("s1", exp).unwrap();
-        store.end_session("s1", exp).unwrap();
+        store.end_session("s1", exp, now).unwrap();
+        store.end_session("s1", exp, now).unwrap();
         assert!(store.session_ended("s1").unwrap());
+        // Once it would have expired anyway, the record goes.
+        store
+            .end_session("s2", exp + 600, now + chrono::Duration::seconds(61))
+            .unwrap();
+        assert!(!store.session_ended("s1").unwrap());
+        assert!(store.session_ended("s2").unwrap());
     }
 
     #[test]
     fn integrity_check_of_fresh_store_is_clean() {
         let store = Store::open_in_memory().unwrap();
         assert!(store.integrity_problems().unwrap().is_empty());
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), migrate::latest_version());
     }
 }

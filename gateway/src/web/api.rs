@@ -2,7 +2,7 @@
 //! logout, workflows, job status. See `docs/API.md`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
@@ -17,10 +17,12 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::names::DeviceName;
 use crate::security::{PasswordHash, passwords, tokens};
+use crate::site::User;
 use crate::store::{DeviceStatus, JobRecord, StepRow};
 use crate::web::ApiJson;
 use crate::web::auth::{AnyDevice, ApprovedDevice, check_seat, verify_session};
 use crate::web::error::ApiError;
+use crate::web::redact::without_server_paths;
 
 /// Registrations waiting for approval are capped so that an open
 /// registration endpoint cannot fill the store.
@@ -117,11 +119,23 @@ impl std::fmt::Debug for LoginRequest {
     }
 }
 
-/// A hash to check against when the user does not exist, so that an unknown
-/// user takes as long to refuse as a wrong password.
-fn decoy_hash() -> &'static PasswordHash {
-    static DECOY: OnceLock<PasswordHash> = OnceLock::new();
-    DECOY.get_or_init(|| PasswordHash::create("decoy", passwords::DEFAULT_ITERATIONS))
+/// The hash an unknown user's password is checked against, so that refusing
+/// an unknown name costs what refusing a known one does and the time of a
+/// refusal does not tell which users exist. It takes the iteration count
+/// most configured users have (the higher one on a tie; the default when
+/// there are none): users' hashes may have been made with another count
+/// than today's default, and a decoy with a different count would differ in
+/// time by the ratio of the two.
+pub(crate) fn decoy_hash(users: &BTreeMap<String, User>) -> PasswordHash {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for user in users.values() {
+        *counts.entry(user.hash.iterations()).or_default() += 1;
+    }
+    let iterations = counts
+        .iter()
+        .max_by_key(|(iterations, n)| (**n, **iterations))
+        .map_or(passwords::DEFAULT_ITERATIONS, |(iterations, _)| *iterations);
+    PasswordHash::decoy(iterations)
 }
 
 pub async fn login(
@@ -139,12 +153,15 @@ pub async fn login(
         return Err(ApiError::BadCredentials);
     }
     let config = core.active_config()?;
-    let user = config.users.get(&req.user).cloned();
+    let hash = match config.users.get(&req.user) {
+        Some(u) => Ok(u.hash.clone()),
+        None => Err(decoy_hash(&config.users)),
+    };
     let password = req.password;
-    let ok = tokio::task::spawn_blocking(move || match &user {
-        Some(u) => u.hash.verify(&password),
-        None => {
-            decoy_hash().verify(&password);
+    let ok = tokio::task::spawn_blocking(move || match &hash {
+        Ok(hash) => hash.verify(&password),
+        Err(decoy) => {
+            decoy.verify(&password);
             false
         }
     })
@@ -186,7 +203,10 @@ pub async fn logout(
 ) -> Result<impl IntoResponse, ApiError> {
     let session = verify_session(&core, &headers, &device).await?;
     let (sid, exp) = (session.id.to_string(), session.exp);
-    core.data.run(move |s| s.end_session(&sid, exp)).await?;
+    let now = core.clock.now();
+    core.data
+        .run(move |s| s.end_session(&sid, exp, now))
+        .await?;
     tracing::info!(device = %device.id, user = session.user, session = %session.id, "user logged out");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -219,11 +239,15 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// The device's view of a job. Failure reasons are written for the
+    /// server's log and may name files by their server path: devices see
+    /// them without (the log and the admin's `job list` keep the detail).
     pub fn new(job: JobRecord, steps: Option<Vec<StepRow>>) -> JobView {
+        let shown = |reason: Option<String>| reason.map(|r| without_server_paths(&r));
         JobView {
             job_id: job.id,
             state: job.state,
-            reason: job.reason,
+            reason: shown(job.reason),
             workflow: job.workflow,
             user: job.user,
             pages: job.page_count,
@@ -238,6 +262,7 @@ impl JobView {
                 rows.into_iter()
                     .map(|r| StepRow {
                         step: r.step + 1,
+                        reason: shown(r.reason),
                         ..r
                     })
                     .collect()

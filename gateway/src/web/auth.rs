@@ -98,6 +98,15 @@ pub async fn verify_session(
             SessionError::Expired(_) => ApiError::SessionExpired(e.to_string()),
             other => ApiError::SessionInvalid(other.to_string()),
         })?;
+    // A session is only as good as its user: one removed from the
+    // configuration (or never in it, e.g. a token signed before the key was
+    // shared with a server that does not know the user) ends at once instead
+    // of lasting until it expires.
+    if !config.users.contains_key(&session.user) {
+        return Err(ApiError::SessionInvalid(
+            "the session's user is no longer configured on this server: log in again".into(),
+        ));
+    }
     if session.device != device.id {
         return Err(ApiError::SessionInvalid(
             "the session was started at another device: log in at this device".into(),

@@ -67,6 +67,11 @@ pub enum ApiError {
         "job id {0} was already used for a job with a different manifest; choose a new UUID for a new job"
     )]
     JobIdConflict(String),
+    /// The job id is stored for another device's job. Says nothing about
+    /// that job (not even that it exists on purpose: only that the id cannot
+    /// be used), so a device cannot probe other devices' jobs.
+    #[error("job id {0} cannot be used; choose a new UUID for a new job")]
+    JobIdTaken(String),
     /// The same job id is being uploaded right now.
     #[error(
         "job {0} is being uploaded on another connection right now; retry when that upload has finished"
@@ -150,8 +155,8 @@ impl ApiError {
             | SessionExpired(_) | BadCredentials => StatusCode::UNAUTHORIZED,
             DevicePending(_) | DeviceRevoked | SeatLimit { .. } => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
-            JobIdConflict(_) | UploadInProgress(_) | ReadOnlySecondary(_) | Fenced(_)
-            | DeviceNameTaken(_) => StatusCode::CONFLICT,
+            JobIdConflict(_) | JobIdTaken(_) | UploadInProgress(_) | ReadOnlySecondary(_)
+            | Fenced(_) | DeviceNameTaken(_) => StatusCode::CONFLICT,
             JobTooLarge { .. }
             | PageTooLarge { .. }
             | ManifestTooLarge { .. }
@@ -186,6 +191,7 @@ impl ApiError {
             SeatLimit { .. } => "seat_limit",
             NotFound(_) => "not_found",
             JobIdConflict(_) => "job_id_conflict",
+            JobIdTaken(_) => "job_id_taken",
             UploadInProgress(_) => "upload_in_progress",
             ReadOnlySecondary(_) => "read_only_secondary",
             Fenced(_) => "fenced",
@@ -382,6 +388,7 @@ mod tests {
             SeatLimit { seats: 1 },
             NotFound(String::new()),
             JobIdConflict(String::new()),
+            JobIdTaken(String::new()),
             UploadInProgress(String::new()),
             DeviceNameTaken(String::new()),
             TooManyPendingDevices(1),
@@ -425,6 +432,7 @@ mod tests {
                 | SeatLimit { .. }
                 | NotFound(_)
                 | JobIdConflict(_)
+                | JobIdTaken(_)
                 | UploadInProgress(_)
                 | DeviceNameTaken(_)
                 | TooManyPendingDevices(_)

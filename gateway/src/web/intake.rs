@@ -341,14 +341,20 @@ fn insert_and_read(store: &Store, job: &NewJob) -> Result<(bool, JobRecord), Sto
 
 /// The answer to an id that is already stored: the original
 /// acknowledgement when the same device sends the same manifest, a
-/// conflict otherwise.
+/// conflict when it sends another manifest, and `job_id_taken` when the id
+/// belongs to another device's job — whatever the manifest, so the answer
+/// reveals nothing about that job (reading it answers 404 likewise).
 fn replay(
     core: &Core,
     existing: JobRecord,
     manifest_sha256: &str,
     device: Uuid,
 ) -> Result<Response, ApiError> {
-    if existing.manifest_sha256 == manifest_sha256 && existing.device_id == device {
+    if existing.device_id != device {
+        tracing::warn!(job = %existing.id, %device, "a device sent the id of another device's job");
+        return Err(ApiError::JobIdTaken(existing.id.to_string()));
+    }
+    if existing.manifest_sha256 == manifest_sha256 {
         core.metrics.job_replayed();
         tracing::info!(job = %existing.id, %device, "resubmitted job answered with its acknowledgement");
         return Ok((StatusCode::OK, Json(JobAck::of(&existing, true))).into_response());

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod intake;
+pub mod redact;
 pub mod serve;
 
 #[cfg(test)]

@@ -51,7 +51,8 @@ steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/d
             ),
         )
         .unwrap();
-        let settings = settings::load(Source::File(&file), Some("gw-t"), &|_| None).unwrap();
+        let settings =
+            settings::load(Source::File(&file), Some("gw-t"), &settings::Env::none()).unwrap();
         let (vendor, _) = VendorKeyPair::generate().unwrap();
         let core = Core::for_tests(settings, TrustedKeys::builtin().with(vendor.public_key()));
         core.data.start().await.unwrap();
@@ -389,4 +390,146 @@ async fn promotion_and_a_restart_after_it_keep_the_replicated_configuration() {
         .await
         .unwrap();
     kept(&site);
+}
+
+/// Regression: a session of a user removed from the configuration was
+/// accepted until it expired. Removing the user ends it at once, for job
+/// submission and logout alike.
+#[tokio::test]
+async fn removing_a_user_ends_their_sessions_at_once() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    let (status, body) = site.submit(&token, &session, Uuid::new_v4(), 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // The configuration now has `bob` only.
+    let bob =
+        json!({"bob": {"password_hash": PasswordHash::create("pw", MIN_ITERATIONS).to_text()}});
+    let role = site.core.role.snapshot();
+    site.core
+        .data
+        .run(move |s| {
+            let write = role.config_write("test").expect("the primary writes");
+            s.put_config_docs(&[("users", bob.to_string())], write)
+        })
+        .await
+        .unwrap();
+    site.core.reload_config().await.unwrap();
+    assert!(!site.core.active_config().unwrap().users.contains_key("ann"));
+
+    let (status, body) = site.submit(&token, &session, Uuid::new_v4(), 1).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "session_invalid");
+    let (status, _, body) = site
+        .call(
+            Request::delete("/api/v1/sessions/current")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .header("x-scan-session", &session)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], "session_invalid", "{status} {body}");
+}
+
+/// Regression: another device's job id answered `job_id_conflict`
+/// ("different manifest") even for the identical manifest, which both told
+/// that the job exists and gave a false reason.
+#[tokio::test]
+async fn another_devices_job_id_answers_job_id_taken_without_details() {
+    let site = Site::licensed(Role::Primary).await;
+    let owner = site.device("mfd-1").await;
+    let other = site.device("mfd-2").await;
+    let id = Uuid::new_v4();
+    let session = site.login(&owner).await;
+    let (status, body) = site.submit(&owner, &session, id, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let session = site.login(&other).await;
+    for pages in [1, 2] {
+        let (status, body) = site.submit(&other, &session, id, pages).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "job_id_taken");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("manifest"), "{message}");
+        assert!(!body.to_string().contains("mfd-1"), "{body}");
+    }
+    // The owner still gets its acknowledgement, and its conflict.
+    let session = site.login(&owner).await;
+    let (status, _) = site.submit(&owner, &session, id, 1).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = site.submit(&owner, &session, id, 2).await;
+    assert_eq!(body["error"]["code"], "job_id_conflict");
+}
+
+/// Regression: an unknown user was checked against a decoy hashed with the
+/// default iteration count while configured users had another, so the time
+/// of a refusal told which users exist (5 ms against 130 ms). The decoy
+/// takes the configured users' count: the same work, checked exactly.
+#[test]
+fn the_login_decoy_costs_what_a_configured_user_costs() {
+    use crate::security::passwords::DEFAULT_ITERATIONS;
+    use crate::site::User;
+    use std::collections::BTreeMap;
+    let user = |iterations| User {
+        hash: PasswordHash::create("pw", iterations),
+        display_name: None,
+    };
+    let mut users = BTreeMap::new();
+    assert_eq!(
+        crate::web::api::decoy_hash(&users).iterations(),
+        DEFAULT_ITERATIONS
+    );
+    users.insert("ann".to_owned(), user(MIN_ITERATIONS));
+    assert_eq!(
+        crate::web::api::decoy_hash(&users).iterations(),
+        MIN_ITERATIONS
+    );
+    users.insert("bob".to_owned(), user(MIN_ITERATIONS));
+    users.insert("cy".to_owned(), user(MIN_ITERATIONS * 2));
+    assert_eq!(
+        crate::web::api::decoy_hash(&users).iterations(),
+        MIN_ITERATIONS,
+        "the count most users have"
+    );
+    assert!(!crate::web::api::decoy_hash(&users).verify("pw"));
+}
+
+/// Regression: a failed login whose user name held a newline wrote a
+/// forged line into the text log. One request, one line, in both formats.
+#[tokio::test]
+async fn a_user_name_with_a_newline_makes_one_log_line() {
+    use crate::logging::tests::Captured;
+    use crate::settings::LogFormat;
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let forged = "x\n2030-01-01T00:00:00Z ERROR gw-t forged: admin ok";
+    for format in [LogFormat::Human, LogFormat::Json] {
+        let captured = Captured::default();
+        let _default = tracing::subscriber::set_default(captured.subscriber(format));
+        let (status, _, body) = site
+            .call(
+                Request::post("/api/v1/sessions")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        json!({"user": forged, "password": "pw"}).to_string(),
+                    ))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let text = captured.text();
+        let refused: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("login refused"))
+            .collect();
+        assert_eq!(refused.len(), 1, "{format:?}: {text}");
+        assert!(refused[0].contains("forged"), "{format:?}: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("2030-")),
+            "{format:?}: a forged line: {text}"
+        );
+    }
 }

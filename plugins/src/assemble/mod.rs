@@ -105,7 +105,7 @@ fn assemble(
     limit: u64,
     default_dpi: u32,
 ) -> Result<(), StepError> {
-    let pages = page::enumerate_pages(&job.pages).map_err(permanent)?;
+    let pages = page::enumerate_pages(&job.pages).map_err(StepError::unreadable_page)?;
     let mut builder = PdfBuilder::new();
     if from_ocr {
         for page in &pages {
@@ -139,7 +139,7 @@ fn assemble(
         .finish(&title, &created)
         .map_err(|e| StepError::permanent(format!("writing the document failed: {e}")))?;
     let target = job.document_path();
-    std::fs::create_dir_all(&job.work_dir)
+    fsutil::create_private_dir_all(&job.work_dir)
         .map_err(|e| StepError::from_io(format!("creating {}", job.work_dir.display()), &e))?;
     fsutil::write_atomic(&target, &bytes, "assemble")
         .map_err(|e| StepError::from_io(format!("writing {}", target.display()), &e))
@@ -151,10 +151,9 @@ fn append_pdf(
     what: &str,
 ) -> Result<(), StepError> {
     let doc = lopdf::Document::load(path).map_err(|e| {
-        StepError::permanent(format!(
-            "{what}: {} is not a readable PDF: {e}",
-            path.display()
-        ))
+        // The reason is shown to the device: the page, not the server path.
+        tracing::warn!(path = %path.display(), error = %e, "a PDF page file could not be read");
+        StepError::permanent(format!("{what} is not a readable PDF: {e}"))
     })?;
     if doc.is_encrypted() {
         return Err(StepError::permanent(format!(
@@ -204,7 +203,7 @@ fn add_raster(
                 .map_err(|e| StepError::permanent(format!("{what}: embedding failed: {e}")));
         }
     }
-    let decoded = page::decode_raster(page, limit).map_err(permanent)?;
+    let decoded = page::decode_raster(page, limit).map_err(StepError::unreadable_page)?;
     let dpi = decoded.dpi.unwrap_or(f64::from(default_dpi));
     let (width, height) = (decoded.image.width(), decoded.image.height());
     let image = if is_gray(&decoded.image) {

@@ -8,9 +8,20 @@
 //! same file instead of adding a second one. The copy is atomic: a temporary
 //! file in the target directory, flushed, renamed over the final name, then
 //! the directory flushed.
+//!
+//! Delivered documents are private to the service user by default (files
+//! 0600, the directories this step creates 0700): a folder meant for people
+//! says so with `file_mode` (e.g. `"0640"`; the directories created get the
+//! matching execute bits, `0750`) and `group` (a group name from
+//! `/etc/group` or a numeric id, given to every file and directory the step
+//! creates; the service user must be a member of it, or root).
+//!
+//! Settings: `root` (absolute, must exist), `name` (template, default
+//! [`DEFAULT_NAME`]), `file_mode`, `group`, `timeout_secs`.
 
-use std::fs::File;
+use std::fs::{File, Permissions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +45,88 @@ struct FolderSettings {
     name: String,
     #[serde(default)]
     timeout_secs: Option<u64>,
+    #[serde(default)]
+    file_mode: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+}
+
+/// Who may read what the step delivers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The mode of delivered files.
+    pub file_mode: u32,
+    /// The mode of directories the step creates: the file mode plus the
+    /// execute (search) bit wherever it has the read bit.
+    pub dir_mode: u32,
+    /// The group given to delivered files and created directories.
+    pub gid: Option<u32>,
+}
+
+impl Access {
+    /// Files and directories for the service user alone.
+    pub const PRIVATE: Access = Access {
+        file_mode: fsutil::PRIVATE_FILE_MODE,
+        dir_mode: fsutil::PRIVATE_DIR_MODE,
+        gid: None,
+    };
+
+    fn parse(file_mode: Option<&str>, group: Option<&str>) -> Result<Access, SettingsError> {
+        let mut access = Access::PRIVATE;
+        if let Some(text) = file_mode {
+            let digits = text.trim();
+            let mode = u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|m| digits.len() >= 3 && *m <= 0o777)
+                .ok_or_else(|| {
+                    SettingsError::bad(
+                        "file_mode",
+                        format!(
+                            "`{text}` is not a file mode; write it in octal as a string, such as \"0640\""
+                        ),
+                    )
+                })?;
+            if mode & 0o600 != 0o600 {
+                return Err(SettingsError::bad(
+                    "file_mode",
+                    format!(
+                        "{mode:04o} does not let the service user read and write its own deliveries; \
+                         keep the owner's rw (06xx)"
+                    ),
+                ));
+            }
+            access.file_mode = mode;
+            access.dir_mode = mode | ((mode & 0o444) >> 2);
+        }
+        if let Some(group) = group {
+            access.gid = Some(group_id(group)?);
+        }
+        Ok(access)
+    }
+}
+
+/// A group's id: a number, or a name looked up in `/etc/group` (groups
+/// from a directory service are given by number).
+fn group_id(group: &str) -> Result<u32, SettingsError> {
+    if let Ok(gid) = group.trim().parse::<u32>() {
+        return Ok(gid);
+    }
+    let table = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (name == group.trim()).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| {
+            SettingsError::bad(
+                "group",
+                format!("there is no group `{group}` in /etc/group; give its name or numeric id"),
+            )
+        })
 }
 
 fn default_name() -> String {
@@ -46,6 +139,7 @@ pub struct FolderStep {
     root: PathBuf,
     name: NameTemplate,
     timeout: Option<Duration>,
+    access: Access,
 }
 
 impl FolderStep {
@@ -55,11 +149,18 @@ impl FolderStep {
             return Err(SettingsError::bad("root", "must be an absolute path"));
         }
         let name = NameTemplate::path(&parsed.name).map_err(|e| SettingsError::bad("name", e))?;
+        let access = Access::parse(parsed.file_mode.as_deref(), parsed.group.as_deref())?;
         Ok(FolderStep {
             root: parsed.root,
             name,
             timeout: settings::timeout_from(parsed.timeout_secs)?,
+            access,
         })
+    }
+
+    /// Who may read the step's deliveries.
+    pub fn access(&self) -> Access {
+        self.access
     }
 
     /// Where this step puts `job`'s document.
@@ -82,13 +183,44 @@ impl Plugin for FolderStep {
         let root = self.root.clone();
         let target = self.target(job);
         let tag = job.job_id.to_string();
+        let access = self.access;
         Box::pin(blocking("delivering to the folder", move || {
-            deliver(&source, &root, &target, &tag)
+            deliver(&source, &root, &target, &tag, access)
         }))
     }
 }
 
-fn deliver(source: &Path, root: &Path, target: &Path, tag: &str) -> Result<(), StepError> {
+/// Creates the directories between `root` (which exists) and `dir` with
+/// the delivery's mode and group. Existing directories are left as they
+/// are: they belong to whoever set the share up.
+fn create_dirs(root: &Path, dir: &Path, access: Access) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| *d != root && d.starts_with(root))
+        .filter(|d| !d.is_dir())
+        .collect();
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(access.dir_mode).create(d) {
+            Ok(()) => {}
+            // Another delivery made it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(e) => return Err(e),
+        }
+        std::fs::set_permissions(d, Permissions::from_mode(access.dir_mode))?;
+        if let Some(gid) = access.gid {
+            std::os::unix::fs::chown(d, None, Some(gid))?;
+        }
+    }
+    Ok(())
+}
+
+fn deliver(
+    source: &Path,
+    root: &Path,
+    target: &Path,
+    tag: &str,
+    access: Access,
+) -> Result<(), StepError> {
     let shown = target.display();
     match std::fs::metadata(root) {
         Ok(meta) if meta.is_dir() => {}
@@ -107,7 +239,7 @@ fn deliver(source: &Path, root: &Path, target: &Path, tag: &str) -> Result<(), S
         }
     }
     let dir = target.parent().unwrap_or(root);
-    std::fs::create_dir_all(dir).map_err(|e| {
+    create_dirs(root, dir, access).map_err(|e| {
         StepError::from_io(
             format!(
                 "folder delivery to {shown} failed creating {}",
@@ -134,7 +266,13 @@ fn deliver(source: &Path, root: &Path, target: &Path, tag: &str) -> Result<(), S
     })?;
     let temp = fsutil::partial_path(target, tag);
     let copy = (|| {
-        let mut output = File::create(&temp)?;
+        let mut output = fsutil::create_private_file(&temp)?;
+        // The group first, then the mode: a group-readable file never
+        // exists with another group.
+        if let Some(gid) = access.gid {
+            std::os::unix::fs::chown(&temp, None, Some(gid))?;
+        }
+        output.set_permissions(Permissions::from_mode(access.file_mode))?;
         std::io::copy(&mut input, &mut output)?;
         output.flush()?;
         output.sync_all()?;
@@ -151,6 +289,7 @@ fn deliver(source: &Path, root: &Path, target: &Path, tag: &str) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn a_missing_root_is_transient_and_never_created() {
@@ -158,7 +297,7 @@ mod tests {
         let source = dir.path().join("document.pdf");
         std::fs::write(&source, b"%PDF-1.7").unwrap();
         let root = dir.path().join("share");
-        let err = deliver(&source, &root, &root.join("a/b.pdf"), "t").unwrap_err();
+        let err = deliver(&source, &root, &root.join("a/b.pdf"), "t", Access::PRIVATE).unwrap_err();
         assert!(err.is_transient());
         assert!(err.reason().contains("is the share mounted?"), "{err}");
         assert!(!root.exists());
@@ -176,9 +315,82 @@ mod tests {
         // turned into a directory; as root, permissions alone would not stop
         // the write, so this is the portable way to provoke the failure.
         std::fs::write(root.join("day"), b"").unwrap();
-        let err = deliver(&source, &root, &root.join("day/x.pdf"), "t").unwrap_err();
+        let err = deliver(
+            &source,
+            &root,
+            &root.join("day/x.pdf"),
+            "t",
+            Access::PRIVATE,
+        )
+        .unwrap_err();
         assert!(err.reason().starts_with("folder delivery to "), "{err}");
-        deliver(&source, &root, &target, "t").unwrap();
+        deliver(&source, &root, &target, "t", Access::PRIVATE).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"%PDF-1.7");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn step(extra: serde_json::Value, root: &Path) -> Result<FolderStep, SettingsError> {
+        let mut table = serde_json::json!({ "root": root });
+        table
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        FolderStep::build(table.as_object().unwrap())
+    }
+
+    // Regression: deliveries were 0644 in 0755 directories, readable by
+    // every local user.
+    #[test]
+    fn deliveries_are_private_unless_the_step_says_who_may_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("document.pdf");
+        std::fs::write(&source, b"%PDF-1.7").unwrap();
+        let root = dir.path().join("share");
+        std::fs::create_dir(&root).unwrap();
+
+        let private = step(serde_json::json!({}), &root).unwrap();
+        assert_eq!(private.access(), Access::PRIVATE);
+        let target = root.join("2030-01-01/a.pdf");
+        deliver(&source, &root, &target, "t", private.access()).unwrap();
+        assert_eq!(mode(&target), 0o600);
+        assert_eq!(mode(&root.join("2030-01-01")), 0o700);
+        assert_eq!(mode(&root), 0o755, "the root is the admin's, left alone");
+
+        let gid = std::fs::metadata(&root).unwrap().gid();
+        let shared = step(
+            serde_json::json!({ "file_mode": "0640", "group": gid.to_string() }),
+            &root,
+        )
+        .unwrap();
+        let target = root.join("2030-01-02/b.pdf");
+        deliver(&source, &root, &target, "t", shared.access()).unwrap();
+        assert_eq!(mode(&target), 0o640);
+        assert_eq!(mode(&root.join("2030-01-02")), 0o750);
+        assert_eq!(std::fs::metadata(&target).unwrap().gid(), gid);
+        let root_group = step(serde_json::json!({ "group": "root" }), &root).unwrap();
+        assert_eq!(root_group.access().gid, Some(0));
+    }
+
+    #[test]
+    fn bad_access_settings_name_the_key() {
+        let root = Path::new("/srv/share");
+        for (extra, expected) in [
+            (serde_json::json!({ "file_mode": "rw-r-----" }), "file_mode"),
+            (serde_json::json!({ "file_mode": "4755" }), "file_mode"),
+            (
+                serde_json::json!({ "file_mode": "0440" }),
+                "keep the owner's rw",
+            ),
+            (
+                serde_json::json!({ "group": "no-such-group-here" }),
+                "there is no group `no-such-group-here`",
+            ),
+        ] {
+            let err = step(extra.clone(), root).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
     }
 }

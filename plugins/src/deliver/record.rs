@@ -41,7 +41,7 @@ impl DeliveryRecord {
             .map_err(|e| StepError::permanent(format!("encoding the delivery record: {e}")))?;
         blocking("recording the delivery", move || {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
+                fsutil::create_private_dir_all(dir)
                     .map_err(|e| StepError::from_io(format!("creating {}", dir.display()), &e))?;
             }
             fsutil::write_atomic(&path, &bytes, "record")

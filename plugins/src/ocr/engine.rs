@@ -7,12 +7,23 @@
 //! pending wait is dropped with the child handle and the process is killed.
 //! Neither tesseract nor pdftoppm forks helpers, so killing the direct child
 //! stops all the work; a process group is therefore not needed.
+//!
+//! `kill_on_drop` needs a living gateway to do the killing: after a
+//! `kill -9` or a crash, an engine would go on writing into the spool of a
+//! server that is gone (and of the next one started on it). So engines are
+//! started through util-linux's `setpriv --pdeathsig KILL`, which makes the
+//! kernel kill them when the gateway's thread that started them ends, the
+//! process included (`unsafe` being forbidden, the gateway cannot ask for
+//! that itself). Without `setpriv` they are started directly, and the
+//! systemd unit's `KillMode=control-group` still stops them with the
+//! service.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 use crate::plugin::StepError;
 
@@ -209,8 +220,67 @@ pub async fn rasterise(
     Ok(super::with_suffix(out_base, ".png"))
 }
 
+/// `setpriv` when it works here and supports `--pdeathsig`, probed once.
+async fn death_signal_wrapper() -> Option<&'static Path> {
+    static SETPRIV: OnceCell<Option<PathBuf>> = OnceCell::const_new();
+    SETPRIV
+        .get_or_init(|| async {
+            let setpriv = Path::new("setpriv");
+            let works = Command::new(setpriv)
+                .args(["--pdeathsig", "KILL", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            if !works {
+                tracing::warn!(
+                    "setpriv (util-linux) with --pdeathsig is not available: OCR engines are \
+                     started directly and may outlive a gateway that is killed"
+                );
+            }
+            works.then(|| setpriv.to_path_buf())
+        })
+        .await
+        .as_deref()
+}
+
+/// The same command, started through `setpriv --pdeathsig KILL` so the
+/// kernel kills it when the gateway dies.
+fn with_death_signal(command: &Command, setpriv: &Path) -> Command {
+    let original = command.as_std();
+    let mut wrapped = Command::new(setpriv);
+    wrapped
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(original.get_program())
+        .args(original.get_args());
+    for (key, value) in original.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = original.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+/// setpriv's exit codes when it could not start the program (util-linux's
+/// `EX_EXEC_ENOENT` and `EX_EXEC_FAILED`), turned back into the error a
+/// direct start would have given.
+fn exec_failure(status: std::process::ExitStatus) -> Option<std::io::Error> {
+    match status.code() {
+        Some(127) => Some(std::io::ErrorKind::NotFound.into()),
+        Some(126) => Some(std::io::ErrorKind::PermissionDenied.into()),
+        _ => None,
+    }
+}
+
 async fn run_to_end(
-    mut command: Command,
+    command: Command,
     what: &str,
     spawn_error: impl FnOnce(std::io::Error) -> StepError,
 ) -> Result<(), StepError> {
@@ -219,13 +289,21 @@ async fn run_to_end(
         .get_program()
         .to_string_lossy()
         .into_owned();
-    let child = command
+    let wrapper = death_signal_wrapper().await;
+    let mut command = match wrapper {
+        Some(setpriv) => with_death_signal(&command, setpriv),
+        None => command,
+    };
+    let spawned = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(spawn_error)?;
+        .spawn();
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => return Err(spawn_error(e)),
+    };
     // The child handle lives inside this future: dropping the future (step
     // timeout, job cancelled) drops the handle, which kills the process.
     let output = child
@@ -235,10 +313,50 @@ async fn run_to_end(
     if output.status.success() {
         return Ok(());
     }
+    if wrapper.is_some()
+        && let Some(e) = exec_failure(output.status)
+    {
+        return Err(spawn_error(e));
+    }
     let stderr = String::from_utf8_lossy(&output.stderr);
     Err(StepError::transient(format!(
         "{program} failed on {what} ({}): {}",
         output.status,
         last_line(&stderr)
     )))
+}
+
+#[cfg(test)]
+mod death_signal_tests {
+    use super::*;
+
+    /// The wrapper (when present) must hand the engine the same arguments
+    /// and environment, and a missing program must still read as missing.
+    #[tokio::test]
+    async fn engines_started_through_the_wrapper_behave_as_started_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg("printf '%s %s' \"$X\" \"$1\" > \"$2\"")
+            .arg("sh")
+            .arg("an argument")
+            .arg(&out)
+            .env("X", "from-env");
+        run_to_end(command, "a test", |e| StepError::permanent(e.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "from-env an argument"
+        );
+        let missing = Command::new("/nonexistent/tesseract");
+        let err = run_to_end(missing, "a test", |e| {
+            StepError::permanent(format!("spawn: {:?}", e.kind()))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason(), "spawn: NotFound");
+    }
 }

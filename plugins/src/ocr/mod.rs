@@ -144,12 +144,15 @@ impl OcrStep {
             .map_err(|why| engine::engine_missing(why))?;
         let files = job.pages.clone();
         let pages = blocking("reading the job's pages", move || {
-            page::enumerate_pages(&files).map_err(|e| StepError::permanent(e.to_string()))
+            page::enumerate_pages(&files).map_err(StepError::unreadable_page)
         })
         .await?;
         let dir = job.ocr_dir();
-        tokio::fs::create_dir_all(&dir)
+        let create = dir.clone();
+        tokio::task::spawn_blocking(move || fsutil::create_private_dir_all(&create))
             .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
             .map_err(|e| StepError::from_io(format!("creating {}", dir.display()), &e))?;
 
         // A JoinSet aborts its tasks when dropped, so a timeout or a dropped
@@ -275,8 +278,7 @@ impl PageWork {
                 let index = self.page.index_in_file;
                 let (dpi, limit, described) = (self.dpi, self.max_page_pixels, what.to_string());
                 blocking("measuring a PDF page", move || {
-                    let sizes = page::pdf_page_sizes(&path)
-                        .map_err(|e| StepError::permanent(e.to_string()))?;
+                    let sizes = page::pdf_page_sizes(&path).map_err(StepError::unreadable_page)?;
                     let (w, h) = sizes.get(index).copied().unwrap_or((612.0, 792.0));
                     let scale = f64::from(dpi) / 72.0;
                     let info = page::RasterInfo {
@@ -303,8 +305,7 @@ impl PageWork {
                 let page = self.page.clone();
                 let (limit, temp, fallback) = (self.max_page_pixels, temp.to_path_buf(), self.dpi);
                 blocking("reading a page header", move || {
-                    let info = page::raster_info(&page)
-                        .map_err(|e| StepError::permanent(e.to_string()))?;
+                    let info = page::raster_info(&page).map_err(StepError::unreadable_page)?;
                     info.check_pixels(&|| page.describe(), limit)
                         .map_err(|e| StepError::permanent(e.to_string()))?;
                     let dpi = if info.dpi.is_some() {
@@ -317,9 +318,9 @@ impl PageWork {
                         // one it is pointed at, so it gets a copy that
                         // holds this page alone.
                         let bytes = page::tiff_single_page(&page.path, page.index_in_file)
-                            .map_err(|e| StepError::permanent(e.to_string()))?;
+                            .map_err(StepError::unreadable_page)?;
                         let temp = with_suffix(&temp, ".tif");
-                        std::fs::write(&temp, bytes).map_err(|e| {
+                        fsutil::write_atomic(&temp, &bytes, "page").map_err(|e| {
                             StepError::from_io(format!("writing {}", temp.display()), &e)
                         })?;
                         Ok((temp, dpi))

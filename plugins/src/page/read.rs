@@ -19,11 +19,14 @@ use super::{PageFile, PageFormat};
 /// write 1/1 or 72 as placeholders, and a typo must not give a 2 mm page.
 const PLAUSIBLE_DPI: std::ops::RangeInclusive<f64> = 50.0..=4800.0;
 
-/// Why a page file could not be read.
+/// Why a page file could not be read. The message names the page file by
+/// its name in the job (`page-0003.png`, the third file the device sent)
+/// and never by its path on the server: it becomes the reason shown to
+/// devices. The path stays in the value for the server's log.
 #[derive(Debug, thiserror::Error)]
 pub enum PageReadError {
     /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {}", shown(path), crate::fsutil::io_cause(source))]
     Io {
         /// The file.
         path: PathBuf,
@@ -31,7 +34,7 @@ pub enum PageReadError {
         source: std::io::Error,
     },
     /// The content is not a valid file of its format.
-    #[error("{} is not a readable {format} file: {reason}", path.display())]
+    #[error("{} is not a readable {format} file: {reason}", shown(path))]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -41,7 +44,7 @@ pub enum PageReadError {
         reason: String,
     },
     /// The file holds no page at all.
-    #[error("{} holds no pages", path.display())]
+    #[error("{} holds no pages", shown(path))]
     Empty {
         /// The file.
         path: PathBuf,
@@ -62,6 +65,25 @@ pub enum PageReadError {
         /// The limit in force.
         limit: u64,
     },
+}
+
+/// How a page file is named in messages: its file name alone.
+fn shown(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "a page file".to_owned())
+}
+
+impl PageReadError {
+    /// The file concerned, for the server's log.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PageReadError::Io { path, .. }
+            | PageReadError::Malformed { path, .. }
+            | PageReadError::Empty { path } => Some(path),
+            PageReadError::TooLarge { .. } => None,
+        }
+    }
 }
 
 /// One page of a job: which file holds it and where in that file it is.
