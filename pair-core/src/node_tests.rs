@@ -1,0 +1,820 @@
+//! Unit tests of the node's rules, one or more per rule, with injected
+//! times; nothing here sleeps or opens a socket.
+
+use super::*;
+use crate::settings::{Faults, Timing};
+
+const A: ServerId = ServerId::from_u128(0xa);
+const B: ServerId = ServerId::from_u128(0xb);
+const BEAT_MS: u64 = 100;
+const DEAD_MS: u64 = 300;
+const PULL_MS: u64 = 1_000;
+
+fn settings(id: ServerId) -> PairSettings {
+    let name = if id == A { "gw-a" } else { "gw-b" };
+    PairSettings::new(id, name, 1, Timing::new(BEAT_MS, DEAD_MS, PULL_MS).unwrap())
+}
+
+fn persisted(activation: ActivationKind, term: Epoch, highest_seen: Epoch) -> Persisted {
+    Persisted {
+        highest_seen,
+        activation,
+        term,
+        fenced_by: None,
+        config: ConfigStamp::EMPTY,
+    }
+}
+
+/// A primary at `term`, link up, with its start-up outputs drained.
+fn primary(id: ServerId, term: Epoch) -> PairNode {
+    let mut n = PairNode::new(
+        settings(id),
+        persisted(ActivationKind::Primary, term, term),
+        0,
+    );
+    n.step(0, Input::LinkUp);
+    n
+}
+
+/// A secondary that has seen `seen`, link up.
+fn secondary(id: ServerId, seen: Epoch) -> PairNode {
+    let mut n = PairNode::new(
+        settings(id),
+        persisted(ActivationKind::Secondary, Epoch::ZERO, seen),
+        0,
+    );
+    n.step(0, Input::LinkUp);
+    n
+}
+
+fn msg(from: ServerId, epoch: Epoch, role: Role, body: Body) -> Message {
+    Message {
+        from,
+        epoch,
+        role,
+        body,
+    }
+}
+
+fn heartbeat(from: ServerId, epoch: Epoch, role: Role) -> Message {
+    msg(
+        from,
+        epoch,
+        role,
+        Body::Heartbeat {
+            config: ConfigStamp::EMPTY,
+        },
+    )
+}
+
+fn sent(out: &[Output]) -> Vec<&Message> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(out: &[Output]) -> Vec<&Event> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Notify(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn last_persist(out: &[Output]) -> Option<&Persisted> {
+    out.iter().rev().find_map(|o| match o {
+        Output::Persist(p) => Some(p),
+        _ => None,
+    })
+}
+
+/// Delivers every message `from` sent to `to`, returning `to`'s outputs.
+fn deliver(to: &mut PairNode, now_ms: u64, from_out: &[Output]) -> Vec<Output> {
+    let mut out = Vec::new();
+    for m in sent(from_out) {
+        out.extend(to.step(now_ms, Input::Received(m.clone())));
+    }
+    out
+}
+
+// --- Heartbeats and liveness (R9, seed 001) ---
+
+#[test]
+fn heartbeats_go_out_every_interval_and_not_before() {
+    let mut n = PairNode::new(settings(A), Persisted::default(), 0);
+    assert!(
+        sent(&n.step(0, Input::Tick)).is_empty(),
+        "link down: silent"
+    );
+    let out = n.step(1_000, Input::LinkUp);
+    assert!(matches!(
+        sent(&out)[..],
+        [Message {
+            body: Body::Hello(_),
+            ..
+        }]
+    ));
+    assert_eq!(n.next_timer_ms(), Some(1_100));
+    assert!(sent(&n.step(1_099, Input::Tick)).is_empty());
+    let out = n.step(1_100, Input::Tick);
+    assert!(matches!(
+        sent(&out)[..],
+        [Message {
+            body: Body::Heartbeat { .. },
+            ..
+        }]
+    ));
+    assert!(sent(&n.step(1_150, Input::Tick)).is_empty());
+    assert_eq!(sent(&n.step(1_200, Input::Tick)).len(), 1);
+    n.step(1_210, Input::LinkDown);
+    assert!(sent(&n.step(1_400, Input::Tick)).is_empty());
+}
+
+#[test]
+fn peer_turns_dead_after_the_threshold_once_live_and_live_again() {
+    let mut n = secondary(B, Epoch::new(1, A));
+    let p = Role::Primary {
+        term: Epoch::new(1, A),
+    };
+    let out = n.step(1_000, Input::Received(heartbeat(A, Epoch::new(1, A), p)));
+    assert_eq!(
+        events(&out),
+        vec![&Event::PeerLive {
+            peer: A,
+            since_ms: 1_000
+        }]
+    );
+    n.step(1_000, Input::Tick);
+    // The next heartbeat is due before the peer could turn DEAD.
+    assert_eq!(n.next_timer_ms(), Some(1_100));
+    assert!(events(&n.step(1_299, Input::Tick)).is_empty());
+    let out = n.step(1_300, Input::Tick);
+    assert_eq!(
+        events(&out),
+        vec![&Event::PeerDead {
+            last_heard_ms: 1_000,
+            since_ms: 1_300
+        }]
+    );
+    assert_eq!(n.liveness(), Liveness::Dead);
+    assert!(
+        matches!(out.last(), Some(Output::PublishRole(v)) if v.peer_liveness == Liveness::Dead)
+    );
+    assert!(events(&n.step(5_000, Input::Tick)).is_empty(), "DEAD once");
+    let out = n.step(5_010, Input::Received(heartbeat(A, Epoch::new(1, A), p)));
+    assert!(matches!(events(&out)[..], [Event::PeerLive { .. }]));
+}
+
+#[test]
+fn a_clean_stop_gives_close_and_never_dead() {
+    let mut a = primary(A, Epoch::new(1, A));
+    let mut b = secondary(B, Epoch::new(1, A));
+    let hb = a.step(100, Input::Tick);
+    deliver(&mut b, 100, &hb);
+    let bye = a.step(150, Input::Shutdown);
+    assert!(a.is_stopped());
+    let out = deliver(&mut b, 150, &bye);
+    assert_eq!(events(&out), vec![&Event::PeerClose { since_ms: 150 }]);
+    // A heartbeat that was on its way before the goodbye does not revive it.
+    let out = deliver(&mut b, 160, &hb);
+    assert!(events(&out).is_empty());
+    for t in (200..=10_000).step_by(100) {
+        assert!(events(&b.step(t, Input::Tick)).is_empty(), "at {t}");
+    }
+    assert_eq!(b.liveness(), Liveness::Close);
+    // The stopped node does nothing more.
+    assert!(a.step(200, Input::Tick).is_empty());
+    // A restart: the new process's Hello makes it LIVE and watched again.
+    let mut a2 = PairNode::new(settings(A), a.persisted().clone(), 20_000);
+    let hello = a2.step(20_000, Input::LinkUp);
+    assert!(matches!(
+        events(&deliver(&mut b, 20_000, &hello))[..],
+        [Event::PeerLive { .. }]
+    ));
+    assert!(matches!(
+        events(&b.step(20_300, Input::Tick))[..],
+        [Event::PeerDead { .. }]
+    ));
+}
+
+#[test]
+fn a_peer_of_another_major_version_is_refused_until_it_matches() {
+    let mut b = secondary(B, Epoch::ZERO);
+    let hello = |major| {
+        msg(
+            A,
+            Epoch::ZERO,
+            Role::Inactive,
+            Body::Hello(Hello {
+                instance: "gw-a".into(),
+                software_major: major,
+                config: ConfigStamp::EMPTY,
+            }),
+        )
+    };
+    let out = b.step(10, Input::Received(hello(2)));
+    assert!(matches!(
+        events(&out)[..],
+        [Event::PeerRefused(PeerRefusal::VersionMismatch {
+            ours: 1,
+            theirs: 2,
+            ..
+        })]
+    ));
+    assert_eq!(b.liveness(), Liveness::Unknown);
+    let out = b.step(
+        20,
+        Input::Received(heartbeat(A, Epoch::ZERO, Role::Inactive)),
+    );
+    assert!(
+        events(&out).is_empty(),
+        "ignored, and the refusal said once"
+    );
+    let out = b.step(30, Input::Received(hello(1)));
+    assert!(matches!(events(&out)[..], [Event::PeerLive { .. }]));
+}
+
+#[test]
+fn only_the_pinned_peer_is_heard() {
+    let mut b = PairNode::new(
+        settings(B).with_peer(A).unwrap(),
+        persisted(ActivationKind::Secondary, Epoch::ZERO, Epoch::ZERO),
+        0,
+    );
+    let c = ServerId::from_u128(0xc);
+    let out = b.step(
+        1,
+        Input::Received(heartbeat(c, Epoch::ZERO, Role::Inactive)),
+    );
+    assert!(matches!(
+        events(&out)[..],
+        [Event::PeerRefused(PeerRefusal::UnknownServer { .. })]
+    ));
+    let out = b.step(
+        1,
+        Input::Received(heartbeat(B, Epoch::ZERO, Role::Inactive)),
+    );
+    assert!(matches!(
+        events(&out)[..],
+        [Event::PeerRefused(PeerRefusal::OwnId(_))]
+    ));
+    assert_eq!(b.liveness(), Liveness::Unknown);
+}
+
+// --- Activation, epochs and writes (R5, R6) ---
+
+#[test]
+fn promotion_persists_its_new_epoch_before_anything_else() {
+    let mut b = secondary(B, Epoch::new(4, A));
+    let out = b.step(10, Input::Activate(ActivationKind::Primary));
+    let term = Epoch::new(5, B);
+    // The first output is the durable epoch; the announcement comes after.
+    match &out[0] {
+        Output::Persist(p) => {
+            assert_eq!(p.highest_seen, term);
+            assert_eq!(p.term, term);
+            assert_eq!(p.activation, ActivationKind::Primary);
+        }
+        other => panic!("expected Persist first, got {other:?}"),
+    }
+    let announced = sent(&out);
+    assert_eq!(announced[0].epoch, term);
+    assert_eq!(announced[0].role, Role::Primary { term });
+    assert!(matches!(out.last(), Some(Output::PublishRole(v)) if v.may_write_config));
+}
+
+#[test]
+fn a_write_is_stamped_with_the_persisted_epoch_and_the_next_version() {
+    let mut b = secondary(B, Epoch::new(4, A));
+    let mut durable = b.persisted().clone();
+    let mut stamps = Vec::new();
+    let mut outs = b.step(10, Input::Activate(ActivationKind::Primary));
+    outs.extend(b.step(11, Input::LocalConfigWrite { payload: vec![1] }));
+    outs.extend(b.step(12, Input::LocalConfigWrite { payload: vec![2] }));
+    // Play the outputs as a driver would: every write must find its epoch
+    // and its own stamp already durable.
+    for o in &outs {
+        match o {
+            Output::Persist(p) => durable = p.clone(),
+            Output::CommitWrite { permit, .. } => {
+                assert_eq!(durable.term, permit.stamp().epoch);
+                assert!(durable.highest_seen >= permit.stamp().epoch);
+                assert_eq!(durable.config, permit.stamp());
+                stamps.push(permit.stamp());
+            }
+            _ => {}
+        }
+    }
+    let term = Epoch::new(5, B);
+    assert_eq!(
+        stamps,
+        vec![
+            ConfigStamp {
+                version: 1,
+                epoch: term
+            },
+            ConfigStamp {
+                version: 2,
+                epoch: term
+            }
+        ]
+    );
+    // The change is pushed with the line it continues.
+    let pushed: Vec<_> = sent(&outs)
+        .into_iter()
+        .filter_map(|m| match &m.body {
+            Body::ConfigChange(c) => Some((c.prev.version, c.stamp.version)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pushed, vec![(0, 1), (1, 2)]);
+}
+
+#[test]
+fn writes_are_refused_on_secondary_fenced_and_inactive_servers() {
+    let mut b = secondary(B, Epoch::new(1, A));
+    let out = b.step(1, Input::LocalConfigWrite { payload: vec![] });
+    assert_eq!(
+        out,
+        vec![Output::RefuseWrite(WriteRefused::ReadOnlySecondary)]
+    );
+    let mut n = PairNode::new(settings(B), Persisted::default(), 0);
+    assert!(matches!(
+        n.step(1, Input::LocalConfigWrite { payload: vec![] })[0],
+        Output::RefuseWrite(WriteRefused::NotActivated)
+    ));
+    let mut a = primary(A, Epoch::new(1, A));
+    a.step(
+        5,
+        Input::Received(heartbeat(
+            B,
+            Epoch::new(2, B),
+            Role::Primary {
+                term: Epoch::new(2, B),
+            },
+        )),
+    );
+    let out = a.step(6, Input::LocalConfigWrite { payload: vec![] });
+    assert_eq!(
+        out,
+        vec![Output::RefuseWrite(WriteRefused::Fenced {
+            by: Epoch::new(2, B)
+        })]
+    );
+}
+
+#[test]
+fn a_primary_meeting_a_newer_primary_is_fenced_and_stays_fenced_across_restart() {
+    let old = Epoch::new(1, A);
+    let new = Epoch::new(2, B);
+    let mut a = primary(A, old);
+    let out = a.step(
+        10,
+        Input::Received(heartbeat(B, new, Role::Primary { term: new })),
+    );
+    assert!(events(&out).contains(&&Event::Fenced { by: new }));
+    let p = last_persist(&out).expect("the fence is persisted");
+    assert_eq!(p.fenced_by, Some(new));
+    assert_eq!(p.highest_seen, new);
+    assert_eq!(a.role(), Role::Fenced { term: old, by: new });
+    // Its own messages now say so, and carry the newer epoch.
+    let hb = a.step(200, Input::Tick);
+    assert_eq!(sent(&hb)[0].role, Role::Fenced { term: old, by: new });
+    assert_eq!(sent(&hb)[0].epoch, new);
+    // A restart restores the fence.
+    let mut a2 = PairNode::new(settings(A), a.persisted().clone(), 1_000);
+    assert_eq!(a2.role(), Role::Fenced { term: old, by: new });
+    assert!(matches!(
+        a2.step(1_001, Input::LocalConfigWrite { payload: vec![] })[0],
+        Output::RefuseWrite(WriteRefused::Fenced { .. })
+    ));
+    // Only a new activation ends it: as secondary here.
+    a2.step(1_002, Input::Activate(ActivationKind::Secondary));
+    assert_eq!(a2.role(), Role::Secondary);
+}
+
+#[test]
+fn the_newer_primary_is_not_fenced_by_the_older_one() {
+    let old = Epoch::new(1, A);
+    let new = Epoch::new(2, B);
+    let mut b = primary(B, new);
+    let out = b.step(
+        10,
+        Input::Received(heartbeat(A, old, Role::Primary { term: old })),
+    );
+    assert_eq!(
+        events(&out),
+        vec![
+            &Event::PeerLive {
+                peer: A,
+                since_ms: 10
+            },
+            &Event::StaleRefused {
+                epoch: old,
+                highest_seen: new
+            }
+        ]
+    );
+    assert_eq!(b.role(), Role::Primary { term: new });
+    assert!(last_persist(&out).is_none());
+}
+
+#[test]
+fn two_primaries_of_the_same_number_end_with_one() {
+    // Both promoted having seen epoch 1: the server id breaks the tie.
+    let seen = Epoch::new(1, ServerId::from_u128(0xc));
+    let mut a = primary(A, seen.next_for(A));
+    let mut b = primary(B, seen.next_for(B));
+    let from_a = a.step(100, Input::Tick);
+    let from_b = b.step(100, Input::Tick);
+    deliver(&mut a, 101, &from_b);
+    deliver(&mut b, 101, &from_a);
+    assert!(!a.role().is_primary());
+    assert_eq!(
+        b.role(),
+        Role::Primary {
+            term: seen.next_for(B)
+        }
+    );
+}
+
+#[test]
+fn an_undone_promotion_raises_the_primary_above_it_instead_of_fencing() {
+    // B was promoted to (2, B) during a partition and demoted again before
+    // the two met; A is still primary at (1, A).
+    let mut a = primary(A, Epoch::new(1, A));
+    let out = a.step(
+        10,
+        Input::Received(heartbeat(B, Epoch::new(2, B), Role::Secondary)),
+    );
+    let to = Epoch::new(3, A);
+    assert_eq!(a.role(), Role::Primary { term: to });
+    assert!(events(&out).contains(&&Event::EpochRaised {
+        from: Epoch::new(1, A),
+        seen: Epoch::new(2, B),
+        to
+    }));
+    assert_eq!(last_persist(&out).unwrap().term, to);
+    // And it goes on writing, under the new epoch.
+    let out = a.step(11, Input::LocalConfigWrite { payload: vec![7] });
+    assert!(matches!(&out[1], Output::CommitWrite { permit, .. } if permit.stamp().epoch == to));
+}
+
+#[test]
+fn the_undone_promotion_rule_also_holds_for_a_fenced_peer() {
+    // A fenced ex-primary that has seen a newer epoch does not fence anyone.
+    let mut a = primary(A, Epoch::new(3, A));
+    let seen = Epoch::new(4, ServerId::from_u128(0xc));
+    a.step(
+        10,
+        Input::Received(heartbeat(
+            B,
+            seen,
+            Role::Fenced {
+                term: Epoch::new(2, B),
+                by: seen,
+            },
+        )),
+    );
+    assert_eq!(
+        a.role(),
+        Role::Primary {
+            term: Epoch::new(5, A)
+        }
+    );
+}
+
+#[test]
+fn messages_from_an_older_epoch_are_refused() {
+    // B saw (2, B) in an undone promotion; A's change from (1, A) is stale.
+    let mut b = secondary(B, Epoch::new(2, B));
+    let change = msg(
+        A,
+        Epoch::new(1, A),
+        Role::Primary {
+            term: Epoch::new(1, A),
+        },
+        Body::ConfigChange(ConfigChange {
+            stamp: ConfigStamp {
+                version: 1,
+                epoch: Epoch::new(1, A),
+            },
+            prev: ConfigStamp::EMPTY,
+            payload: vec![1],
+        }),
+    );
+    let out = b.step(10, Input::Received(change.clone()));
+    assert!(events(&out).contains(&&Event::StaleRefused {
+        epoch: Epoch::new(1, A),
+        highest_seen: Epoch::new(2, B)
+    }));
+    assert!(!out.iter().any(|o| matches!(o, Output::ApplyConfig { .. })));
+    assert_eq!(b.persisted().config, ConfigStamp::EMPTY);
+    // The stale sender still counts as alive.
+    assert_eq!(b.liveness(), Liveness::Live);
+    // The deliberately broken receiver takes it.
+    let mut broken = PairNode::new(
+        settings(B).with_faults(Faults {
+            accept_stale_epochs: true,
+            ..Faults::default()
+        }),
+        persisted(ActivationKind::Secondary, Epoch::ZERO, Epoch::new(2, B)),
+        0,
+    );
+    let out = broken.step(10, Input::Received(change));
+    assert!(out.iter().any(|o| matches!(o, Output::ApplyConfig { .. })));
+}
+
+#[test]
+fn highest_seen_epoch_survives_restart_and_a_later_promotion_goes_above_it() {
+    let mut b = secondary(B, Epoch::new(1, A));
+    let out = b.step(
+        10,
+        Input::Received(heartbeat(
+            A,
+            Epoch::new(6, A),
+            Role::Primary {
+                term: Epoch::new(6, A),
+            },
+        )),
+    );
+    let durable = last_persist(&out)
+        .expect("a raised epoch is persisted")
+        .clone();
+    assert_eq!(durable.highest_seen, Epoch::new(6, A));
+    let mut b2 = PairNode::new(settings(B), durable, 100);
+    b2.step(101, Input::Activate(ActivationKind::Primary));
+    assert_eq!(
+        b2.role(),
+        Role::Primary {
+            term: Epoch::new(7, B)
+        }
+    );
+}
+
+#[test]
+fn the_write_back_fault_hands_out_the_epoch_only_on_the_next_tick() {
+    let mut b = PairNode::new(
+        settings(B).with_faults(Faults {
+            persist_on_tick_only: true,
+            ..Faults::default()
+        }),
+        persisted(ActivationKind::Secondary, Epoch::ZERO, Epoch::new(1, A)),
+        0,
+    );
+    let mut out = b.step(1, Input::Activate(ActivationKind::Primary));
+    out.extend(b.step(2, Input::LocalConfigWrite { payload: vec![1] }));
+    assert!(last_persist(&out).is_none(), "the fault is active");
+    assert!(out.iter().any(|o| matches!(o, Output::CommitWrite { .. })));
+    let out = b.step(3, Input::Tick);
+    assert_eq!(last_persist(&out).unwrap().term, Epoch::new(2, B));
+}
+
+// --- Configuration replication (R7) ---
+
+fn stamp(version: u64, epoch: Epoch) -> ConfigStamp {
+    ConfigStamp { version, epoch }
+}
+
+#[test]
+fn the_secondary_applies_the_next_change_and_acks_it() {
+    let e1 = Epoch::new(1, A);
+    let mut a = primary(A, e1);
+    let mut b = secondary(B, e1);
+    let w = a.step(10, Input::LocalConfigWrite { payload: vec![1] });
+    let out = deliver(&mut b, 11, &w);
+    assert!(out.contains(&Output::ApplyConfig {
+        stamp: stamp(1, e1),
+        by: e1,
+        kind: ApplyKind::Change,
+        payload: vec![1]
+    }));
+    // The Persist of the new stamp comes before the apply.
+    let persist_at = out.iter().position(|o| matches!(o, Output::Persist(_)));
+    let apply_at = out
+        .iter()
+        .position(|o| matches!(o, Output::ApplyConfig { .. }));
+    assert!(persist_at < apply_at);
+    assert_eq!(b.persisted().config, stamp(1, e1));
+    deliver(&mut a, 12, &out);
+    assert_eq!(a.peer().unwrap().config, Some(stamp(1, e1)));
+    // A duplicate is ignored.
+    assert!(
+        deliver(&mut b, 13, &w)
+            .iter()
+            .all(|o| !matches!(o, Output::ApplyConfig { .. }))
+    );
+}
+
+#[test]
+fn a_gap_asks_for_a_snapshot_and_the_snapshot_heals_it() {
+    let e1 = Epoch::new(1, A);
+    let mut a = primary(A, e1);
+    let mut b = secondary(B, e1);
+    let _lost = a.step(10, Input::LocalConfigWrite { payload: vec![1] });
+    let second = a.step(20, Input::LocalConfigWrite { payload: vec![2] });
+    let out = deliver(&mut b, 21, &second);
+    assert!(!out.iter().any(|o| matches!(o, Output::ApplyConfig { .. })));
+    assert!(
+        !events(&out)
+            .iter()
+            .any(|e| matches!(e, Event::ConfigDiverged { .. })),
+        "a plain gap is no divergence"
+    );
+    let asked = sent(&out);
+    assert!(
+        matches!(asked[..], [Message { body: Body::SnapshotRequest { have }, .. }] if *have == ConfigStamp::EMPTY)
+    );
+    let out = deliver(&mut a, 22, &out);
+    assert!(out.contains(&Output::ServeSnapshot {
+        stamp: stamp(2, e1)
+    }));
+    let snap = a.step(
+        23,
+        Input::SnapshotReady {
+            stamp: stamp(2, e1),
+            payload: vec![1, 2],
+        },
+    );
+    let out = deliver(&mut b, 24, &snap);
+    assert!(out.contains(&Output::ApplyConfig {
+        stamp: stamp(2, e1),
+        by: e1,
+        kind: ApplyKind::Snapshot,
+        payload: vec![1, 2]
+    }));
+    // An old snapshot overtaken by newer configuration is ignored.
+    let stale_snap = msg(
+        A,
+        e1,
+        Role::Primary { term: e1 },
+        Body::ConfigSnapshot {
+            stamp: stamp(1, e1),
+            payload: vec![1],
+        },
+    );
+    let out = b.step(25, Input::Received(stale_snap));
+    assert!(!out.iter().any(|o| matches!(o, Output::ApplyConfig { .. })));
+}
+
+#[test]
+fn a_heartbeat_showing_newer_configuration_triggers_a_pull_once_per_period() {
+    let e1 = Epoch::new(1, A);
+    let mut b = secondary(B, e1);
+    let hb = |config| {
+        msg(
+            A,
+            e1,
+            Role::Primary { term: e1 },
+            Body::Heartbeat { config },
+        )
+    };
+    let pulls = |out: &[Output]| {
+        sent(out)
+            .iter()
+            .filter(|m| matches!(m.body, Body::SnapshotRequest { .. }))
+            .count()
+    };
+    assert_eq!(pulls(&b.step(100, Input::Received(hb(stamp(3, e1))))), 1);
+    assert_eq!(pulls(&b.step(200, Input::Received(hb(stamp(3, e1))))), 0);
+    assert_eq!(pulls(&b.step(1_100, Input::Received(hb(stamp(3, e1))))), 1);
+    // Up to date: no pull.
+    let mut c = secondary(B, e1);
+    assert_eq!(
+        pulls(&c.step(100, Input::Received(hb(ConfigStamp::EMPTY)))),
+        0
+    );
+}
+
+#[test]
+fn changes_from_a_replaced_primary_line_are_reported_before_the_snapshot() {
+    // B was promoted to (2, B), wrote version 1, and was demoted; the
+    // primary A, now at (3, A), pushes its own version 1 and 2.
+    let e3 = Epoch::new(3, A);
+    let mut b = PairNode::new(
+        settings(B),
+        Persisted {
+            config: stamp(1, Epoch::new(2, B)),
+            ..persisted(ActivationKind::Secondary, Epoch::ZERO, Epoch::new(2, B))
+        },
+        0,
+    );
+    b.step(0, Input::LinkUp);
+    let change = msg(
+        A,
+        e3,
+        Role::Primary { term: e3 },
+        Body::ConfigChange(ConfigChange {
+            stamp: stamp(2, e3),
+            prev: stamp(1, e3),
+            payload: vec![2],
+        }),
+    );
+    let out = b.step(10, Input::Received(change));
+    assert!(events(&out).contains(&&Event::ConfigDiverged {
+        local: stamp(1, Epoch::new(2, B)),
+        primary: stamp(2, e3)
+    }));
+    assert!(matches!(
+        sent(&out)[..],
+        [Message {
+            body: Body::SnapshotRequest { .. },
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn only_a_secondary_takes_configuration_and_only_from_a_primary() {
+    let e1 = Epoch::new(1, A);
+    let change = |role| {
+        msg(
+            A,
+            e1,
+            role,
+            Body::ConfigChange(ConfigChange {
+                stamp: stamp(1, e1),
+                prev: ConfigStamp::EMPTY,
+                payload: vec![1],
+            }),
+        )
+    };
+    let applied = |out: &[Output]| out.iter().any(|o| matches!(o, Output::ApplyConfig { .. }));
+    let mut b = secondary(B, e1);
+    assert!(!applied(
+        &b.step(1, Input::Received(change(Role::Secondary)))
+    ));
+    let mut fenced = primary(B, Epoch::ZERO.next_for(B));
+    fenced.step(
+        1,
+        Input::Received(heartbeat(
+            A,
+            Epoch::new(2, A),
+            Role::Primary {
+                term: Epoch::new(2, A),
+            },
+        )),
+    );
+    assert!(matches!(fenced.role(), Role::Fenced { .. }));
+    let e2 = Epoch::new(2, A);
+    let from_new_primary = msg(
+        A,
+        e2,
+        Role::Primary { term: e2 },
+        Body::ConfigChange(ConfigChange {
+            stamp: stamp(1, e2),
+            prev: ConfigStamp::EMPTY,
+            payload: vec![1],
+        }),
+    );
+    assert!(
+        !applied(&fenced.step(2, Input::Received(from_new_primary))),
+        "a fenced server keeps its configuration until reactivated"
+    );
+}
+
+// --- Sync admission wired into the node (R7) ---
+
+#[test]
+fn a_sync_block_stops_replication_but_not_heartbeats_and_resumes_by_itself() {
+    let e1 = Epoch::new(1, A);
+    let mut a = primary(A, e1);
+    let mut b = secondary(B, e1);
+    let block = SyncBlock::TimeZoneDiffers {
+        primary: "gw-a".into(),
+        primary_zone: "Europe/Berlin".into(),
+        secondary: "gw-b".into(),
+        secondary_zone: "America/New_York".into(),
+    };
+    let out = b.step(1, Input::SyncChecked(Err(block.clone())));
+    assert_eq!(events(&out), vec![&Event::SyncBlocked(block.clone())]);
+    assert!(matches!(out.last(), Some(Output::PublishRole(v)) if v.sync_blocked.is_some()));
+    assert!(events(&b.step(2, Input::SyncChecked(Err(block.clone())))).is_empty());
+    a.step(3, Input::SyncChecked(Err(block)));
+    let w = a.step(10, Input::LocalConfigWrite { payload: vec![1] });
+    assert!(sent(&w).is_empty(), "no push while blocked");
+    // Heartbeats go on.
+    let hb = a.step(100, Input::Tick);
+    let out = deliver(&mut b, 100, &hb);
+    assert!(sent(&out).is_empty(), "no pull while blocked");
+    assert!(sent(&b.step(100, Input::Tick)).len() == 1);
+    // The zone is fixed: both resume, and the next heartbeat pulls.
+    a.step(150, Input::SyncChecked(Ok(())));
+    assert_eq!(
+        events(&b.step(150, Input::SyncChecked(Ok(())))),
+        vec![&Event::SyncResumed]
+    );
+    let hb = a.step(200, Input::Tick);
+    let out = deliver(&mut b, 200, &hb);
+    assert!(matches!(
+        sent(&out)[..],
+        [Message {
+            body: Body::SnapshotRequest { .. },
+            ..
+        }]
+    ));
+}
