@@ -28,7 +28,11 @@ use crate::role::{RoleSnapshot, RoleState, ServerRole};
 use crate::settings::Settings;
 use crate::site::{self, ActiveConfig, ConfigCell};
 
-const MAINTENANCE_KEY: &str = "maintenance";
+/// Local-state keys of the admin's switches. Each survives a restart until
+/// an admin changes it (the data service's own stop is kept outside the
+/// store, see `crate::data`).
+pub const MAINTENANCE_KEY: &str = "maintenance";
+pub const PIPELINE_PAUSED_KEY: &str = "pipeline.paused";
 
 /// Why this server does not take new logins and jobs right now. One
 /// vocabulary for `/health`, job submission and status.
@@ -83,6 +87,11 @@ pub struct Health {
     pub reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fenced: Option<FencedNote>,
+    /// One word about the pair link (`live`, `dead`, `close`, `unknown`,
+    /// `unpaired`); absent on a server without one. Never an address or a
+    /// fingerprint: `/health` is unauthenticated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<&'static str>,
     pub version: &'static str,
     pub config_version: u64,
     pub capabilities: Vec<plugins::Capability>,
@@ -121,6 +130,11 @@ pub struct Core {
     pub started_at: DateTime<Utc>,
     /// This server's id, known once the store was first opened.
     server_id: watch::Sender<Option<ServerId>>,
+    /// The pair link's one-word state, set by the pair adapter.
+    pair_summary: std::sync::RwLock<Option<&'static str>>,
+    /// The runtime the core was built on, for work that must not run on an
+    /// adapter's own thread (sending notifications).
+    main_runtime: Option<tokio::runtime::Handle>,
     /// The data-service generation whose contents are loaded, and the lock
     /// that makes loading happen once per generation.
     loaded_generation: tokio::sync::Mutex<u64>,
@@ -141,6 +155,8 @@ impl Core {
             job_ready: Notify::new(),
             started_at: parts.clock.now(),
             server_id: watch::Sender::new(None),
+            pair_summary: std::sync::RwLock::new(None),
+            main_runtime: tokio::runtime::Handle::try_current().ok(),
             loaded_generation: tokio::sync::Mutex::new(0),
             shutdown: watch::Sender::new(false),
             settings: parts.settings,
@@ -183,6 +199,26 @@ impl Core {
     /// This server's id, once the store has been opened.
     pub fn server_id(&self) -> Option<ServerId> {
         *self.server_id.borrow()
+    }
+
+    /// Waits until the store has been opened and this server's id is known.
+    pub async fn server_id_known(&self) -> ServerId {
+        let mut rx = self.server_id.subscribe();
+        let id = *rx
+            .wait_for(Option::is_some)
+            .await
+            .expect("the core owns the sender");
+        id.expect("waited for it")
+    }
+
+    /// The runtime the core was built on.
+    pub fn main_runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.main_runtime.clone()
+    }
+
+    /// Sets the pair link's one-word state for `/health`.
+    pub fn set_pair_summary(&self, word: &'static str) {
+        *self.pair_summary.write().unwrap_or_else(|p| p.into_inner()) = Some(word);
     }
 
     /// The configuration in use; without one (the data service never came
@@ -259,6 +295,7 @@ impl Core {
             version: env!("CARGO_PKG_VERSION"),
             config_version: self.config.current().map_or(0, |c| c.meta.version),
             capabilities: self.registry.capabilities(),
+            pair: *self.pair_summary.read().unwrap_or_else(|p| p.into_inner()),
             retry_after_secs: refusal.as_ref().map(Refusal::retry_after_secs),
         }
     }
@@ -266,13 +303,13 @@ impl Core {
     /// Everything that depends on the store, done each time the data service
     /// comes up: this server's id, the role, the file's configuration as
     /// the role and the import rule allow, the configuration in use, the
-    /// maintenance flag.
+    /// admin's switches (maintenance, pipeline pause).
     pub async fn on_data_up(&self) -> Result<(), String> {
         let ctx = self.license.clone();
         let site = self.settings.site.clone();
         let instance = self.name().to_owned();
         let today = self.clock.now().date_naive();
-        let (me, role, adopted, imported, maintenance) = self
+        let (me, role, adopted, imported, (maintenance, paused)) = self
             .data
             .run(move |store| {
                 let me = license::server_id(store)?;
@@ -280,7 +317,8 @@ impl Core {
                 let role = license::read_role(store, &ctx, today)?;
                 let imported = site::import_site_config(store, &site, &role, &instance)?;
                 let maintenance = store.local_get(MAINTENANCE_KEY)?.as_deref() == Some("on");
-                Ok((me, role, adopted, imported, maintenance))
+                let paused = store.local_get(PIPELINE_PAUSED_KEY)?.as_deref() == Some("on");
+                Ok((me, role, adopted, imported, (maintenance, paused)))
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -302,6 +340,9 @@ impl Core {
         }
         self.role.publish(role);
         self.admission.set_maintenance(maintenance);
+        // Set before the worker pool starts (it waits for this load), so a
+        // pause from before a restart holds from the first moment.
+        self.admission.set_pipeline_paused(paused);
         self.reload_config().await
     }
 
@@ -451,19 +492,33 @@ impl Core {
     }
 
     /// Pauses or resumes the pipeline. Jobs being processed finish their
-    /// current run; no new job is taken while paused. Not persisted: a
-    /// restart resumes processing.
-    pub fn set_pipeline_paused(&self, paused: bool) {
+    /// current run; no new job is taken while paused. Like maintenance, the
+    /// switch survives a restart when the data service is up to record it;
+    /// returns whether it was recorded.
+    pub async fn set_pipeline_paused(&self, paused: bool) -> bool {
         self.admission.set_pipeline_paused(paused);
         tracing::warn!(paused, "pipeline pause changed");
         if !paused {
             self.job_ready.notify_waiters();
         }
+        let value = if paused { "on" } else { "off" };
+        self.data
+            .run(move |store| store.local_set(PIPELINE_PAUSED_KEY, Some(value)))
+            .await
+            .is_ok()
     }
 
-    /// Asks every task to finish.
+    /// Asks every task to finish. Returns once every task that checks the
+    /// signal while starting something (the worker pool) has either seen it
+    /// or finished starting, so whatever is logged after this call follows
+    /// those starts.
     pub fn request_shutdown(&self) {
         self.shutdown.send_replace(true);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

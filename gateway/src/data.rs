@@ -5,14 +5,21 @@
 //!
 //! It goes down for real reasons only:
 //! * an admin stops it (`gateway service stop data`); it stays down until
-//!   started again;
+//!   started again, across restarts of the process too (the wish is kept in
+//!   a small file beside the store, not in the store, which is part of what
+//!   is stopped);
 //! * the database or spool cannot be written (disk full, read-only, gone),
 //!   noticed by a request or by the periodic write probe;
 //! * a worker crashed (a panic).
 //!
-//! After the last two, a supervisor tries to bring it back with backoff; a
-//! start succeeds only when both the database and the spool take a write.
+//! * the instance shuts down ([`DataService::close`]); nothing starts it
+//!   again in this process.
+//!
+//! After a failure or a crash, a supervisor tries to bring it back with
+//! backoff; a start succeeds only when both the database and the spool take
+//! a write.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -59,6 +66,9 @@ pub enum DownReason {
     Failed,
     /// A worker panicked.
     Crashed,
+    /// The instance is shutting down.
+    #[serde(rename = "shutting_down")]
+    ShuttingDown,
 }
 
 /// The data service's state as health and status report it.
@@ -97,8 +107,13 @@ struct Inner {
     parts: RwLock<Option<Arc<DataParts>>>,
     /// Serialises start and stop.
     lifecycle: Mutex<()>,
-    /// Whether the admin wants it running (false after `service stop data`).
+    /// Whether the admin wants it running (false after `service stop data`,
+    /// also when that was said before this process started).
     wanted: AtomicBool,
+    /// Set once by [`DataService::close`]: nothing may start it again.
+    closed: AtomicBool,
+    /// The file whose presence records an admin's stop.
+    stop_file: PathBuf,
     timing: SupervisorTiming,
 }
 
@@ -110,22 +125,36 @@ pub struct DataService {
 
 impl DataService {
     pub fn new(paths: InstancePaths, timing: SupervisorTiming) -> DataService {
+        let stop_file = admin_stop_file(&paths);
+        // An admin's stop outlives the process that heard it.
+        let wanted = !stop_file.exists();
         DataService {
             inner: Arc::new(Inner {
                 paths,
                 state: watch::Sender::new(DataState {
                     up: false,
-                    reason: Some(DownReason::Starting),
+                    reason: Some(if wanted {
+                        DownReason::Starting
+                    } else {
+                        DownReason::Stopped
+                    }),
                     detail: None,
                     since: Utc::now(),
                     generation: 0,
                 }),
                 parts: RwLock::new(None),
                 lifecycle: Mutex::new(()),
-                wanted: AtomicBool::new(true),
+                wanted: AtomicBool::new(wanted),
+                closed: AtomicBool::new(false),
+                stop_file,
                 timing,
             }),
         }
+    }
+
+    /// Whether an admin has stopped the service (and not started it since).
+    pub fn stopped_by_admin(&self) -> bool {
+        !self.inner.wanted.load(Ordering::SeqCst)
     }
 
     pub fn state(&self) -> DataState {
@@ -151,7 +180,10 @@ impl DataService {
         let s = self.state();
         match (s.reason, s.detail) {
             (_, Some(detail)) => detail,
-            (Some(DownReason::Stopped), None) => "stopped by an admin".into(),
+            (Some(DownReason::Stopped), None) => {
+                "stopped by an admin (`gateway service start data` starts it)".into()
+            }
+            (Some(DownReason::ShuttingDown), None) => "the instance is shutting down".into(),
             (Some(DownReason::Starting), None) => "starting".into(),
             _ => "down".into(),
         }
@@ -218,13 +250,40 @@ impl DataService {
         was_up
     }
 
-    /// Starts the service (again): opens the store, applies migrations, opens
-    /// the spool, proves both take writes, then recovers what a previous run
-    /// left: jobs that were processing go back to the queue, spool directories
-    /// without a job row (a crash before commit) are removed.
+    /// Starts the service on an admin's request, and records that the admin
+    /// wants it running (undoing an earlier `service stop data`, also one
+    /// made before a restart).
     pub async fn start(&self) -> Result<(), String> {
         let _guard = self.inner.lifecycle.lock().await;
+        record_admin_stop(&self.inner.stop_file, false).map_err(|e| {
+            format!(
+                "cannot remove {} (the record of an admin's stop): {e}; the data service stays stopped",
+                self.inner.stop_file.display()
+            )
+        })?;
         self.inner.wanted.store(true, Ordering::SeqCst);
+        self.bring_up().await
+    }
+
+    /// Starts the service at start-up unless an admin stopped it (before
+    /// this process, too): `Ok(false)` then, and it stays down.
+    pub async fn resume(&self) -> Result<bool, String> {
+        let _guard = self.inner.lifecycle.lock().await;
+        if !self.inner.wanted.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.bring_up().await.map(|()| true)
+    }
+
+    /// Opens the store, applies migrations, opens the spool, proves both take
+    /// writes, then recovers what a previous run left: jobs that were
+    /// processing go back to the queue, spool directories without a job row
+    /// (a crash before commit) are removed. The caller holds the lifecycle
+    /// lock.
+    async fn bring_up(&self) -> Result<(), String> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err("the instance is shutting down".into());
+        }
         if self.state().up {
             return Ok(());
         }
@@ -260,12 +319,52 @@ impl DataService {
 
     /// Stops the service on an admin's request: no new jobs, workers stop at
     /// once (their jobs resume at the step they were in on the next start).
-    pub async fn stop(&self) {
+    /// The wish is recorded so a restart keeps it stopped; returns whether
+    /// that record could be written.
+    pub async fn stop(&self) -> bool {
         let _guard = self.inner.lifecycle.lock().await;
         self.inner.wanted.store(false, Ordering::SeqCst);
+        let persisted = match record_admin_stop(&self.inner.stop_file, true) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(
+                    file = %self.inner.stop_file.display(),
+                    error = %e,
+                    "cannot record the admin's stop; a restart will start the data service"
+                );
+                false
+            }
+        };
         if self.take_down(DownReason::Stopped, None) {
             tracing::warn!("data service stopped by an admin");
         }
+        persisted
+    }
+
+    /// Closes the service for good as the last step of the instance's
+    /// shutdown, after the workers have stopped: step attempts they left
+    /// running are closed as interrupted now (recovery would do it at the
+    /// next start, but this records the true time), the store and spool are
+    /// released, and nothing starts the service again in this process.
+    pub async fn close(&self) {
+        let _guard = self.inner.lifecycle.lock().await;
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if let Ok(parts) = self.parts() {
+            let closed = tokio::task::spawn_blocking(move || {
+                parts.store.close_interrupted_attempts(Utc::now())
+            })
+            .await;
+            if let Ok(Ok(n)) = closed
+                && n > 0
+            {
+                tracing::warn!(
+                    attempts = n,
+                    "step attempts stopped by the shutdown recorded as interrupted"
+                );
+            }
+        }
+        self.take_down(DownReason::ShuttingDown, None);
+        tracing::info!("data service closed");
     }
 
     /// Keeps the service honest while the process runs: probes writes while
@@ -285,7 +384,9 @@ impl DataService {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
-            if *shutdown.borrow() {
+            // Once the instance shuts down nothing is restarted, whatever
+            // the state says.
+            if *shutdown.borrow() || self.inner.closed.load(Ordering::SeqCst) {
                 return;
             }
             let state = self.state();
@@ -314,7 +415,17 @@ impl DataService {
                     Some(DownReason::Failed | DownReason::Crashed | DownReason::Starting)
                 )
             {
-                match self.start().await {
+                let restarted = {
+                    let _guard = self.inner.lifecycle.lock().await;
+                    // An admin may have stopped it while this round waited
+                    // for the lock.
+                    if self.inner.wanted.load(Ordering::SeqCst) {
+                        self.bring_up().await
+                    } else {
+                        Ok(())
+                    }
+                };
+                match restarted {
                     Ok(()) => backoff = timing.first_backoff,
                     Err(cause) => {
                         tracing::warn!(
@@ -326,6 +437,31 @@ impl DataService {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The file that records an admin's `service stop data`, beside the store
+/// (`NAME.data-stopped`). It is not in the store on purpose: the store is
+/// part of what the admin stopped, and the wish must be readable before
+/// the store is opened.
+pub fn admin_stop_file(paths: &InstancePaths) -> PathBuf {
+    paths.database.with_extension("data-stopped")
+}
+
+/// Records (`stopped`) or clears an admin's stop of the data service, for
+/// a running instance and for the command line while it is not running.
+pub fn record_admin_stop(file: &Path, stopped: bool) -> std::io::Result<()> {
+    if stopped {
+        plugins::fsutil::write_atomic(
+            file,
+            b"the data service was stopped by an admin; `gateway service start data` starts it\n",
+            "stop",
+        )
+    } else {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }
@@ -346,8 +482,18 @@ fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
             paths.data_dir.display()
         )
     })?;
-    let store = Store::open(&paths.database)
-        .map_err(|e| format!("cannot open database {}: {e}", paths.database.display()))?;
+    let store = Store::open(&paths.database).map_err(|e| {
+        let fix = if e.is_environmental() {
+            format!(
+                " — the store and {} must be writable by the service user: run the instance as the user \
+                 that owns them, or give them back to it",
+                paths.data_dir.display()
+            )
+        } else {
+            String::new()
+        };
+        format!("cannot open database {}: {e}{fix}", paths.database.display())
+    })?;
     let spool = JobSpool::open(&paths.spool)
         .map_err(|e| format!("cannot open spool {}: {e}", paths.spool.display()))?;
     create_private_dir_all(&paths.work)
@@ -425,7 +571,10 @@ mod tests {
         let s = data.state();
         assert_eq!((s.up, s.reason), (false, Some(DownReason::Stopped)));
         let err = data.run(|s| s.queue_depth()).await.unwrap_err();
-        assert_eq!(err.to_string(), "data service is down: stopped by an admin");
+        assert_eq!(
+            err.to_string(),
+            "data service is down: stopped by an admin (`gateway service start data` starts it)"
+        );
     }
 
     #[tokio::test]
@@ -468,6 +617,47 @@ mod tests {
         assert!(down.detail.unwrap().contains("spool"));
         tx.send(true).unwrap();
         sup.await.unwrap();
+    }
+
+    // Regression: an admin's `service stop data` was forgotten by a
+    // restart, which started the data service again.
+    #[tokio::test]
+    async fn an_admin_stop_survives_a_restart_until_an_admin_starts_it() {
+        let (dir, data) = service();
+        data.start().await.unwrap();
+        assert!(data.stop().await, "the stop is recorded");
+        drop(data);
+
+        let paths = InstancePaths::new(dir.path(), "gw-t");
+        let again = DataService::new(paths.clone(), SupervisorTiming::default());
+        assert!(again.stopped_by_admin());
+        assert_eq!(again.state().reason, Some(DownReason::Stopped));
+        assert_eq!(
+            again.resume().await,
+            Ok(false),
+            "start-up leaves it stopped"
+        );
+        assert!(!again.state().up);
+
+        again.start().await.unwrap();
+        assert!(again.state().up);
+        assert!(!admin_stop_file(&paths).exists());
+        let third = DataService::new(paths, SupervisorTiming::default());
+        assert_eq!(third.resume().await, Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_closed_service_never_starts_again() {
+        let (_dir, data) = service();
+        data.start().await.unwrap();
+        data.close().await;
+        let s = data.state();
+        assert_eq!((s.up, s.reason), (false, Some(DownReason::ShuttingDown)));
+        assert!(data.start().await.is_err());
+        assert!(data.resume().await.is_err());
+        assert!(!data.state().up);
+        // Not an admin's stop: the next process starts it.
+        assert!(!data.stopped_by_admin());
     }
 
     /// Time is paused: the supervisor runs through many of its rounds

@@ -15,7 +15,8 @@
 //!    every adapter is given);
 //! 4. **adapters** — each talks to one outside party through the core:
 //!    [`web`] (devices over HTTPS), [`workers`] (the plugin pipeline),
-//!    [`admin`] (admins over a Unix socket), [`tls`], [`rate`], [`systemd`];
+//!    [`admin`] (admins over a Unix socket), [`pair`] (the other server),
+//!    [`tls`], [`rate`], [`systemd`];
 //! 5. **root** — [`instance`] wires them together; [`cli`] is the command
 //!    line.
 
@@ -44,6 +45,7 @@ pub mod site;
 
 // adapters
 pub mod admin;
+pub mod pair;
 pub mod rate;
 pub mod systemd;
 pub mod tls;

@@ -73,6 +73,16 @@ fn stored_activation(store: &Store) -> Result<Option<Activation>, RoleError> {
     }
 }
 
+/// The role and serial of the activation stored in `store`, when one is
+/// there and readable. Works on a store opened read-only, so the command
+/// line can look at another instance's activation without disturbing it.
+pub fn stored_serial(store: &Store) -> Option<(Role, u32)> {
+    stored_activation(store)
+        .ok()
+        .flatten()
+        .map(|a| (a.role(), a.serial()))
+}
+
 /// This server's id, made (from the system's random source) on first use.
 pub fn server_id(store: &Store) -> Result<ServerId, StoreError> {
     let mut bytes = [0u8; 16];
@@ -159,6 +169,52 @@ pub fn read_role(
             }
         }
     })
+}
+
+/// The pair protocol's durable state (`pair_core::Persisted`) as this
+/// store holds it: the newest epoch seen, the activation, this server's own
+/// term and fence, and the configuration stamp. The pair link starts its
+/// protocol node from it.
+pub fn pair_state(
+    store: &Store,
+    ctx: &LicenseContext,
+    today: NaiveDate,
+) -> Result<pair_core::Persisted, StoreError> {
+    use pair_core::{ActivationKind, ConfigStamp};
+    let role = read_role(store, ctx, today)?;
+    let meta = store.config_meta()?;
+    let (activation, term) = match role.role {
+        ServerRole::Primary | ServerRole::Fenced => (ActivationKind::Primary, role.epoch),
+        ServerRole::Secondary => (ActivationKind::Secondary, Epoch::ZERO),
+        ServerRole::Unlicensed => (ActivationKind::None, Epoch::ZERO),
+    };
+    Ok(pair_core::Persisted {
+        highest_seen: role.seen_epoch,
+        activation,
+        term,
+        fenced_by: role.fenced_by,
+        config: ConfigStamp {
+            version: meta.version,
+            epoch: meta.epoch,
+        },
+    })
+}
+
+/// Makes what the pair protocol asked to persist durable: the newest epoch
+/// seen (only ever raised) and, for a primary, its term (a primary that met
+/// a secondary which had seen a newer epoch raises its own term above it).
+/// A fence needs no record of its own: an `03` server whose term is older
+/// than the newest epoch seen is fenced (see [`read_role`]).
+pub fn persist_pair_state(store: &Store, state: &pair_core::Persisted) -> Result<(), StoreError> {
+    store.note_epoch(state.highest_seen)?;
+    if state.activation == pair_core::ActivationKind::Primary {
+        let me = server_id(store)?;
+        let own = own_epoch(store, me)?.unwrap_or(Epoch::ZERO);
+        if state.term > own {
+            store.local_set(OWN_EPOCH_KEY, Some(&state.term.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Takes a new epoch for this server as primary and persists it before

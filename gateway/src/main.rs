@@ -32,21 +32,43 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: wrapped errors
+/// often repeat their source's text (a store error quoting SQLite's), and a
+/// message that says the same thing four times hides what to do.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let tail = text.rsplit(": ").next().unwrap_or(&text);
+        if out.contains(&text) || out.contains(tail) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn serve(target: &cli::Target) -> anyhow::Result<()> {
     let settings = cli::load_settings(target)?;
     let instance = &settings.instance;
     let paths = InstancePaths::new(&instance.data_dir, instance.name.as_str());
+    // Before anything writes into the data directory, the log included: a
+    // second `serve` of the same instance must change nothing.
+    let lock = gateway::instance::InstanceLock::acquire(&paths, instance.name.as_str())?;
     gateway::logging::init(
         instance.name.as_str(),
         instance.log_format,
         &instance.log_level,
         Some(&paths.log_file),
     )?;
-    gateway::instance::serve(settings).await
+    gateway::instance::serve(settings, lock).await
 }

@@ -27,6 +27,7 @@ pub struct Metrics {
     jobs_failed: AtomicU64,
     logins_ok: AtomicU64,
     logins_failed: AtomicU64,
+    pair_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// State read at scrape time.
@@ -89,6 +90,17 @@ impl Metrics {
             &self.logins_failed
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Something happened on the pair link (`peer_dead`, `peer_live`,
+    /// `fenced`, ...).
+    pub fn pair_event(&self, event: &'static str) {
+        *self
+            .pair_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(event)
+            .or_default() += 1;
     }
 
     /// Jobs accepted so far (for status output).
@@ -209,6 +221,23 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "scangw_jobs_refused_total{{instance=\"{inst}\",reason=\"{code}\"}} {n}"
+            );
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP scangw_pair_events_total Pair link events (liveness changes, fencing, refusals), by event."
+        );
+        let _ = writeln!(out, "# TYPE scangw_pair_events_total counter");
+        for (event, n) in self
+            .pair_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "scangw_pair_events_total{{instance=\"{inst}\",event=\"{event}\"}} {n}"
             );
         }
 

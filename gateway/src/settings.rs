@@ -71,6 +71,16 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_LOGIN_FAILURES_PER_MINUTE",
         EnvTarget::Instance("login_failures_per_minute"),
     ),
+    ("SCANGW_PAIR_LISTEN", EnvTarget::Instance("pair_listen")),
+    ("SCANGW_PAIR_PEER", EnvTarget::Instance("pair_peer")),
+    (
+        "SCANGW_PAIR_HEARTBEAT_INTERVAL_MS",
+        EnvTarget::Instance("pair_heartbeat_interval_ms"),
+    ),
+    (
+        "SCANGW_PAIR_DEAD_THRESHOLD_MS",
+        EnvTarget::Instance("pair_dead_threshold_ms"),
+    ),
 ];
 
 /// The prefix of the gateway's environment variables.
@@ -153,10 +163,13 @@ impl Env {
 /// A configuration problem, naming the key (or variable) and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    #[error("cannot read configuration file {path}: {source} — check the path given to --config")]
+    /// The file cannot be read. The cause is part of the message and not
+    /// a separate error source, so a printed chain says it once.
+    #[error("cannot read configuration file {path}: {cause} — {fix}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: String,
+        fix: &'static str,
     },
     #[error("configuration file {path} is not valid: {message}")]
     Parse { path: String, message: String },
@@ -178,6 +191,40 @@ pub enum SettingsError {
     },
     #[error("{path} defines several instances ({known}): choose one with --instance")]
     InstanceRequired { path: String, known: String },
+}
+
+fn read_error(path: &Path, e: &std::io::Error) -> SettingsError {
+    use std::io::ErrorKind as K;
+    let fix = match e.kind() {
+        K::NotFound => {
+            "check the path given to --config (or SCANGW_CONFIG); without either, the embedded defaults are used"
+        }
+        K::PermissionDenied => {
+            "run as the service user or root, or let that user read the file (chmod o+r, or chgrp)"
+        }
+        K::IsADirectory => "--config names a directory; give the configuration file in it",
+        _ => "check the path given to --config (or SCANGW_CONFIG)",
+    };
+    SettingsError::Read {
+        path: path.to_owned(),
+        cause: plugins::fsutil::io_cause(e),
+        fix,
+    }
+}
+
+/// The names of the instances a configuration file defines, in order; the
+/// embedded defaults define none (their one instance is `gw1`). The file is
+/// read and parsed, but no instance is validated.
+pub fn instance_names(source: Source<'_>) -> Result<Vec<String>, SettingsError> {
+    let (text, label) = match source {
+        Source::File(path) => (
+            std::fs::read_to_string(path).map_err(|e| read_error(path, &e))?,
+            path.display().to_string(),
+        ),
+        Source::Embedded => (EMBEDDED_DEFAULTS.to_owned(), "embedded defaults".to_owned()),
+    };
+    let raw: RawFile = toml::from_str(&text).map_err(|e| decode_error(&text, &label, &e))?;
+    Ok(raw.instances.keys().cloned().collect())
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> SettingsError {
@@ -260,6 +307,43 @@ struct RawInstance {
     step_timeout_secs: Option<Scalar>,
     maintenance_retry_after_secs: Option<Scalar>,
     login_failures_per_minute: Option<Scalar>,
+    /// The `pair` sub-table, as written; flattened into the `pair_*`
+    /// fields below before layering.
+    #[serde(default)]
+    pair: Option<RawPair>,
+    #[serde(skip)]
+    pair_listen: Option<Scalar>,
+    #[serde(skip)]
+    pair_peer: Option<Scalar>,
+    #[serde(skip)]
+    pair_heartbeat_interval_ms: Option<Scalar>,
+    #[serde(skip)]
+    pair_dead_threshold_ms: Option<Scalar>,
+}
+
+/// `[defaults.pair]` / `[instances.NAME.pair]`: this server's side of the
+/// pair link. Local to each server, never replicated.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    listen: Option<Scalar>,
+    peer: Option<Scalar>,
+    heartbeat_interval_ms: Option<Scalar>,
+    dead_threshold_ms: Option<Scalar>,
+}
+
+impl RawInstance {
+    /// Moves the `pair` sub-table's values into the flat `pair_*` fields,
+    /// which layer like every other instance field.
+    fn flatten_pair(mut self) -> RawInstance {
+        if let Some(pair) = self.pair.take() {
+            self.pair_listen = pair.listen;
+            self.pair_peer = pair.peer;
+            self.pair_heartbeat_interval_ms = pair.heartbeat_interval_ms;
+            self.pair_dead_threshold_ms = pair.dead_threshold_ms;
+        }
+        self
+    }
 }
 
 /// A value as written in the file (any TOML type), or as text from the
@@ -353,10 +437,7 @@ pub fn load(
     env.check_known()?;
     let (text, label, base_dir) = match source {
         Source::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path).map_err(|e| read_error(path, &e))?;
             let dir = path.parent().map(Path::to_owned).unwrap_or_default();
             (text, path.display().to_string(), dir)
         }
@@ -412,15 +493,15 @@ pub fn load(
     let mut origin: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut merged = RawInstance::default();
     let layers = [
-        ("defaults".to_owned(), Some(&raw.defaults)),
+        ("defaults".to_owned(), Some(raw.defaults.clone())),
         (
             format!("instances.{name}"),
-            raw.instances.get(name.as_str()),
+            raw.instances.get(name.as_str()).cloned(),
         ),
     ];
     for (prefix, layer) in layers {
         if let Some(layer) = layer {
-            merge(&mut merged, layer, &prefix, &mut origin);
+            merge(&mut merged, &layer.flatten_pair(), &prefix, &mut origin);
         }
     }
     for (var, target) in ENV_VARS {
@@ -433,7 +514,7 @@ pub fn load(
         origin
             .get(field)
             .cloned()
-            .unwrap_or_else(|| format!("defaults.{field}"))
+            .unwrap_or_else(|| format!("defaults.{}", field.replacen("pair_", "pair.", 1)))
     };
 
     let instance = validate_instance(name, merged, &base_dir, &key)?;
@@ -460,7 +541,9 @@ fn merge(
         ($($f:ident),*) => {$(
             if let Some(v) = &layer.$f {
                 into.$f = Some(v.clone());
-                origin.insert(stringify!($f), format!("{prefix}.{}", stringify!($f)));
+                // `pair_listen` is written `pair.listen` in the file.
+                let key = stringify!($f).replacen("pair_", "pair.", 1);
+                origin.insert(stringify!($f), format!("{prefix}.{key}"));
             }
         )*};
     }
@@ -480,7 +563,11 @@ fn merge(
         max_attempts,
         step_timeout_secs,
         maintenance_retry_after_secs,
-        login_failures_per_minute
+        login_failures_per_minute,
+        pair_listen,
+        pair_peer,
+        pair_heartbeat_interval_ms,
+        pair_dead_threshold_ms
     );
 }
 
@@ -502,6 +589,10 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "step_timeout_secs" => &mut into.step_timeout_secs,
         "maintenance_retry_after_secs" => &mut into.maintenance_retry_after_secs,
         "login_failures_per_minute" => &mut into.login_failures_per_minute,
+        "pair_listen" => &mut into.pair_listen,
+        "pair_peer" => &mut into.pair_peer,
+        "pair_heartbeat_interval_ms" => &mut into.pair_heartbeat_interval_ms,
+        "pair_dead_threshold_ms" => &mut into.pair_dead_threshold_ms,
         other => unreachable!("ENV_VARS names unknown instance setting {other}"),
     };
     *slot = Some(value);
@@ -732,7 +823,9 @@ fn validate_instance(
         ));
     }
 
+    let pair = validate_pair(&raw, key)?;
     Ok(InstanceSettings {
+        pair,
         workers: number(&raw.workers, key, "workers", cores * 2, 1..=256)? as usize,
         ocr_parallelism: number(&raw.ocr_parallelism, key, "ocr_parallelism", cores, 1..=256)?
             as usize,
@@ -767,6 +860,70 @@ fn validate_instance(
         log_format,
         log_level,
     })
+}
+
+/// The pair link is on when `pair.listen` is set; then `pair.peer` is
+/// required, and the dead threshold must leave room for a few missed beats.
+fn validate_pair(
+    raw: &RawInstance,
+    key: &dyn Fn(&'static str) -> String,
+) -> Result<Option<PairLinkSettings>, SettingsError> {
+    let listen = text(&raw.pair_listen, key, "pair_listen")?;
+    let peer = text(&raw.pair_peer, key, "pair_peer")?;
+    let Some(listen) = listen else {
+        if peer.is_some() {
+            return Err(invalid(
+                key("pair_peer"),
+                "is set but pair.listen is not: set both to pair this server, or neither",
+            ));
+        }
+        return Ok(None);
+    };
+    let listen = address(&listen, key("pair_listen"))?;
+    let peer = peer.ok_or_else(|| {
+        invalid(
+            key("pair_peer"),
+            "is required with pair.listen: the other server's pair address, e.g. 10.0.0.2:9443",
+        )
+    })?;
+    let port_ok = peer
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok {
+        return Err(invalid(
+            key("pair_peer"),
+            format!("`{peer}` is not HOST:PORT (e.g. gw-b.example.net:9443)"),
+        ));
+    }
+    let heartbeat_interval_ms = number(
+        &raw.pair_heartbeat_interval_ms,
+        key,
+        "pair_heartbeat_interval_ms",
+        100,
+        10..=60_000,
+    )?;
+    let dead_threshold_ms = number(
+        &raw.pair_dead_threshold_ms,
+        key,
+        "pair_dead_threshold_ms",
+        600,
+        30..=600_000,
+    )?;
+    if dead_threshold_ms < 3 * heartbeat_interval_ms {
+        return Err(invalid(
+            key("pair_dead_threshold_ms"),
+            format!(
+                "{dead_threshold_ms} is less than three heartbeat intervals ({}); one late beat would make the peer DEAD",
+                3 * heartbeat_interval_ms
+            ),
+        ));
+    }
+    Ok(Some(PairLinkSettings {
+        listen,
+        peer,
+        heartbeat_interval_ms,
+        dead_threshold_ms,
+    }))
 }
 
 fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {

@@ -7,6 +7,14 @@
 //! supervisor brings it back.
 //!
 //! Maintenance mode does not stop the pool: accepted jobs drain.
+//!
+//! Once the instance shuts down the pool never starts workers again: every
+//! wait below looks at the shutdown signal first, and the workers are
+//! spawned while the signal is held, so the instance's "shutdown requested"
+//! can never be followed by "pipeline workers started". Workers already
+//! running are stopped by a separate `stop` signal, which the instance
+//! raises after its web service stopped taking connections: shutdown is one
+//! ordered sequence, not a race between the adapters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +25,7 @@ use plugins::{
     JobContext, JobOutcome, JobProgress, JobRunner, PageFile, PageFormat, ProgressStore,
     RetryPolicy, StepRecord,
 };
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -28,18 +37,25 @@ use crate::store::{JobState, Store};
 /// How long an idle worker sleeps when no commit woke it.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Runs until the instance shuts down. Each time the data service comes up,
-/// the store-dependent state (role, configuration) is loaded first and the
-/// workers start only after it: a worker must never see a job before the
-/// configuration that says what to do with it.
-pub async fn run_pool(core: Arc<Core>) {
+/// Runs until the instance shuts down: until `stop` is raised, or the
+/// shutdown signal while no workers run. Each time the data service comes
+/// up, the store-dependent state (role, configuration) is loaded first and
+/// the workers start only after it: a worker must never see a job before
+/// the configuration that says what to do with it.
+pub async fn run_pool(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut data = core.data.subscribe();
     let mut shutdown = core.shutdown_signal();
     loop {
-        // Wait for the data service.
+        if *shutdown.borrow() || *stop.borrow() {
+            return;
+        }
+        // Wait for the data service. `biased`: when several are ready, the
+        // shutdown wins (an unbiased select picks at random).
         let state = tokio::select! {
-            s = data.wait_for(|s| s.up) => match s { Ok(s) => s.clone(), Err(_) => return },
+            biased;
             _ = shutdown.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return,
+            s = data.wait_for(|s| s.up) => match s { Ok(s) => s.clone(), Err(_) => return },
         };
         let generation = state.generation;
         if let Err(e) = core.load_generation(generation).await {
@@ -48,8 +64,10 @@ pub async fn run_pool(core: Arc<Core>) {
                 "data service came up but its contents could not be loaded"
             );
             tokio::select! {
-                _ = data.wait_for(|s| !s.up || s.generation != generation) => continue,
+                biased;
                 _ = shutdown.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => return,
+                _ = data.wait_for(|s| !s.up || s.generation != generation) => continue,
             }
         }
         let Ok(parts) = core.data.parts() else {
@@ -58,15 +76,26 @@ pub async fn run_pool(core: Arc<Core>) {
         let Some(me) = core.server_id() else { continue };
         let runner = Arc::new(JobRunner::new(retry_policy(&core)));
         let mut set = JoinSet::new();
-        for _ in 0..core.settings.instance.workers {
-            set.spawn(worker(core.clone(), parts.clone(), runner.clone(), me));
+        {
+            // Holding the signal's value blocks `Core::request_shutdown`
+            // until the workers are spawned and announced: a shutdown is
+            // either seen here, or requested (and logged) after this.
+            let stopping = shutdown.borrow();
+            if *stopping {
+                return;
+            }
+            for _ in 0..core.settings.instance.workers {
+                set.spawn(worker(core.clone(), parts.clone(), runner.clone(), me));
+            }
+            tracing::info!(
+                workers = core.settings.instance.workers,
+                "pipeline workers started"
+            );
         }
         drop(parts);
-        tracing::info!(
-            workers = core.settings.instance.workers,
-            "pipeline workers started"
-        );
         tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => {}
             _ = data.wait_for(|s| !s.up || s.generation != generation) => {}
             Some(ended) = set.join_next() => {
                 if let Err(e) = ended
@@ -75,8 +104,10 @@ pub async fn run_pool(core: Arc<Core>) {
                     core.data.fail(DownReason::Crashed, &format!("a pipeline worker crashed: {e}"));
                 }
             }
-            _ = shutdown.wait_for(|s| *s) => {}
         }
+        // Workers stop at once; a step attempt cut short is closed as
+        // interrupted (by `DataService::close` on shutdown, by recovery
+        // otherwise) and the job resumes at that step.
         set.abort_all();
         while set.join_next().await.is_some() {}
         tracing::info!("pipeline workers stopped");
@@ -290,5 +321,83 @@ impl ProgressStore for StoreProgress {
         self.0
             .step_finished(job, step as u32, attempt, name, reason, at)
             .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logging::tests::Captured;
+    use crate::settings::{self, LogFormat, Source};
+
+    fn core(dir: &std::path::Path) -> Arc<Core> {
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\nworkers = 2\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let settings =
+            settings::load(Source::File(&file), Some("gw-t"), &settings::Env::none()).unwrap();
+        Core::for_tests(settings, licensing::TrustedKeys::builtin())
+    }
+
+    // Regression: after SIGTERM, "pipeline workers started" was logged after
+    // "shutdown requested" in about half of the stops: the pool's wait chose
+    // at random between "data service up" and "shutdown", both ready.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pool_told_to_shut_down_never_starts_workers() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let core = core(dir.path());
+            let log = Captured::default();
+            let _guard = tracing::subscriber::set_default(log.subscriber(LogFormat::Human));
+            core.data.start().await.unwrap();
+            core.request_shutdown();
+            let stop = core.shutdown_signal();
+            tokio::time::timeout(Duration::from_secs(10), run_pool(core.clone(), stop))
+                .await
+                .expect("the pool ends once shutdown was requested");
+            assert!(
+                !log.text().contains("pipeline workers started"),
+                "round {round}: workers started during shutdown:\n{}",
+                log.text()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn running_workers_stop_when_told_after_shutdown_was_requested() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let log = Captured::default();
+        let _guard = tracing::subscriber::set_default(log.subscriber(LogFormat::Human));
+        core.data.start().await.unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let pool = tokio::spawn(run_pool(core.clone(), stop_rx));
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            while !log.text().contains("pipeline workers started") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "{}", log.text());
+        core.request_shutdown();
+        // Shutdown alone starts nothing and stops nothing: the instance
+        // stops the workers after its web service.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!log.text().contains("pipeline workers stopped"));
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), pool)
+            .await
+            .expect("the pool ends")
+            .unwrap();
+        let text = log.text();
+        let started = text.matches("pipeline workers started").count();
+        assert_eq!(started, 1, "started once, never again:\n{text}");
+        assert!(text.contains("pipeline workers stopped"), "{text}");
     }
 }

@@ -203,7 +203,7 @@ const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "adapters",
-        &["admin", "rate", "systemd", "tls", "web", "workers"],
+        &["admin", "pair", "rate", "systemd", "tls", "web", "workers"],
     ),
     ("root", &["cli", "instance"]),
 ];

@@ -34,6 +34,9 @@ fn acknowledged_job_survives_kill_9_right_after_the_ack() {
     gw.kill9();
 
     let gw = site.start("gw-a");
+    // The pause survives the restart (an admin's switch holds until
+    // changed): resume to let the job through.
+    site.cli_ok("gw-a", &["pipeline", "resume"]);
     let dev = Device::new(&gw.plain(), &token);
     let done = dev.wait_for_state(job, "done", Duration::from_secs(30));
     assert_eq!(done["pages"], 2);

@@ -11,9 +11,13 @@ use serde_json::Value;
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminCallError {
-    /// Nothing listens on the socket: the instance is not running.
+    /// Nothing listens on the socket (the instance is not running, or its
+    /// socket file is being bound again).
     #[error("instance is not running (no admin socket at {0})")]
     NotRunning(PathBuf),
+    /// The socket (or the data directory holding it) is not this user's.
+    #[error("permission denied on the admin socket {0}: run as the service user or root")]
+    PermissionDenied(PathBuf),
     /// The instance refused the operation.
     #[error("{message}")]
     Refused {
@@ -38,7 +42,7 @@ impl AdminClient {
             Ok(_) => Ok(AdminClient {
                 socket: socket.to_owned(),
             }),
-            Err(_) => Err(AdminCallError::NotRunning(socket.to_owned())),
+            Err(e) => Err(connect_error(socket, &e)),
         }
     }
 
@@ -59,7 +63,7 @@ impl AdminClient {
         let channel = |e: &dyn std::fmt::Display| AdminCallError::Channel(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|_| AdminCallError::NotRunning(self.socket.clone()))?;
+            .map_err(|e| connect_error(&self.socket, &e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| channel(&e))?;
@@ -96,5 +100,15 @@ impl AdminClient {
                     .to_owned(),
             })
         }
+    }
+}
+
+/// A failed connection: a permission problem is said as such, never taken
+/// for "not running".
+fn connect_error(socket: &Path, e: &std::io::Error) -> AdminCallError {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        AdminCallError::PermissionDenied(socket.to_owned())
+    } else {
+        AdminCallError::NotRunning(socket.to_owned())
     }
 }

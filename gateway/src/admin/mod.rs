@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod ops;
+pub mod pair;
 pub mod server;

@@ -2,9 +2,16 @@
 //! data directory. No TCP port is opened for it. The socket is created with
 //! mode 0600 and every connection's peer credentials are checked: only the
 //! user the instance runs as, and root, may talk to it.
+//!
+//! The socket is how admins reach the instance, not what says it runs (the
+//! instance lock does, see `crate::instance`): when its file is removed
+//! from under the running server, the server notices within
+//! [`SOCKET_CHECK_INTERVAL`] and binds it again.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::extract::{Path, Query, State};
@@ -19,6 +26,7 @@ use tokio::net::UnixListener;
 use tower::ServiceExt;
 
 use super::ops::{self, AdminError};
+use super::pair::PairSlot;
 use crate::core::Core;
 use crate::store::{DeviceStatus, JobState};
 
@@ -41,52 +49,108 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 struct Admin {
     core: Arc<Core>,
     web: Arc<dyn WebSwitch>,
+    pair: PairSlot,
 }
+
+/// How often the running server checks that its socket file is still there.
+pub const SOCKET_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest socket path the command line and the server accept (the
+/// kernel's limit is 108 bytes with the terminating zero).
+pub const MAX_SOCKET_PATH_BYTES: usize = 100;
 
 /// The bound admin socket, with the uid allowed besides root.
 pub struct AdminSocket {
     listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file this listener made, to tell it
+    /// from a file someone put in its place.
+    file_id: (u64, u64),
     owner_uid: u32,
 }
 
-/// Binds the socket, refusing to start when another process of the same
-/// instance is already serving it.
-pub async fn bind(core: &Core) -> anyhow::Result<AdminSocket> {
-    let path = &core.paths.admin_socket;
-    if path.as_os_str().len() > 100 {
+/// Refuses a socket path the kernel cannot bind.
+pub fn check_socket_path(path: &FsPath) -> anyhow::Result<()> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
         bail!(
-            "the admin socket path {} is too long for a Unix socket (over 100 bytes); use a shorter data_dir",
+            "the admin socket path {} is too long for a Unix socket (over {MAX_SOCKET_PATH_BYTES} bytes); use a shorter data_dir",
             path.display()
         );
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "instance `{}` is already running (its admin socket {} answers); stop it first",
-                core.name(),
-                path.display()
-            );
+    Ok(())
+}
+
+/// Binds the socket. The caller holds the instance lock, so a socket file
+/// already there is a leftover of a process that is gone, and is replaced.
+pub async fn bind(core: &Core) -> anyhow::Result<AdminSocket> {
+    bind_path(&core.paths.admin_socket)
+}
+
+fn bind_path(path: &FsPath) -> anyhow::Result<AdminSocket> {
+    check_socket_path(path)?;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()));
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        _ => {}
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("cannot create admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
-    let owner_uid = std::fs::metadata(path)?.uid();
+    let meta = std::fs::metadata(path)?;
     Ok(AdminSocket {
         listener,
-        owner_uid,
+        path: path.to_owned(),
+        file_id: (meta.dev(), meta.ino()),
+        owner_uid: meta.uid(),
     })
 }
 
-/// Serves admin requests until the task is aborted.
-pub async fn run(core: Arc<Core>, web: Arc<dyn WebSwitch>, socket: AdminSocket) {
-    let app = router(Admin { core, web });
+impl AdminSocket {
+    /// Whether the socket file at the path is still the one this listener
+    /// made (it is gone, or replaced, after someone removed it).
+    fn still_bound(&self) -> bool {
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.file_id)
+    }
+}
+
+/// Serves admin requests until the task is aborted, binding the socket
+/// again whenever its file vanished.
+pub async fn run(
+    core: Arc<Core>,
+    web: Arc<dyn WebSwitch>,
+    pair: PairSlot,
+    mut socket: AdminSocket,
+) {
+    let app = router(Admin { core, web, pair });
+    let mut check = tokio::time::interval(SOCKET_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Ok((stream, _)) = socket.listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let accepted = tokio::select! {
+            accepted = socket.listener.accept() => accepted,
+            _ = check.tick() => {
+                if !socket.still_bound() {
+                    match bind_path(&socket.path) {
+                        Ok(fresh) => {
+                            tracing::warn!(
+                                socket = %fresh.path.display(),
+                                "the admin socket file was removed; bound it again"
+                            );
+                            socket = fresh;
+                        }
+                        Err(e) => tracing::error!(
+                            error = format!("{e:#}"),
+                            "the admin socket file was removed and cannot be bound again"
+                        ),
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         match stream.peer_cred() {
@@ -128,7 +192,12 @@ fn router(admin: Admin) -> Router {
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/retry", post(job_retry))
         .route("/db/check", get(db_check))
+        .route("/db/schema", get(db_schema))
         .route("/shutdown", post(shutdown))
+        .route("/pair", get(pair_status))
+        .route("/pair/init", post(pair_init))
+        .route("/pair/join", post(pair_join))
+        .route("/pair/unpair", post(pair_unpair))
         .with_state(admin)
 }
 
@@ -180,7 +249,8 @@ fn to_json<T: serde::Serialize>(v: T) -> Value {
 }
 
 /// The full status of the instance.
-async fn status_value(core: &Core, web: &dyn WebSwitch) -> Value {
+async fn status_value(core: &Core, web: &dyn WebSwitch, pair: &PairSlot) -> Value {
+    let pair = super::pair::status(pair);
     let data = core.data.state();
     let (queue, failed) = if data.up {
         let q = core.data.run(|s| s.queue_depth()).await.ok();
@@ -203,6 +273,7 @@ async fn status_value(core: &Core, web: &dyn WebSwitch) -> Value {
         "server_id": core.server_id().map(|id| id.to_string()),
         "web": web.state(),
         "data": data,
+        "data_stopped_by_admin": core.data.stopped_by_admin(),
         "maintenance": core.in_maintenance(),
         "pipeline_paused": core.pipeline_paused(),
         "accepting": core.refusal().is_none(),
@@ -218,6 +289,7 @@ async fn status_value(core: &Core, web: &dyn WebSwitch) -> Value {
             "users": c.users.len(),
         })),
         "capabilities": core.registry.capabilities(),
+        "pair": pair,
         "time_zone": core.settings.instance.time_zone.name(),
         "data_dir": core.paths.data_dir,
         "certificate": core.certificate,
@@ -226,7 +298,7 @@ async fn status_value(core: &Core, web: &dyn WebSwitch) -> Value {
 }
 
 async fn status(State(a): State<Admin>) -> AdminReply {
-    AdminReply(Ok(status_value(&a.core, a.web.as_ref()).await))
+    AdminReply(Ok(status_value(&a.core, a.web.as_ref(), &a.pair).await))
 }
 
 #[derive(Deserialize)]
@@ -245,8 +317,10 @@ struct PipelineRequest {
 }
 
 async fn pipeline(State(a): State<Admin>, Json(req): Json<PipelineRequest>) -> AdminReply {
-    a.core.set_pipeline_paused(req.paused);
-    reply(Ok(json!({"pipeline_paused": a.core.pipeline_paused()})))
+    let persisted = a.core.set_pipeline_paused(req.paused).await;
+    reply(Ok(
+        json!({"pipeline_paused": a.core.pipeline_paused(), "persisted": persisted}),
+    ))
 }
 
 async fn service(
@@ -254,9 +328,10 @@ async fn service(
     Path((name, action)): Path<(String, String)>,
 ) -> AdminReply {
     let core = &a.core;
+    let mut persisted = true;
     let result = match (name.as_str(), action.as_str()) {
         ("data", "stop") => {
-            core.data.stop().await;
+            persisted = core.data.stop().await;
             Ok(())
         }
         ("data", "start") => core.data.start().await.map_err(AdminError::Refused),
@@ -270,7 +345,14 @@ async fn service(
             "unknown service command `{action} {name}`; use start, stop or status with web or data"
         ))),
     };
-    reply(result.map(|()| json!({"web": a.web.state(), "data": core.data.state()})))
+    reply(result.map(|()| {
+        json!({
+            "web": a.web.state(),
+            "data": core.data.state(),
+            "data_stopped_by_admin": core.data.stopped_by_admin(),
+            "persisted": persisted,
+        })
+    }))
 }
 
 async fn license_show(State(a): State<Admin>) -> AdminReply {
@@ -284,12 +366,28 @@ struct KeyRequest {
     key: String,
 }
 
+/// Tells the pair protocol about a license change, so the peer learns the
+/// new role at once.
+fn tell_pair(a: &Admin, role: crate::role::ServerRole) {
+    use crate::role::ServerRole;
+    if let Some(link) = a.pair.get() {
+        link.activated(match role {
+            ServerRole::Primary | ServerRole::Fenced => pair_core::ActivationKind::Primary,
+            ServerRole::Secondary => pair_core::ActivationKind::Secondary,
+            ServerRole::Unlicensed => pair_core::ActivationKind::None,
+        });
+    }
+}
+
 async fn license_activate(State(a): State<Admin>, Json(req): Json<KeyRequest>) -> AdminReply {
     let result = a
         .core
         .activate_license(req.key)
         .await
         .map_err(|e| AdminError::Refused(e.to_string()));
+    if let Ok(snapshot) = &result {
+        tell_pair(&a, snapshot.role);
+    }
     reply(result.map(|snapshot| {
         tracing::warn!(
             role = snapshot.role.as_str(),
@@ -306,6 +404,9 @@ async fn license_promote(State(a): State<Admin>, Json(req): Json<KeyRequest>) ->
         .promote(req.key)
         .await
         .map_err(|e| AdminError::Refused(e.to_string()));
+    if let Ok((_, snapshot)) = &result {
+        tell_pair(&a, snapshot.role);
+    }
     reply(result.map(|(released, snapshot)| {
         tracing::warn!(
             released_serial = released.serial,
@@ -322,6 +423,9 @@ async fn license_deactivate(State(a): State<Admin>) -> AdminReply {
         .deactivate_license()
         .await
         .map_err(|e| AdminError::Refused(e.to_string()));
+    if result.is_ok() {
+        tell_pair(&a, a.core.role.snapshot().role);
+    }
     reply(result.map(|d| {
         tracing::warn!(serial = d.serial, "license deactivated");
         json!({"released_serial": d.serial, "released_role": d.role, "role": a.core.role.snapshot()})
@@ -411,7 +515,32 @@ async fn db_check(State(a): State<Admin>) -> AdminReply {
     )
 }
 
+async fn db_schema(State(a): State<Admin>) -> AdminReply {
+    reply(on_store(&a.core, |s| Ok(to_json(s.schema()?))).await)
+}
+
 async fn shutdown(State(a): State<Admin>) -> AdminReply {
     a.core.request_shutdown();
     reply(Ok(json!({"shutting_down": true})))
+}
+
+async fn pair_status(State(a): State<Admin>) -> AdminReply {
+    reply(Ok(super::pair::status(&a.pair)))
+}
+
+async fn pair_init(State(a): State<Admin>) -> AdminReply {
+    reply(super::pair::init(&a.pair).await)
+}
+
+#[derive(Deserialize)]
+struct JoinRequest {
+    code: String,
+}
+
+async fn pair_join(State(a): State<Admin>, Json(req): Json<JoinRequest>) -> AdminReply {
+    reply(super::pair::join(&a.pair, &req.code).await)
+}
+
+async fn pair_unpair(State(a): State<Admin>) -> AdminReply {
+    reply(super::pair::unpair(&a.pair).await)
 }

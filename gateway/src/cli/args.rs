@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// Pair this server with the other one of the pair, show or undo it.
+    Pair {
+        #[command(subcommand)]
+        action: PairAction,
+    },
     /// Password hashes for the configuration file.
     User {
         #[command(subcommand)]
@@ -120,6 +125,40 @@ pub enum LicenseAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PairAction {
+    /// On the primary: print a one-time pairing code (valid a few minutes).
+    Init,
+    /// On the secondary: pair with the primary the code names.
+    Join {
+        #[command(flatten)]
+        code: CodeInput,
+    },
+    /// Show the peer, its certificate fingerprint and the link's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the paired peer.
+    Unpair {
+        /// Unpair even if the peer holds work of this server (none is
+        /// replicated over the link yet).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Where a pairing code comes from: the argument, a file, or standard input.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct CodeInput {
+    /// The code, or `-` to read it from standard input.
+    pub code: Option<String>,
+    /// Read the code from this file.
+    #[arg(long)]
+    pub code_file: Option<PathBuf>,
 }
 
 /// Where a license key comes from: the argument, a file, or standard input

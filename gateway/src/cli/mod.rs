@@ -1,9 +1,19 @@
 //! The `gateway` command line: `serve` and the admin commands (R14). Commands
 //! that change a running instance go through its admin channel; when the
 //! instance is not running, those that make sense offline (license,
-//! maintenance, devices, jobs, database) open its store directly.
+//! maintenance, pipeline pause, devices, jobs, database) open its store
+//! directly, holding the instance lock meanwhile so that no `serve` starts
+//! under them.
+//!
+//! Whether the instance runs is decided by its lock (see
+//! [`crate::instance::InstanceLock`]), never by the socket alone: a command
+//! that finds the lock held but cannot reach the admin socket says so and
+//! stops. It never writes the store of a running instance, and a
+//! permission problem on the socket is reported as one, not as "not
+//! running".
 
 use std::io::Read;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chrono::Utc;
@@ -12,15 +22,17 @@ use serde_json::{Value, json};
 
 use crate::admin::client::{AdminCallError, AdminClient};
 use crate::admin::ops;
+use crate::instance::{InstanceLock, LockAttempt};
 use crate::license::{self, LicenseContext};
 use crate::paths::InstancePaths;
 use crate::role::ServerRole;
 use crate::security::{PasswordHash, passwords};
 use crate::settings::{self, Settings, Source};
 use crate::spool::JobSpool;
-use crate::store::{DeviceStatus, JobState, Store};
+use crate::store::{DeviceStatus, FileTrouble, JobState, Store, StoreError};
 
 mod args;
+mod pair;
 mod render;
 
 pub use args::*;
@@ -43,27 +55,37 @@ pub fn load_settings(target: &Target) -> anyhow::Result<Settings> {
     )?)
 }
 
-/// What an offline command needs: the store and the licensing identity.
+/// What an offline command needs: the store and the licensing identity,
+/// and the instance lock that keeps `serve` away while it works.
 struct Offline {
     store: Store,
     paths: InstancePaths,
     license: LicenseContext,
     instance: String,
+    _lock: InstanceLock,
 }
 
-fn offline(settings: &Settings) -> anyhow::Result<Offline> {
-    let instance = settings.instance.name.to_string();
-    let paths = InstancePaths::new(&settings.instance.data_dir, &instance);
-    plugins::fsutil::create_private_dir_all(&paths.data_dir)
-        .with_context(|| format!("cannot create data directory {}", paths.data_dir.display()))?;
-    let store = Store::open(&paths.database)
-        .with_context(|| format!("cannot open {}", paths.database.display()))?;
+fn trusted_keys(settings: &Settings) -> anyhow::Result<TrustedKeys> {
     let mut trusted = TrustedKeys::builtin();
     for k in &settings.trusted_vendor_keys {
         trusted = trusted.with(VendorPublicKey::from_text(k)?);
     }
+    Ok(trusted)
+}
+
+/// Opens the store of an instance that is not running; `lock` proves it.
+fn offline(settings: &Settings, lock: InstanceLock) -> anyhow::Result<Offline> {
+    let instance = settings.instance.name.to_string();
+    let paths = InstancePaths::new(&settings.instance.data_dir, &instance);
+    let store = Store::open(&paths.database)
+        .map_err(|e| store_open_error(&paths.database, &e, &paths.data_dir))?;
+    // SQLite opens a file it may not write read-only without a word; the
+    // first write would fail deep inside a command. Prove it now, once.
+    store
+        .probe_write()
+        .map_err(|e| store_open_error(&paths.database, &e, &paths.data_dir))?;
     let license = LicenseContext {
-        trusted,
+        trusted: trusted_keys(settings)?,
         instance: instance.clone(),
         install_id: license::install_id(&paths.data_dir, &instance),
     };
@@ -72,13 +94,84 @@ fn offline(settings: &Settings) -> anyhow::Result<Offline> {
         paths,
         license,
         instance,
+        _lock: lock,
     })
 }
 
-/// Connects to the running instance, or `None` when it is not running.
-async fn running(settings: &Settings) -> Option<AdminClient> {
-    let paths = InstancePaths::new(&settings.instance.data_dir, settings.instance.name.as_str());
-    AdminClient::connect(&paths.admin_socket).await.ok()
+/// A store that cannot be opened: the file, the cause once, and the fix.
+fn store_open_error(
+    path: &std::path::Path,
+    e: &StoreError,
+    data_dir: &std::path::Path,
+) -> anyhow::Error {
+    let fix = match e.file_trouble() {
+        FileTrouble::NotWritable => format!(
+            "the store and its directory must be writable by the user running this command: run as \
+             the service user that owns {} (or root), or give the files back to that user \
+             (chown USER {}*; chmod 600 {}*)",
+            data_dir.display(),
+            path.display(),
+            path.display()
+        ),
+        FileTrouble::DiskFull => "free some space on that disk".to_owned(),
+        FileTrouble::NotAStore => {
+            "the file is not a gateway store: restore it from a backup, or move it away to start empty"
+                .to_owned()
+        }
+        FileTrouble::Other => "check that the service user owns the data directory".to_owned(),
+    };
+    anyhow::anyhow!(
+        "cannot open the store {}: {} — {fix}",
+        path.display(),
+        e.cause()
+    )
+}
+
+/// How a command reaches the instance.
+enum Reach {
+    /// It runs: through its admin channel.
+    Running(AdminClient),
+    /// It does not run, and this process holds its lock.
+    Stopped(InstanceLock),
+}
+
+/// How long a command waits for the admin socket of an instance whose lock
+/// is held: it may be starting, or binding its socket again after the file
+/// was removed (it checks every second).
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+/// Finds out whether the instance runs, by its lock, and connects to it if
+/// so. Never `Stopped` while another process holds the lock.
+async fn reach(settings: &Settings) -> anyhow::Result<Reach> {
+    let name = settings.instance.name.as_str();
+    let paths = InstancePaths::new(&settings.instance.data_dir, name);
+    match AdminClient::connect(&paths.admin_socket).await {
+        Ok(client) => return Ok(Reach::Running(client)),
+        Err(e @ AdminCallError::PermissionDenied(_)) => return Err(call_error(e)),
+        Err(_) => {}
+    }
+    let (pid, lock_path) = match InstanceLock::try_acquire(&paths, name)? {
+        LockAttempt::Acquired(lock) => return Ok(Reach::Stopped(lock)),
+        LockAttempt::Held { pid, path } => (pid, path),
+    };
+    let deadline = Instant::now() + SOCKET_WAIT;
+    loop {
+        match AdminClient::connect(&paths.admin_socket).await {
+            Ok(client) => return Ok(Reach::Running(client)),
+            Err(e @ AdminCallError::PermissionDenied(_)) => return Err(call_error(e)),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => bail!(
+                "instance `{name}` is running{} (it holds {}), but its admin socket {} does not answer: \
+                 a running instance binds it again within seconds of its removal, so try again; \
+                 if it stays silent, restart the instance. Its store is not touched from here while it runs",
+                pid.map(|p| format!(" as pid {p}")).unwrap_or_default(),
+                lock_path.display(),
+                paths.admin_socket.display()
+            ),
+        }
+    }
 }
 
 fn print(value: &Value) {
@@ -105,14 +198,9 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
     match command {
         Command::Serve | Command::User { .. } => unreachable!("handled by the caller"),
         Command::CheckConfig => {
-            let registry = plugins::Registry::detect(plugins::RegistrySettings {
-                tesseract_path: settings.instance.tesseract.clone(),
-                ocr_parallelism: settings.instance.ocr_parallelism,
-                ..Default::default()
-            })
-            .await;
-            crate::site::check_workflows(&settings.site, &registry, &settings.instance.data_dir)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // The same checks as `serve` (see `instance::check`): what this
+            // calls valid, serve starts.
+            let report = crate::instance::check(&settings).await?;
             println!(
                 "configuration {} is valid for instance {instance}: {} workflows, {} users, data in {}",
                 settings.source,
@@ -120,7 +208,7 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                 settings.site.users.len(),
                 settings.instance.data_dir.display()
             );
-            for c in registry.capabilities() {
+            for c in report.capabilities {
                 println!(
                     "  capability {}: {} ({})",
                     c.name,
@@ -128,10 +216,13 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                     c.detail
                 );
             }
+            for note in report.notes {
+                println!("  note: {note}");
+            }
             Ok(0)
         }
-        Command::Status { json } => match running(&settings).await {
-            Some(client) => {
+        Command::Status { json } => match reach(&settings).await? {
+            Reach::Running(client) => {
                 let status = client.get("/status").await.map_err(call_error)?;
                 if json {
                     print(&status);
@@ -140,8 +231,8 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                 }
                 Ok(0)
             }
-            None => {
-                let off = offline(&settings)?;
+            Reach::Stopped(lock) => {
+                let off = offline(&settings, lock)?;
                 let role = license::read_role(&off.store, &off.license, Utc::now().date_naive())?;
                 let status = json!({
                     "instance": instance,
@@ -163,55 +254,65 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
                 Ok(EXIT_NOT_RUNNING)
             }
         },
-        Command::License { action } => license(&settings, action).await,
+        Command::License { action } => license(target, &settings, action).await,
         Command::Maintenance { state } => {
             let on = matches!(state, OnOff::On);
-            match running(&settings).await {
-                Some(client) => {
+            let word = if on { "on" } else { "off" };
+            match reach(&settings).await? {
+                Reach::Running(client) => {
                     let r = client
                         .post("/maintenance", json!({"on": on}))
                         .await
                         .map_err(call_error)?;
-                    println!(
-                        "maintenance {} on running instance {instance}",
-                        if on { "on" } else { "off" }
-                    );
+                    println!("maintenance {word} on running instance {instance}");
                     if r["persisted"] == json!(false) {
                         println!(
                             "note: the data service is down, so the setting lasts only until the instance restarts"
                         );
                     }
                 }
-                None => {
-                    let off = offline(&settings)?;
+                Reach::Stopped(lock) => {
+                    let off = offline(&settings, lock)?;
                     off.store
-                        .local_set("maintenance", Some(if on { "on" } else { "off" }))?;
+                        .local_set(crate::core::MAINTENANCE_KEY, Some(word))?;
                     println!(
-                        "maintenance {} recorded for instance {instance} (not running; applies at its next start)",
-                        if on { "on" } else { "off" }
+                        "maintenance {word} recorded for instance {instance} (not running; applies at its next start)"
                     );
                 }
             }
             Ok(0)
         }
         Command::Pipeline { action } => {
-            let Some(client) = running(&settings).await else {
-                println!("instance {instance} is not running; the pipeline runs when it does");
-                return Ok(EXIT_NOT_RUNNING);
-            };
             let paused = matches!(action, PauseResume::Pause);
-            client
-                .post("/pipeline", json!({"paused": paused}))
-                .await
-                .map_err(call_error)?;
-            println!(
-                "pipeline of {instance} {}",
-                if paused {
-                    "paused: accepted jobs wait"
-                } else {
-                    "resumed"
+            let what = if paused {
+                "paused: accepted jobs wait"
+            } else {
+                "resumed"
+            };
+            match reach(&settings).await? {
+                Reach::Running(client) => {
+                    let r = client
+                        .post("/pipeline", json!({"paused": paused}))
+                        .await
+                        .map_err(call_error)?;
+                    println!("pipeline of {instance} {what}");
+                    if r["persisted"] == json!(false) {
+                        println!(
+                            "note: the data service is down, so the setting lasts only until the instance restarts"
+                        );
+                    }
                 }
-            );
+                Reach::Stopped(lock) => {
+                    let off = offline(&settings, lock)?;
+                    off.store.local_set(
+                        crate::core::PIPELINE_PAUSED_KEY,
+                        Some(if paused { "on" } else { "off" }),
+                    )?;
+                    println!(
+                        "pipeline of {instance} {what} (recorded; not running, applies at its next start)"
+                    );
+                }
+            }
             Ok(0)
         }
         Command::Service { action } => service(&settings, target, action).await,
@@ -243,6 +344,15 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
         }
         Command::Device { action } => device(&settings, action).await,
         Command::Job { action } => job(&settings, action).await,
+        Command::Pair { action } => match reach(&settings).await? {
+            Reach::Running(client) => pair::run(client, action).await,
+            Reach::Stopped(_) => {
+                println!(
+                    "instance {instance} is not running: pairing happens between running servers; start it with `gateway serve`"
+                );
+                Ok(EXIT_NOT_RUNNING)
+            }
+        },
     }
 }
 
@@ -268,25 +378,115 @@ fn read_key(input: &KeyInput) -> anyhow::Result<String> {
     Ok(key)
 }
 
-async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i32> {
-    let client = running(settings).await;
+/// Refuses a key whose serial another instance of the same configuration
+/// file holds: one key activates one server. The other instances' stores
+/// are read offline and read-only, without their locks (a running one is
+/// readable beside its writer in WAL mode), so this works whether they run
+/// or not and disturbs none of them.
+///
+/// The pair's peer is the one exception: promoting the secondary may reuse
+/// the primary's own `03` key, and the pair's epoch rule orders the two
+/// (the older one is fenced). Here "peer" is read from the file alone (see
+/// [`paired_in_file`]); across hosts the pair's handshake reports a shared
+/// serial instead.
+fn refuse_serial_held_elsewhere(
+    target: &Target,
+    settings: &Settings,
+    key: &str,
+) -> anyhow::Result<()> {
+    // A key that does not verify is refused by the activation itself, with
+    // its own precise reason.
+    let Ok(verified) = licensing::verify(key, &trusted_keys(settings)?, Utc::now().date_naive())
+    else {
+        return Ok(());
+    };
+    let source = || match &target.config {
+        Some(path) => Source::File(path),
+        None => Source::Embedded,
+    };
+    let this = settings.instance.name.as_str();
+    for other in settings::instance_names(source())? {
+        if other == this {
+            continue;
+        }
+        let other_settings = settings::load(source(), Some(&other), &settings::Env::process())?;
+        let paths = InstancePaths::new(&other_settings.instance.data_dir, &other);
+        if !paths.database.exists() {
+            continue;
+        }
+        let store = Store::open_read_only(&paths.database)
+            .map_err(|e| store_open_error(&paths.database, &e, &paths.data_dir))
+            .with_context(|| {
+                format!("checking that instance `{other}` does not hold this license already")
+            })?;
+        if let Some((role, serial)) = license::stored_serial(&store)
+            && serial == verified.serial()
+            && !paired_in_file(settings, &other_settings)
+        {
+            bail!(
+                "license serial {serial:07} is already activated on instance `{other}` of {} (role {}, store {}): \
+                 one key activates one server. Deactivate it there first \
+                 (`gateway --instance {other} license deactivate`), or use another key",
+                settings.source,
+                role.code(),
+                paths.database.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether two instances of one file are each other's pair peer: each one's
+/// `pair.peer` is the other's `pair.listen`.
+fn paired_in_file(a: &Settings, b: &Settings) -> bool {
+    let (Some(a), Some(b)) = (&a.instance.pair, &b.instance.pair) else {
+        return false;
+    };
+    let points_at = |peer: &str, listen: std::net::SocketAddr| {
+        peer.parse::<std::net::SocketAddr>().ok() == Some(listen) || peer == listen.to_string()
+    };
+    points_at(&a.peer, b.listen) && points_at(&b.peer, a.listen)
+}
+
+async fn license(
+    target: &Target,
+    settings: &Settings,
+    action: LicenseAction,
+) -> anyhow::Result<i32> {
+    let reached = reach(settings).await?;
+    let (client, lock) = match reached {
+        Reach::Running(c) => (Some(c), None),
+        Reach::Stopped(lock) => (None, Some(lock)),
+    };
+    let off = move || {
+        offline(
+            settings,
+            lock.expect("stopped instances come with their lock"),
+        )
+    };
     let snapshot = match (action, client) {
-        (LicenseAction::Activate { key }, Some(c)) => c
-            .post("/license/activate", json!({"key": read_key(&key)?}))
-            .await
-            .map_err(call_error)?,
+        (LicenseAction::Activate { key }, Some(c)) => {
+            let key = read_key(&key)?;
+            refuse_serial_held_elsewhere(target, settings, &key)?;
+            c.post("/license/activate", json!({"key": key}))
+                .await
+                .map_err(call_error)?
+        }
         (LicenseAction::Activate { key }, None) => {
-            let off = offline(settings)?;
-            let role =
-                license::activate_license(&off.store, &off.license, &read_key(&key)?, Utc::now())?;
+            let key = read_key(&key)?;
+            refuse_serial_held_elsewhere(target, settings, &key)?;
+            let off = off()?;
+            let role = license::activate_license(&off.store, &off.license, &key, Utc::now())?;
             if role.role == ServerRole::Primary {
                 crate::site::record_file_hash(&off.store, &settings.site)?;
             }
             serde_json::to_value(role)?
         }
         (LicenseAction::Promote { key }, Some(c)) => {
+            let key = read_key(&key)?;
+            refuse_serial_held_elsewhere(target, settings, &key)?;
             let r = c
-                .post("/license/promote", json!({"key": read_key(&key)?}))
+                .post("/license/promote", json!({"key": key}))
                 .await
                 .map_err(call_error)?;
             println!(
@@ -296,9 +496,10 @@ async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i
             r["role"].clone()
         }
         (LicenseAction::Promote { key }, None) => {
-            let off = offline(settings)?;
-            let (released, role) =
-                license::promote(&off.store, &off.license, &read_key(&key)?, Utc::now())?;
+            let key = read_key(&key)?;
+            refuse_serial_held_elsewhere(target, settings, &key)?;
+            let off = off()?;
+            let (released, role) = license::promote(&off.store, &off.license, &key, Utc::now())?;
             crate::site::record_file_hash(&off.store, &settings.site)?;
             println!(
                 "released license serial {:07} (04); this server is now the primary",
@@ -318,7 +519,7 @@ async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i
             r["role"].clone()
         }
         (LicenseAction::Deactivate, None) => {
-            let off = offline(settings)?;
+            let off = off()?;
             let d = license::deactivate_license(&off.store, Utc::now())?;
             println!("released license serial {:07}", d.serial);
             serde_json::to_value(license::read_role(
@@ -331,7 +532,7 @@ async fn license(settings: &Settings, action: LicenseAction) -> anyhow::Result<i
             let role = match client {
                 Some(c) => c.get("/license").await.map_err(call_error)?["role"].clone(),
                 None => {
-                    let off = offline(settings)?;
+                    let off = off()?;
                     serde_json::to_value(license::read_role(
                         &off.store,
                         &off.license,
@@ -391,33 +592,69 @@ async fn service(
     } else {
         "data"
     };
-    let Some(client) = running(settings).await else {
-        println!(
-            "instance {instance} is not running: start it with `gateway serve` (or its systemd unit)"
-        );
-        return Ok(EXIT_NOT_RUNNING);
+    let client = match reach(settings).await? {
+        Reach::Running(client) => client,
+        // An admin's stop of the data service is kept across restarts, so
+        // it can be given (or taken back) while the instance is stopped.
+        Reach::Stopped(_lock) if service == "data" && verb != "status" => {
+            let paths = InstancePaths::new(&settings.instance.data_dir, instance);
+            let file = crate::data::admin_stop_file(&paths);
+            crate::data::record_admin_stop(&file, verb == "stop")
+                .with_context(|| format!("cannot record the wish in {}", file.display()))?;
+            if verb == "stop" {
+                println!(
+                    "data service of {instance} recorded as stopped by an admin (not running; it stays \
+                     stopped at its next start until `gateway service start data`)"
+                );
+            } else {
+                println!(
+                    "data service of {instance} recorded as wanted (not running; it starts with the instance)"
+                );
+            }
+            return Ok(0);
+        }
+        Reach::Stopped(_) => {
+            println!(
+                "instance {instance} is not running: start it with `gateway serve` (or its systemd unit)"
+            );
+            return Ok(EXIT_NOT_RUNNING);
+        }
     };
     let r = client
         .post(&format!("/service/{service}/{verb}"), json!({}))
         .await
         .map_err(call_error)?;
     let up = r[service]["up"].as_bool().unwrap_or(false);
-    let detail = r[service]["detail"]
-        .as_str()
-        .map(|d| format!(" ({d})"))
-        .unwrap_or_default();
+    let detail = match (r[service]["detail"].as_str(), r[service]["reason"].as_str()) {
+        (Some(d), _) => format!(" ({d})"),
+        (None, Some("stopped")) => {
+            " (stopped by an admin; `gateway service start data` starts it)".to_owned()
+        }
+        _ => String::new(),
+    };
     println!(
         "{service} service of {instance}: {}{detail}",
         if up { "up" } else { "down" }
     );
+    if r["persisted"] == json!(false) {
+        println!(
+            "note: the stop could not be recorded, so a restart of the instance starts the data service"
+        );
+    }
     Ok(0)
 }
 
 async fn db(settings: &Settings, action: DbAction) -> anyhow::Result<i32> {
+    let reached = reach(settings).await?;
     match action {
         DbAction::Schema { json } => {
-            let off = offline(settings)?;
-            let tables = off.store.schema()?;
+            let tables = match reached {
+                Reach::Running(c) => c.get("/db/schema").await.map_err(call_error)?,
+                Reach::Stopped(lock) => {
+                    serde_json::to_value(offline(settings, lock)?.store.schema()?)?
+                }
+            };
+            let tables: Vec<crate::store::TableInfo> = serde_json::from_value(tables)?;
             if json {
                 print(&serde_json::to_value(&tables)?);
             } else {
@@ -426,10 +663,10 @@ async fn db(settings: &Settings, action: DbAction) -> anyhow::Result<i32> {
             Ok(0)
         }
         DbAction::Check => {
-            let report = match running(settings).await {
-                Some(c) => c.get("/db/check").await.map_err(call_error)?,
-                None => {
-                    let off = offline(settings)?;
+            let report = match reached {
+                Reach::Running(c) => c.get("/db/check").await.map_err(call_error)?,
+                Reach::Stopped(lock) => {
+                    let off = offline(settings, lock)?;
                     let spool = JobSpool::open(&off.paths.spool).ok();
                     serde_json::to_value(ops::db_check(&off.store, spool.as_ref())?)?
                 }
@@ -453,23 +690,24 @@ async fn db(settings: &Settings, action: DbAction) -> anyhow::Result<i32> {
 }
 
 async fn device(settings: &Settings, action: DeviceAction) -> anyhow::Result<i32> {
-    let client = running(settings).await;
-    let value = match (&action, &client) {
-        (DeviceAction::Add { name, serial }, Some(c)) => c
-            .post("/devices", json!({"name": name, "serial": serial}))
-            .await
-            .map_err(call_error)?,
-        (DeviceAction::Approve { device }, Some(c)) => c
-            .post(&format!("/devices/{device}/approve"), json!({}))
-            .await
-            .map_err(call_error)?,
-        (DeviceAction::Revoke { device }, Some(c)) => c
-            .post(&format!("/devices/{device}/revoke"), json!({}))
-            .await
-            .map_err(call_error)?,
-        (DeviceAction::List, Some(c)) => c.get("/devices").await.map_err(call_error)?,
-        (_, None) => {
-            let off = offline(settings)?;
+    let value = match reach(settings).await? {
+        Reach::Running(c) => match &action {
+            DeviceAction::Add { name, serial } => c
+                .post("/devices", json!({"name": name, "serial": serial}))
+                .await
+                .map_err(call_error)?,
+            DeviceAction::Approve { device } => c
+                .post(&format!("/devices/{device}/approve"), json!({}))
+                .await
+                .map_err(call_error)?,
+            DeviceAction::Revoke { device } => c
+                .post(&format!("/devices/{device}/revoke"), json!({}))
+                .await
+                .map_err(call_error)?,
+            DeviceAction::List => c.get("/devices").await.map_err(call_error)?,
+        },
+        Reach::Stopped(lock) => {
+            let off = offline(settings, lock)?;
             let role = license::read_role(&off.store, &off.license, Utc::now().date_naive())?;
             match &action {
                 DeviceAction::Add { name, serial } => serde_json::to_value(ops::add_device(
@@ -502,24 +740,23 @@ async fn device(settings: &Settings, action: DeviceAction) -> anyhow::Result<i32
 }
 
 async fn job(settings: &Settings, action: JobAction) -> anyhow::Result<i32> {
-    let client = running(settings).await;
-    let value = match (action, client) {
-        (JobAction::List { state }, Some(c)) => c
+    let value = match (action, reach(settings).await?) {
+        (JobAction::List { state }, Reach::Running(c)) => c
             .get(&format!("/jobs?state={state}"))
             .await
             .map_err(call_error)?,
-        (JobAction::Retry { job }, Some(c)) => c
+        (JobAction::Retry { job }, Reach::Running(c)) => c
             .post(&format!("/jobs/{job}/retry"), json!({}))
             .await
             .map_err(call_error)?,
-        (JobAction::List { state }, None) => {
+        (JobAction::List { state }, Reach::Stopped(lock)) => {
             let Some(state) = JobState::from_name(&state) else {
                 bail!("unknown job state `{state}`; use received, processing, done or failed");
             };
-            serde_json::to_value(offline(settings)?.store.jobs_in_state(state, 1000)?)?
+            serde_json::to_value(offline(settings, lock)?.store.jobs_in_state(state, 1000)?)?
         }
-        (JobAction::Retry { job }, None) => {
-            serde_json::to_value(ops::retry_job(&offline(settings)?.store, &job)?)?
+        (JobAction::Retry { job }, Reach::Stopped(lock)) => {
+            serde_json::to_value(ops::retry_job(&offline(settings, lock)?.store, &job)?)?
         }
     };
     print(&value);

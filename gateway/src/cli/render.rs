@@ -68,10 +68,14 @@ pub fn render_status(s: &Value) -> String {
         } else {
             "down"
         },
-        s["data"]["detail"]
-            .as_str()
-            .map(|d| format!(" ({d})"))
-            .unwrap_or_default()
+        match (s["data"]["detail"].as_str(), s["data"]["reason"].as_str()) {
+            (Some(d), _) => format!(" ({d})"),
+            (None, Some("stopped")) => {
+                " (stopped by an admin; `gateway service start data` starts it)".to_owned()
+            }
+            (None, Some("shutting_down")) => " (the instance is shutting down)".to_owned(),
+            _ => String::new(),
+        }
     );
     out += &format!(
         "maintenance: {}\n",
@@ -125,6 +129,9 @@ pub fn render_status(s: &Value) -> String {
             },
             cap["detail"].as_str().unwrap_or("")
         );
+    }
+    if !s["pair"].is_null() {
+        out += &super::pair::render_pair(&s["pair"]);
     }
     out
 }

@@ -143,6 +143,19 @@ pub struct InstanceSettings {
     pub step_timeout: Duration,
     pub maintenance_retry_after_secs: u32,
     pub login_failures_per_minute: u32,
+    /// The pair link, when this server is one of a pair.
+    pub pair: Option<PairLinkSettings>,
+}
+
+/// This server's side of the pair link (`[pair]` of its instance table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairLinkSettings {
+    /// The pair port: its own listener, not behind the load balancer.
+    pub listen: SocketAddr,
+    /// The other server's pair address, `HOST:PORT`.
+    pub peer: String,
+    pub heartbeat_interval_ms: u64,
+    pub dead_threshold_ms: u64,
 }
 
 /// Size and count limits on uploads (shared configuration).

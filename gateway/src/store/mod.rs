@@ -95,15 +95,55 @@ impl StoreError {
     }
 }
 
-/// A table and its columns, for `gateway db schema`.
-#[derive(Debug, Serialize)]
+/// What a store error says about the database file itself, for messages
+/// that name the fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileTrouble {
+    /// The file or its directory cannot be written (or opened) by this user.
+    NotWritable,
+    DiskFull,
+    /// The file is not a gateway store (or is damaged).
+    NotAStore,
+    Other,
+}
+
+impl StoreError {
+    /// What the error says about the file.
+    pub fn file_trouble(&self) -> FileTrouble {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => match e.code {
+                ReadOnly | PermissionDenied | CannotOpen => FileTrouble::NotWritable,
+                DiskFull => FileTrouble::DiskFull,
+                NotADatabase | DatabaseCorrupt => FileTrouble::NotAStore,
+                _ => FileTrouble::Other,
+            },
+            _ => FileTrouble::Other,
+        }
+    }
+
+    /// The cause in words, said once (SQLite's own message; the wrapped
+    /// error's display repeats it).
+    pub fn cause(&self) -> String {
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, message)) => {
+                message.clone().unwrap_or_else(|| e.to_string())
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// A table and its columns, for `gateway db schema` (which reads it back
+/// from a running instance's admin channel).
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct TableInfo {
     pub name: String,
     pub columns: Vec<ColumnInfo>,
 }
 
 /// One column of a table.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct ColumnInfo {
     pub name: String,
     pub decl_type: String,
@@ -124,6 +164,22 @@ impl Store {
         make_private(path);
         let mut conn = Connection::open(path)?;
         Self::configure(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database for reading only: no migration, no mode
+    /// change, no write of any kind. For looking at another instance's
+    /// store (which may be running: WAL mode lets a reader in beside its
+    /// writer) without disturbing it.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             conn: Mutex::new(conn),
             path: path.to_owned(),

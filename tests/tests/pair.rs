@@ -1,0 +1,166 @@
+//! The pair link between two real `gateway` processes on loopback: pairing
+//! with a one-time code, heartbeats, DEAD after kill -9 and after SIGSTOP
+//! (no closed socket to help), LIVE when the peer returns, CLOSE (and no
+//! DEAD) after a clean stop, and a returning old primary fenced by the
+//! promoted one.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Instance, Site, eventually};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two instances with pair ports pointing at each other; `gw-a` is
+/// activated 03, `gw-b` 04.
+fn pair_site() -> Site {
+    let (pa, pb) = (free_port(), free_port());
+    let site = Site::new(
+        &["gw-a", "gw-b"],
+        &format!(
+            "\n[instances.gw-a.pair]\nlisten = \"127.0.0.1:{pa}\"\npeer = \"127.0.0.1:{pb}\"\n\
+             \n[instances.gw-b.pair]\nlisten = \"127.0.0.1:{pb}\"\npeer = \"127.0.0.1:{pa}\"\n\
+             \n[defaults.pair]\nheartbeat_interval_ms = 100\ndead_threshold_ms = 600\n"
+        ),
+    );
+    site.activate("gw-a", "03", 1, 5);
+    site.activate("gw-b", "04", 2, 5);
+    site
+}
+
+fn pair_state(gw: &Instance) -> String {
+    gw.health().1["pair"].as_str().unwrap_or("").to_owned()
+}
+
+/// Waits until `gw`'s pair state is `state`; returns how long it took.
+fn wait_pair(gw: &Instance, state: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    let seen = eventually(within, || (pair_state(gw) == state).then_some(()));
+    assert!(
+        seen.is_some(),
+        "{}'s pair state never became {state} (it is {}):\n{}",
+        gw.name,
+        pair_state(gw),
+        gw.log_text()
+    );
+    started.elapsed()
+}
+
+fn pair_up(site: &Site) -> (Instance, Instance) {
+    let a = site.start("gw-a");
+    let b = site.start("gw-b");
+    assert_eq!(pair_state(&a), "unpaired");
+    let code = site.cli_ok("gw-a", &["pair", "init"]).trim().to_owned();
+    assert!(code.starts_with("sgp1."), "{code}");
+    let joined = site.cli_ok("gw-b", &["pair", "join", &code]);
+    assert!(joined.contains("paired with gw-a"), "{joined}");
+    wait_pair(&a, "live", Duration::from_secs(10));
+    wait_pair(&b, "live", Duration::from_secs(10));
+    (a, b)
+}
+
+fn signal(gw: &Instance, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &gw.pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[test]
+fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
+    let site = pair_site();
+    let (a, mut b) = pair_up(&site);
+
+    // Status shows the peer, its fingerprint and the state; /health only
+    // one word.
+    let status: serde_json::Value =
+        serde_json::from_str(&site.cli_ok("gw-a", &["pair", "status", "--json"])).unwrap();
+    assert_eq!(status["peer"], "gw-b");
+    assert_eq!(status["state"], "live");
+    assert!(
+        status["peer_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let health = a.health().1.to_string();
+    assert!(
+        !health.contains("sha256") && !health.contains("127.0.0.1"),
+        "{health}"
+    );
+
+    // SIGSTOP: the socket stays open, only the silence tells.
+    signal(&b, "-STOP");
+    let took = wait_pair(&a, "dead", Duration::from_secs(5));
+    eprintln!("DEAD after SIGSTOP detected in {took:?}");
+    signal(&b, "-CONT");
+    wait_pair(&a, "live", Duration::from_secs(10));
+
+    // kill -9, then a restart: DEAD, then LIVE again.
+    b.kill9();
+    let took = wait_pair(&a, "dead", Duration::from_secs(5));
+    eprintln!("DEAD after kill -9 detected in {took:?}");
+    let mut b = site.start("gw-b");
+    wait_pair(&a, "live", Duration::from_secs(15));
+    wait_pair(&b, "live", Duration::from_secs(15));
+
+    // A clean stop is CLOSE, and CLOSE never turns into DEAD.
+    b.stop();
+    wait_pair(&a, "close", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pair_state(&a), "close");
+    // Exactly the two failures above were reported as DEAD; the clean stop
+    // was not.
+    let deads = a.log_text().matches("unreachable since").count();
+    assert_eq!(deads, 2, "{}", a.log_text());
+}
+
+/// The returning old primary meets the promoted secondary: the older epoch
+/// is fenced, says so, keeps taking jobs, and stays fenced after a restart.
+#[test]
+fn a_returning_old_primary_is_fenced_by_the_promoted_secondary() {
+    let site = pair_site();
+    let (mut a, b) = pair_up(&site);
+    a.stop();
+    wait_pair(&b, "close", Duration::from_secs(5));
+    let promoted = site.cli_ok(
+        "gw-b",
+        &["license", "promote", &site.vendor.key("03", 1, 5)],
+    );
+    assert!(promoted.contains("role:        primary"), "{promoted}");
+    let b_epoch = b.health().1["epoch"].as_u64().unwrap();
+
+    let a = site.start("gw-a");
+    let fenced = eventually(Duration::from_secs(10), || {
+        (a.health().1["role"] == "fenced").then_some(())
+    });
+    assert!(
+        fenced.is_some(),
+        "the old primary was not fenced:\n{}",
+        a.log_text()
+    );
+    let (status, health) = a.health();
+    assert_eq!(status, 200, "a fenced server still takes jobs: {health}");
+    assert_eq!(health["fenced"]["by_epoch"], b_epoch);
+    assert_eq!(b.health().1["role"], "primary");
+    let refused = site.cli("gw-a", &["device", "add", "mfd-9"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("fenced"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // Still fenced after a restart, with the peer away.
+    let mut a = a;
+    a.stop();
+    let a = site.start("gw-a");
+    assert_eq!(a.health().1["role"], "fenced");
+}
