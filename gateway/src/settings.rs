@@ -249,6 +249,9 @@ struct RawFile {
     users: BTreeMap<String, RawUser>,
     #[serde(default)]
     workflows: BTreeMap<String, serde_json::Value>,
+    /// Where admins are told of pair events (mail and/or webhook).
+    #[serde(default)]
+    notify: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     defaults: RawInstance,
     #[serde(default)]
@@ -980,11 +983,16 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
         crate::names::check_workflow_name(name)
             .map_err(|m| invalid(format!("workflows.{name}"), m))?;
     }
+    if let Some(table) = &raw.notify {
+        plugins::notify::NotifySettings::parse(table)
+            .map_err(|e| invalid("notify", e.to_string()))?;
+    }
     Ok(SiteConfig {
         limits,
         session_ttl_secs,
         users,
         workflows: raw.workflows.clone(),
+        notify: raw.notify.clone(),
     })
 }
 

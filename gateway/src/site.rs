@@ -38,6 +38,7 @@ pub const DOC_SESSIONS: &str = "sessions";
 pub const DOC_USERS: &str = "users";
 pub const DOC_WORKFLOWS: &str = "workflows";
 pub const DOC_SESSION_KEY: &str = "session_key";
+pub const DOC_NOTIFY: &str = "notify";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SessionsDoc {
@@ -62,6 +63,8 @@ pub struct ActiveConfig {
     /// refuses), with the reason; jobs for them fail with that reason.
     pub broken_workflows: BTreeMap<String, String>,
     pub session_key: SessionKey,
+    /// Where admins are told of pair events, when `[notify]` is set.
+    pub notifier: Option<Arc<plugins::notify::Notifier>>,
 }
 
 impl ActiveConfig {
@@ -154,6 +157,8 @@ fn site_docs(site: &SiteConfig) -> Vec<(&'static str, String)> {
         ),
         (DOC_USERS, json(&site.users)),
         (DOC_WORKFLOWS, json(&site.workflows)),
+        // `null` when there is no `[notify]`, so removing it is a change too.
+        (DOC_NOTIFY, json(&site.notify)),
     ]
 }
 
@@ -278,7 +283,22 @@ pub fn load_active(
             }
         }
     }
+    let notify: Option<serde_json::Map<String, serde_json::Value>> =
+        doc(store, DOC_NOTIFY)?.flatten();
+    let notifier = match notify {
+        None => None,
+        Some(table) => match plugins::notify::NotifySettings::parse(&table)
+            .and_then(plugins::notify::Notifier::new)
+        {
+            Ok(n) => Some(Arc::new(n)),
+            Err(e) => {
+                tracing::error!(problem = %e, "admin notifications cannot be sent: [notify] is not usable here");
+                None
+            }
+        },
+    };
     Ok(ActiveConfig {
+        notifier,
         meta,
         limits,
         session_ttl_secs: sessions.ttl_secs,

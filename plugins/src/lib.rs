@@ -13,7 +13,9 @@
 //! - [`plugin`]: the trait every step implements and its error type;
 //! - [`runner`]: running a job's steps in order, with resume and retries;
 //! - [`ocr`], [`assemble`], [`deliver`]: the built-in steps;
-//! - [`fsutil`]: atomic, durable file writes shared by the steps.
+//! - [`fsutil`]: atomic, durable file writes shared by the steps;
+//! - [`notify`]: notices to the admins by mail and/or webhook, sent with
+//!   the delivery steps' transports (the caller words them).
 //!
 //! Steps hand their results to later steps only through files in the job's
 //! work directory, each written atomically, so that a job resumed after a
@@ -23,6 +25,7 @@ pub mod assemble;
 pub mod deliver;
 pub mod fsutil;
 pub mod job;
+pub mod notify;
 pub mod ocr;
 pub mod page;
 pub mod plugin;
@@ -32,6 +35,7 @@ pub mod settings;
 pub mod workflow;
 
 pub use job::JobContext;
+pub use notify::{ChannelOutcome, Notice, Notifier, NotifyError, NotifyReport, NotifySettings};
 pub use page::{PageFile, PageFormat};
 pub use plugin::{Plugin, StepError};
 pub use registry::{Capability, Registry, RegistrySettings};

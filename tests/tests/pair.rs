@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::support::WebhookReceiver;
 use e2e::{Instance, Site, eventually};
 
 fn free_port() -> u16 {
@@ -17,13 +18,19 @@ fn free_port() -> u16 {
 }
 
 /// Two instances with pair ports pointing at each other; `gw-a` is
-/// activated 03, `gw-b` 04.
-fn pair_site() -> Site {
+/// activated 03, `gw-b` 04; pair events are sent to `hook`, when given.
+fn pair_site(hook: Option<&WebhookReceiver>) -> Site {
     let (pa, pb) = (free_port(), free_port());
+    let notify = hook.map_or_else(String::new, |h| {
+        format!(
+            "\n[notify.webhook]\nurl = \"{}\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
+            h.url()
+        )
+    });
     let site = Site::new(
         &["gw-a", "gw-b"],
         &format!(
-            "\n[instances.gw-a.pair]\nlisten = \"127.0.0.1:{pa}\"\npeer = \"127.0.0.1:{pb}\"\n\
+            "{notify}\n[instances.gw-a.pair]\nlisten = \"127.0.0.1:{pa}\"\npeer = \"127.0.0.1:{pb}\"\n\
              \n[instances.gw-b.pair]\nlisten = \"127.0.0.1:{pb}\"\npeer = \"127.0.0.1:{pa}\"\n\
              \n[defaults.pair]\nheartbeat_interval_ms = 100\ndead_threshold_ms = 600\n"
         ),
@@ -73,9 +80,30 @@ fn signal(gw: &Instance, sig: &str) {
     assert!(ok, "kill {sig} failed");
 }
 
+/// The pair events gw-a sent to the webhook, in the order they happened
+/// (notices are sent concurrently, so arrival order proves nothing).
+fn events_from_gw_a(hook: &WebhookReceiver) -> Vec<String> {
+    let mut events: Vec<(String, String)> = hook
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .filter(|v| v["fields"]["instance"] == "gw-a")
+        .map(|v| {
+            (
+                v["fields"]["at"].as_str().unwrap_or("").to_owned(),
+                v["event"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    events.sort();
+    events.into_iter().map(|(_, e)| e).collect()
+}
+
 #[test]
 fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
-    let site = pair_site();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let hook = runtime.block_on(WebhookReceiver::start(Vec::new()));
+    let site = pair_site(Some(&hook));
     let (a, mut b) = pair_up(&site);
 
     // Status shows the peer, its fingerprint and the state; /health only
@@ -116,17 +144,50 @@ fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
     wait_pair(&a, "close", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pair_state(&a), "close");
-    // Exactly the two failures above were reported as DEAD; the clean stop
-    // was not.
+    // Exactly the two failures above were reported as DEAD, each followed
+    // by LIVE; the clean stop was CLOSE. Admins got each as a notice.
     let deads = a.log_text().matches("unreachable since").count();
     assert_eq!(deads, 2, "{}", a.log_text());
+    let sent = eventually(Duration::from_secs(10), || {
+        let events = events_from_gw_a(&hook);
+        events.contains(&"peer_close".to_owned()).then_some(events)
+    })
+    .unwrap_or_else(|| panic!("no CLOSE notice: {:?}", events_from_gw_a(&hook)));
+    let pair_events: Vec<&str> = sent
+        .iter()
+        .map(String::as_str)
+        .filter(|e| matches!(*e, "peer_live" | "peer_dead" | "peer_close"))
+        .collect();
+    assert_eq!(
+        pair_events,
+        [
+            "peer_live",
+            "peer_dead",
+            "peer_live",
+            "peer_dead",
+            "peer_live",
+            "peer_close"
+        ],
+        "{sent:?}"
+    );
+    let dead = hook
+        .requests()
+        .into_iter()
+        .find(|r| String::from_utf8_lossy(&r.body).contains("peer_dead"))
+        .unwrap();
+    assert!(dead.headers.contains_key("idempotency-key"));
+    assert!(
+        String::from_utf8_lossy(&dead.body).contains("gw-b unreachable since"),
+        "{}",
+        String::from_utf8_lossy(&dead.body)
+    );
 }
 
 /// The returning old primary meets the promoted secondary: the older epoch
 /// is fenced, says so, keeps taking jobs, and stays fenced after a restart.
 #[test]
 fn a_returning_old_primary_is_fenced_by_the_promoted_secondary() {
-    let site = pair_site();
+    let site = pair_site(None);
     let (mut a, b) = pair_up(&site);
     a.stop();
     wait_pair(&b, "close", Duration::from_secs(5));

@@ -334,7 +334,15 @@ async fn service(
             persisted = core.data.stop().await;
             Ok(())
         }
-        ("data", "start") => core.data.start().await.map_err(AdminError::Refused),
+        // The answer waits until the role and configuration are loaded, so
+        // the server takes jobs by the time the admin's command returns.
+        ("data", "start") => match core.data.start().await {
+            Ok(()) => core
+                .load_generation(core.data.state().generation)
+                .await
+                .map_err(AdminError::Refused),
+            Err(cause) => Err(AdminError::Refused(cause)),
+        },
         ("web", "stop") => {
             a.web.stop().await;
             Ok(())

@@ -193,4 +193,7 @@ pub struct SiteConfig {
     /// Workflow definitions as written; the plugin registry validates them
     /// at start-up (it knows which plugins and settings exist).
     pub workflows: BTreeMap<String, serde_json::Value>,
+    /// The `[notify]` section as written (checked at load); shared like the
+    /// rest of the site configuration.
+    pub notify: Option<serde_json::Map<String, serde_json::Value>>,
 }

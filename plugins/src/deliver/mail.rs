@@ -14,15 +14,20 @@
 //! mail stores and clients use to discard the duplicate. SMTP offers no way
 //! to ask a server whether it already holds a message, so this window cannot
 //! be closed from the sending side.
+//!
+//! The server, its TLS and credentials, the addresses and the sending live
+//! in `MailRoute`, which the admin notifications (`crate::notify`) use too,
+//! with their own plain-text message.
 
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use lettre::message::header::ContentType;
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, Mailbox, MessageBuilder, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+use lettre::transport::smtp::response::Response;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -50,6 +55,9 @@ pub enum TlsMode {
     Implicit,
 }
 
+/// The keys of a mail table. The step and the admin notifications
+/// (`crate::notify`) read the same keys; only the step uses `subject`, since
+/// a notice brings its own.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MailSettings {
@@ -66,8 +74,8 @@ struct MailSettings {
     ca_file: Option<PathBuf>,
     from: String,
     to: Vec<String>,
-    #[serde(default = "default_subject")]
-    subject: String,
+    #[serde(default)]
+    subject: Option<String>,
     #[serde(default)]
     timeout_secs: Option<u64>,
 }
@@ -76,10 +84,10 @@ fn default_subject() -> String {
     "Scan from {device} ({date} {time})".to_string()
 }
 
-/// The configured `mail` step. Its `Debug` output shows no password.
+/// A validated mail server with its sender and recipients: everything needed
+/// to send a message but the message. Its `Debug` output shows no password.
 #[derive(Debug)]
-pub struct MailStep {
-    step: usize,
+pub(crate) struct MailRoute {
     host: String,
     port: u16,
     tls: TlsMode,
@@ -87,17 +95,15 @@ pub struct MailStep {
     ca_pem: Option<Vec<u8>>,
     from: Mailbox,
     to: Vec<Mailbox>,
-    subject: NameTemplate,
     timeout: Option<Duration>,
 }
 
-/// The Message-ID every attempt of step `step` for `job_id` uses.
-pub fn message_id(job_id: uuid::Uuid, step: usize, from: &Mailbox) -> String {
-    format!("<{job_id}.step{step}@{}>", from.email.domain())
-}
-
-impl MailStep {
-    pub(crate) fn build(table: &Map<String, Value>, step: usize) -> Result<Self, SettingsError> {
+impl MailRoute {
+    /// Parses and validates a mail table. The `subject` key, when present,
+    /// is returned unchecked for the caller to use or refuse.
+    pub(crate) fn from_table(
+        table: &Map<String, Value>,
+    ) -> Result<(Self, Option<String>), SettingsError> {
         let parsed: MailSettings = settings::parse(table)?;
         if parsed.host.trim().is_empty() {
             return Err(SettingsError::bad("host", "must name the mail server"));
@@ -149,15 +155,12 @@ impl MailStep {
             }
             None => None,
         };
-        let subject =
-            NameTemplate::text(&parsed.subject).map_err(|e| SettingsError::bad("subject", e))?;
         let port = parsed.port.unwrap_or(match parsed.tls {
             TlsMode::None => 25,
             TlsMode::Starttls => 587,
             TlsMode::Implicit => 465,
         });
-        Ok(MailStep {
-            step,
+        let route = MailRoute {
             host: parsed.host,
             port,
             tls: parsed.tls,
@@ -165,55 +168,41 @@ impl MailStep {
             ca_pem,
             from,
             to,
-            subject,
             timeout: settings::timeout_from(parsed.timeout_secs)?,
-        })
+        };
+        Ok((route, parsed.subject))
     }
 
-    fn destination(&self) -> String {
+    /// The configured `timeout_secs`.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// `smtp://host:port`, for messages; it never carries the credentials.
+    pub(crate) fn destination(&self) -> String {
         format!("smtp://{}:{}", self.host, self.port)
     }
 
-    fn message(&self, job: &JobContext, pdf: Vec<u8>) -> Result<(Message, String), StepError> {
-        let id = message_id(job.job_id, self.step, &self.from);
+    /// The sender, whose domain names the Message-IDs.
+    pub(crate) fn from(&self) -> &Mailbox {
+        &self.from
+    }
+
+    /// A message addressed from the sender to every recipient, carrying
+    /// `message_id`; the caller adds the date, subject and body.
+    pub(crate) fn message(&self, message_id: String) -> MessageBuilder {
         let mut builder = Message::builder()
-            .message_id(Some(id.clone()))
-            .date(SystemTime::from(job.submitted_at))
-            .from(self.from.clone())
-            .subject(self.subject.render_text(job));
+            .message_id(Some(message_id))
+            .from(self.from.clone());
         for to in &self.to {
             builder = builder.to(to.clone());
         }
-        let local = job.submitted_at.with_timezone(&job.time_zone);
-        let body = format!(
-            "Scanned by {} on {} at {}.\nJob {}.\n",
-            job.user
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect::<String>(),
-            job.device
-                .chars()
-                .filter(|c| !c.is_control())
-                .collect::<String>(),
-            local.format("%Y-%m-%d %H:%M:%S %Z"),
-            job.job_id
-        );
-        let file_name = format!("scan-{}.pdf", local.format("%Y%m%d-%H%M%S"));
-        let pdf_type = ContentType::parse("application/pdf")
-            .map_err(|e| StepError::permanent(format!("building the mail: {e}")))?;
-        let message = builder
-            .multipart(
-                MultiPart::mixed()
-                    .singlepart(SinglePart::plain(body))
-                    .singlepart(Attachment::new(file_name).body(pdf, pdf_type)),
-            )
-            .map_err(|e| {
-                StepError::permanent(format!("building the mail for {}: {e}", self.destination()))
-            })?;
-        Ok((message, id))
+        builder
     }
 
-    fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, StepError> {
+    /// The SMTP client for this server: TLS as configured (trusting only
+    /// `ca_file` when it is set), credentials, and the per-command timeout.
+    pub(crate) fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, StepError> {
         let tls_error = |e: lettre::transport::smtp::Error| {
             StepError::permanent(format!(
                 "mail to {}: TLS setup failed: {e}",
@@ -247,30 +236,105 @@ impl MailStep {
         Ok(builder.build())
     }
 
+    /// Sends `message` through `transport` (made by [`Self::transport`]),
+    /// returning the server's acceptance or the failure sorted into retry or
+    /// give up.
+    pub(crate) async fn send(
+        &self,
+        transport: &AsyncSmtpTransport<Tokio1Executor>,
+        message: Message,
+    ) -> Result<Response, StepError> {
+        transport
+            .send(message)
+            .await
+            .map_err(|e| classify(&self.destination(), &e))
+    }
+}
+
+/// The configured `mail` step. Its `Debug` output shows no password.
+#[derive(Debug)]
+pub struct MailStep {
+    step: usize,
+    route: MailRoute,
+    subject: NameTemplate,
+}
+
+/// The Message-ID every attempt of step `step` for `job_id` uses.
+pub fn message_id(job_id: uuid::Uuid, step: usize, from: &Mailbox) -> String {
+    format!("<{job_id}.step{step}@{}>", from.email.domain())
+}
+
+impl MailStep {
+    pub(crate) fn build(table: &Map<String, Value>, step: usize) -> Result<Self, SettingsError> {
+        let (route, subject) = MailRoute::from_table(table)?;
+        let subject = NameTemplate::text(&subject.unwrap_or_else(default_subject))
+            .map_err(|e| SettingsError::bad("subject", e))?;
+        Ok(MailStep {
+            step,
+            route,
+            subject,
+        })
+    }
+
+    fn message(&self, job: &JobContext, pdf: Vec<u8>) -> Result<(Message, String), StepError> {
+        let id = message_id(job.job_id, self.step, self.route.from());
+        let builder = self
+            .route
+            .message(id.clone())
+            .date(SystemTime::from(job.submitted_at))
+            .subject(self.subject.render_text(job));
+        let local = job.submitted_at.with_timezone(&job.time_zone);
+        let body = format!(
+            "Scanned by {} on {} at {}.\nJob {}.\n",
+            job.user
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>(),
+            job.device
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>(),
+            local.format("%Y-%m-%d %H:%M:%S %Z"),
+            job.job_id
+        );
+        let file_name = format!("scan-{}.pdf", local.format("%Y%m%d-%H%M%S"));
+        let pdf_type = ContentType::parse("application/pdf")
+            .map_err(|e| StepError::permanent(format!("building the mail: {e}")))?;
+        let message = builder
+            .multipart(
+                MultiPart::mixed()
+                    .singlepart(SinglePart::plain(body))
+                    .singlepart(Attachment::new(file_name).body(pdf, pdf_type)),
+            )
+            .map_err(|e| {
+                StepError::permanent(format!(
+                    "building the mail for {}: {e}",
+                    self.route.destination()
+                ))
+            })?;
+        Ok((message, id))
+    }
+
     async fn deliver(&self, job: &JobContext) -> Result<(), StepError> {
         if let Some(record) = DeliveryRecord::find(job, "mail", self.step).await {
             tracing::info!(job = %job.job_id, message_id = %record.receipt, "mail already sent; not sending again");
             return Ok(());
         }
-        let destination = self.destination();
+        let destination = self.route.destination();
         let pdf = super::read_document(job, &destination).await?;
         let (message, id) = self.message(job, pdf)?;
-        let transport = self.transport()?;
-        match transport.send(message).await {
-            Ok(response) => {
-                tracing::info!(job = %job.job_id, %destination, message_id = %id, code = %response.code(), "mail accepted");
-                DeliveryRecord {
-                    plugin: "mail".into(),
-                    step: self.step,
-                    destination,
-                    receipt: id,
-                    at: chrono::Utc::now(),
-                }
-                .store(job)
-                .await
-            }
-            Err(e) => Err(classify(&destination, &e)),
+        let transport = self.route.transport()?;
+        let response = self.route.send(&transport, message).await?;
+        tracing::info!(job = %job.job_id, %destination, message_id = %id, code = %response.code(), "mail accepted");
+        DeliveryRecord {
+            plugin: "mail".into(),
+            step: self.step,
+            destination,
+            receipt: id,
+            at: chrono::Utc::now(),
         }
+        .store(job)
+        .await
     }
 }
 
@@ -321,7 +385,7 @@ impl Plugin for MailStep {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.route.timeout()
     }
 
     fn run<'a>(&'a self, job: &'a JobContext) -> StepFuture<'a> {

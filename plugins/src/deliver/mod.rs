@@ -8,6 +8,10 @@
 //! directory once the destination has accepted it, so that re-running the
 //! step (after a crash before the runner recorded it done) delivers nothing
 //! new.
+//!
+//! The mail and webhook transports (`MailRoute`, `WebhookTarget`) are
+//! also what `crate::notify` sends admin notices with, so a server, TLS or
+//! signing setting means the same in a workflow step and in `[notify]`.
 
 mod folder;
 mod mail;
@@ -17,8 +21,10 @@ mod tls;
 mod webhook;
 
 pub use folder::FolderStep;
+pub(crate) use mail::MailRoute;
 pub use mail::{MailStep, message_id};
 pub use record::DeliveryRecord;
+pub(crate) use webhook::WebhookTarget;
 pub use webhook::{SIGNATURE_HEADER, WebhookStep, sign};
 
 use crate::job::JobContext;

@@ -15,6 +15,10 @@
 //! Answers: 2xx is delivered (and recorded in the work directory, so a re-run
 //! sends nothing); 5xx, 408 and 429 and connection failures are transient;
 //! redirects and other 4xx are permanent.
+//!
+//! The endpoint, its TLS client and the signed POST live in
+//! `WebhookTarget`, which the admin notifications (`crate::notify`) use
+//! too, with their own JSON body.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +47,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of an error answer's body is quoted in the reason.
 const QUOTED_BODY: usize = 200;
 
+/// The keys of a webhook table, read alike by the step and the admin
+/// notifications (`crate::notify`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WebhookSettings {
@@ -54,9 +60,9 @@ struct WebhookSettings {
     timeout_secs: Option<u64>,
 }
 
-/// The configured `webhook` step. Its `Debug` output shows no secret.
-pub struct WebhookStep {
-    step: usize,
+/// A validated webhook endpoint with its signing key: everything needed to
+/// POST a signed body but the body. Its `Debug` output shows no secret.
+pub(crate) struct WebhookTarget {
     url: Uri,
     host: String,
     port: u16,
@@ -65,13 +71,29 @@ pub struct WebhookStep {
     timeout: Option<Duration>,
 }
 
+impl std::fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .field("secret", &self.secret)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The configured `webhook` step. Its `Debug` output shows no secret.
+pub struct WebhookStep {
+    step: usize,
+    target: WebhookTarget,
+}
+
 impl std::fmt::Debug for WebhookStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookStep")
             .field("step", &self.step)
-            .field("url", &self.url)
-            .field("secret", &self.secret)
-            .field("timeout", &self.timeout)
+            .field("url", &self.target.url)
+            .field("secret", &self.target.secret)
+            .field("timeout", &self.target.timeout)
             .finish_non_exhaustive()
     }
 }
@@ -87,8 +109,10 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
-impl WebhookStep {
-    pub(crate) fn build(table: &Map<String, Value>, step: usize) -> Result<Self, SettingsError> {
+impl WebhookTarget {
+    /// Parses and validates a webhook table (`url`, `secret`, `ca_file`,
+    /// `timeout_secs`), building the TLS client for an https URL.
+    pub(crate) fn from_table(table: &Map<String, Value>) -> Result<Self, SettingsError> {
         let parsed: WebhookSettings = settings::parse(table)?;
         let url: Uri = parsed.url.parse().map_err(|e| {
             SettingsError::bad("url", format!("`{}` is not a URL: {e}", parsed.url))
@@ -141,8 +165,7 @@ impl WebhookStep {
         } else {
             None
         };
-        Ok(WebhookStep {
-            step,
+        Ok(WebhookTarget {
             url,
             host,
             port,
@@ -152,53 +175,28 @@ impl WebhookStep {
         })
     }
 
-    fn body(&self, job: &JobContext, pdf: &[u8]) -> (String, Vec<u8>) {
-        let fields = json!({
-            "job_id": job.job_id,
-            "workflow": job.workflow,
-            "user": job.user,
-            "device": job.device,
-            "submitted_at": job.submitted_at.to_rfc3339(),
-            "time_zone": job.time_zone.name(),
-            "metadata": job.metadata,
-            "pages": job.pages.len(),
-        });
-        // A fixed boundary per job keeps every attempt's body (and so its
-        // signature) identical; it only has to be absent from the document.
-        let mut boundary = format!("scan-{}", job.job_id.simple());
-        while pdf
-            .windows(boundary.len())
-            .any(|w| w == boundary.as_bytes())
-        {
-            boundary.push('x');
-        }
-        let mut body = Vec::with_capacity(pdf.len() + 1024);
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"job\"\r\n\
-                 Content-Type: application/json\r\n\r\n{fields}\r\n\
-                 --{boundary}\r\nContent-Disposition: form-data; name=\"document\"; filename=\"scan-{}.pdf\"\r\n\
-                 Content-Type: application/pdf\r\n\r\n",
-                job.job_id
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(pdf);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        (format!("multipart/form-data; boundary={boundary}"), body)
+    /// The configured `timeout_secs`.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
-    async fn deliver(&self, job: &JobContext) -> Result<(), StepError> {
-        if DeliveryRecord::find(job, "webhook", self.step)
-            .await
-            .is_some()
-        {
-            tracing::info!(job = %job.job_id, url = %self.url, "webhook already delivered; not posting again");
-            return Ok(());
-        }
+    /// The URL, for messages; it never carries credentials.
+    pub(crate) fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// POSTs `body` with its signature and `Idempotency-Key: <key>`, giving
+    /// up after `limit`. A 2xx answer is `Ok` with its status; any other
+    /// answer or failure is sorted into retry (5xx, 408, 429, connection
+    /// failures, the time limit) or give up (redirects, other 4xx, TLS).
+    pub(crate) async fn post(
+        &self,
+        content_type: &str,
+        body: Vec<u8>,
+        idempotency_key: &str,
+        limit: Duration,
+    ) -> Result<StatusCode, StepError> {
         let url = self.url.to_string();
-        let pdf = super::read_document(job, &url).await?;
-        let (content_type, body) = self.body(job, &pdf);
         let signature = sign(self.secret.expose().as_bytes(), &body);
         let authority = self
             .url
@@ -210,31 +208,21 @@ impl WebhookStep {
             .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::USER_AGENT, "scan-gateway")
-            .header("idempotency-key", job.job_id.to_string())
+            .header("idempotency-key", idempotency_key)
             .header(SIGNATURE_HEADER, signature)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| {
                 StepError::permanent(format!("webhook POST to {url}: bad request: {e}"))
             })?;
-        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        let (status, answer) = tokio::time::timeout(timeout, self.exchange(request, &url))
+        let (status, answer) = tokio::time::timeout(limit, self.exchange(request, &url))
             .await
             .map_err(|_| {
                 StepError::transient(format!(
-                    "webhook POST to {url} failed: timed out after {timeout:?}"
+                    "webhook POST to {url} failed: timed out after {limit:?}"
                 ))
             })??;
         if status.is_success() {
-            tracing::info!(job = %job.job_id, %url, status = status.as_u16(), "webhook delivered");
-            return DeliveryRecord {
-                plugin: "webhook".into(),
-                step: self.step,
-                destination: url,
-                receipt: format!("HTTP {}", status.as_u16()),
-                at: chrono::Utc::now(),
-            }
-            .store(job)
-            .await;
+            return Ok(status);
         }
         let reason = format!(
             "webhook POST to {url} failed: HTTP {status}{}",
@@ -294,6 +282,79 @@ impl WebhookStep {
                 send(stream, request, url).await
             }
         }
+    }
+}
+
+impl WebhookStep {
+    pub(crate) fn build(table: &Map<String, Value>, step: usize) -> Result<Self, SettingsError> {
+        Ok(WebhookStep {
+            step,
+            target: WebhookTarget::from_table(table)?,
+        })
+    }
+
+    fn body(&self, job: &JobContext, pdf: &[u8]) -> (String, Vec<u8>) {
+        let fields = json!({
+            "job_id": job.job_id,
+            "workflow": job.workflow,
+            "user": job.user,
+            "device": job.device,
+            "submitted_at": job.submitted_at.to_rfc3339(),
+            "time_zone": job.time_zone.name(),
+            "metadata": job.metadata,
+            "pages": job.pages.len(),
+        });
+        // A fixed boundary per job keeps every attempt's body (and so its
+        // signature) identical; it only has to be absent from the document.
+        let mut boundary = format!("scan-{}", job.job_id.simple());
+        while pdf
+            .windows(boundary.len())
+            .any(|w| w == boundary.as_bytes())
+        {
+            boundary.push('x');
+        }
+        let mut body = Vec::with_capacity(pdf.len() + 1024);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"job\"\r\n\
+                 Content-Type: application/json\r\n\r\n{fields}\r\n\
+                 --{boundary}\r\nContent-Disposition: form-data; name=\"document\"; filename=\"scan-{}.pdf\"\r\n\
+                 Content-Type: application/pdf\r\n\r\n",
+                job.job_id
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(pdf);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        (format!("multipart/form-data; boundary={boundary}"), body)
+    }
+
+    async fn deliver(&self, job: &JobContext) -> Result<(), StepError> {
+        if DeliveryRecord::find(job, "webhook", self.step)
+            .await
+            .is_some()
+        {
+            tracing::info!(job = %job.job_id, url = %self.target.url(), "webhook already delivered; not posting again");
+            return Ok(());
+        }
+        let url = self.target.url().to_string();
+        let pdf = super::read_document(job, &url).await?;
+        let (content_type, body) = self.body(job, &pdf);
+        let limit = self.target.timeout().unwrap_or(DEFAULT_TIMEOUT);
+        let status = self
+            .target
+            .post(&content_type, body, &job.job_id.to_string(), limit)
+            .await?;
+        tracing::info!(job = %job.job_id, %url, status = status.as_u16(), "webhook delivered");
+        DeliveryRecord {
+            plugin: "webhook".into(),
+            step: self.step,
+            destination: url,
+            receipt: format!("HTTP {}", status.as_u16()),
+            at: chrono::Utc::now(),
+        }
+        .store(job)
+        .await
     }
 }
 
@@ -363,7 +424,7 @@ impl Plugin for WebhookStep {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.target.timeout()
     }
 
     fn run<'a>(&'a self, job: &'a JobContext) -> StepFuture<'a> {

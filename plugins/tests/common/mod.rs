@@ -186,3 +186,16 @@ pub async fn wait_pids(path: &Path, count: usize, limit: Duration) -> Vec<u32> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost (its own CA),
+/// written to `dir` as PEM files: (certificate, key).
+pub fn self_signed_pem(dir: &Path) -> (PathBuf, PathBuf) {
+    let issued =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = dir.join("server.pem");
+    let key = dir.join("server.key");
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
