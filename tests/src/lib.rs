@@ -26,6 +26,15 @@ pub use http::{Response, request};
 pub const PASSWORD: &str = "correct horse";
 
 /// Path of a workspace binary, built by `cargo build --workspace --bins`.
+/// A free loopback port, for a server that must be told its address
+/// before it starts (the port may be taken again by then; rarely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 pub fn bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; the binaries one up.
     let exe = std::env::current_exe().expect("test executable path");

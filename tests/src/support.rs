@@ -256,3 +256,47 @@ impl Drop for WebhookReceiver {
         self.task.abort();
     }
 }
+
+/// An unprivileged local user that exists for the life of the value (the
+/// test command runs as root; a test that cannot make one fails saying so).
+pub struct LocalUser {
+    pub name: String,
+}
+
+impl LocalUser {
+    /// `tag` keeps the users of tests running side by side apart.
+    pub fn create(tag: &str) -> LocalUser {
+        let name = format!("sgw-{tag}-{}", std::process::id());
+        let created = std::process::Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", "--user-group"])
+            .arg(&name)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs `useradd` (package passwd) and root to make an unprivileged \
+                     user; run it as root, as `cargo xtask test` does: {e}"
+                )
+            });
+        assert!(
+            created.status.success(),
+            "useradd {name} failed — this test must run as root (as `cargo xtask test` does): {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        LocalUser { name }
+    }
+
+    /// A command run as this user (with `runuser`, from util-linux).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", &self.name, "--"]).arg(program);
+        cmd
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .arg(&self.name)
+            .status();
+    }
+}

@@ -10,63 +10,29 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use e2e::support::LocalUser;
 use e2e::{Site, bin};
 
-/// An unprivileged local user that exists for the life of the value.
-struct LocalUser {
-    name: String,
+/// Runs the gateway command line for `instance` of `site` as `user`.
+fn gateway_as(user: &LocalUser, site: &Site, instance: &str, args: &[&str]) -> Output {
+    user.command(bin("gateway"))
+        .arg("--config")
+        .arg(&site.config)
+        .args(["--instance", instance])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs `runuser` (util-linux): {e}"))
 }
 
-impl LocalUser {
-    /// `tag` keeps the users of tests running side by side apart.
-    fn create(tag: &str) -> LocalUser {
-        let name = format!("sgw-{tag}-{}", std::process::id());
-        let created = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", "--user-group"])
-            .arg(&name)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test needs `useradd` (package passwd) and root to make an unprivileged \
-                     user; run it as root, as `cargo xtask test` does: {e}"
-                )
-            });
-        assert!(
-            created.status.success(),
-            "useradd {name} failed — this test must run as root (as `cargo xtask test` does): {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-        LocalUser { name }
-    }
-
-    /// Runs the gateway command line for `instance` of `site` as this user.
-    fn gateway(&self, site: &Site, instance: &str, args: &[&str]) -> Output {
-        Command::new("runuser")
-            .args(["-u", &self.name, "--"])
-            .arg(bin("gateway"))
-            .arg("--config")
-            .arg(&site.config)
-            .args(["--instance", instance])
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("this test needs `runuser` (util-linux): {e}"))
-    }
-
-    fn chown(&self, path: &Path) {
-        let done = Command::new("chown")
-            .arg("-R")
-            .arg(format!("{0}:{0}", self.name))
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(done.success());
-    }
-}
-
-impl Drop for LocalUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
+/// Gives `path` (recursively) to `user`.
+fn chown(user: &LocalUser, path: &Path) {
+    let done = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{0}:{0}", user.name))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(done.success());
 }
 
 fn stderr(out: &Output) -> String {
@@ -104,7 +70,7 @@ fn a_user_who_may_not_reach_the_instance_is_told_so_and_writes_nothing() {
         &["device", "list"],
         &["db", "check"],
     ] {
-        let out = user.gateway(&site, "gw-a", args);
+        let out = gateway_as(&user, &site, "gw-a", args);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert_ne!(out.status.code(), Some(3), "{args:?}: not 'not running'");
         let msg = stderr(&out);
@@ -171,7 +137,7 @@ fn errors_about_files_name_the_file_and_the_fix() {
     std::fs::create_dir(&data_dir).unwrap();
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for args in [&["serve"][..], &["check-config"]] {
-        let out = user.gateway(&site, "gw-a", args);
+        let out = gateway_as(&user, &site, "gw-a", args);
         assert!(!out.status.success(), "{args:?}");
         let msg = stderr(&out);
         assert!(
@@ -185,7 +151,7 @@ fn errors_about_files_name_the_file_and_the_fix() {
     let site = open_site(&["gw-a"], "");
     site.activate("gw-a", "03", 1, 2);
     let data_dir = site.data_dir("gw-a");
-    user.chown(&data_dir);
+    chown(&user, &data_dir);
     let store = data_dir.join("gw-a.sqlite");
     for f in ["gw-a.sqlite-wal", "gw-a.sqlite-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
@@ -199,7 +165,7 @@ fn errors_about_files_name_the_file_and_the_fix() {
             .success()
     );
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = user.gateway(&site, "gw-a", &["license", "show"]);
+    let out = gateway_as(&user, &site, "gw-a", &["license", "show"]);
     assert!(!out.status.success());
     let msg = stderr(&out);
     assert!(

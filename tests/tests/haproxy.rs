@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use e2e::{Instance, Site, eventually};
+use e2e::{Instance, Site, eventually, free_port};
 
 struct Haproxy(Child);
 
@@ -17,14 +17,6 @@ impl Drop for Haproxy {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The documented backend with loopback addresses in place of the example ones.

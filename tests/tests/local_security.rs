@@ -6,55 +6,22 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use e2e::http::{Device, png};
+use e2e::support::LocalUser;
 use e2e::support::files_under;
 use e2e::{Site, eventually};
 use uuid::Uuid;
 
-/// An unprivileged local user that exists for the life of the value.
-struct LocalUser {
-    name: String,
-}
-
-impl LocalUser {
-    fn create() -> LocalUser {
-        let name = format!("sgw-probe-{}", std::process::id());
-        let created = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", "--user-group"])
-            .arg(&name)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "this test needs `useradd` (package passwd) and root to make an unprivileged \
-                     user; run it as root, as `cargo xtask test` does: {e}"
-                )
-            });
-        assert!(
-            created.status.success(),
-            "useradd {name} failed — this test must run as root (as `cargo xtask test` does): {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-        LocalUser { name }
-    }
-
-    /// Runs `program args` as this user; true when it succeeded.
-    fn can(&self, program: &str, path: &Path) -> bool {
-        let out = Command::new("runuser")
-            .args(["-u", &self.name, "--", program])
-            .arg(path)
-            .output()
-            .unwrap_or_else(|e| panic!("this test needs `runuser` (util-linux): {e}"));
-        out.status.success()
-    }
-}
-
-impl Drop for LocalUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
+/// Whether `user` can run `program path`.
+fn can(user: &LocalUser, program: &str, path: &Path) -> bool {
+    user.command(program)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("this test needs `runuser` (util-linux): {e}"))
+        .status
+        .success()
 }
 
 fn mode(path: &Path) -> u32 {
@@ -95,7 +62,7 @@ fn assert_private(root: &Path, user: &LocalUser, what: &str) -> usize {
             mode(&dir)
         );
         assert!(
-            !user.can("ls", &dir),
+            !can(user, "ls", &dir),
             "{what}: {} can list {}",
             user.name,
             dir.display()
@@ -111,7 +78,7 @@ fn assert_private(root: &Path, user: &LocalUser, what: &str) -> usize {
             mode(&file)
         );
         assert!(
-            !user.can("cat", &file),
+            !can(user, "cat", &file),
             "{what}: {} can read {}",
             user.name,
             file.display()
@@ -125,7 +92,7 @@ fn assert_private(root: &Path, user: &LocalUser, what: &str) -> usize {
 // spooled pages and delivered documents were 0644 in 0755 directories.
 #[test]
 fn an_unprivileged_local_user_can_read_nothing_of_the_data_directory() {
-    let user = LocalUser::create();
+    let user = LocalUser::create("probe");
     let site = Site::new(&["gw-a"], "");
     // The site's temporary directory is private by itself: open it, so that
     // only the gateway's own modes stand between the user and its files.
@@ -135,7 +102,7 @@ fn an_unprivileged_local_user_can_read_nothing_of_the_data_directory() {
     let gw = site.start("gw-a");
     let data_dir = site.data_dir("gw-a");
     assert!(
-        user.can("ls", site.dir.path()),
+        can(&user, "ls", site.dir.path()),
         "the probe user must reach the data directory's parent for the test to mean anything"
     );
 

@@ -7,15 +7,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::support::WebhookReceiver;
-use e2e::{Instance, Site, eventually};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use e2e::{Instance, Site, eventually, free_port};
 
 /// Two instances with pair ports pointing at each other; `gw-a` is
 /// activated 03, `gw-b` 04; pair events are sent to `hook`, when given.

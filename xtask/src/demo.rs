@@ -109,10 +109,17 @@ steps = [
 data_dir = "data/{{instance}}"
 listen = "127.0.0.1:0"
 
-[instances.gw-primary]
-[instances.gw-secondary]
+[instances.gw-primary.pair]
+listen = "127.0.0.1:{pair_a}"
+peer = "127.0.0.1:{pair_b}"
+
+[instances.gw-secondary.pair]
+listen = "127.0.0.1:{pair_b}"
+peer = "127.0.0.1:{pair_a}"
 "#,
             pub_key = vendor.public_key,
+            pair_a = free_port()?,
+            pair_b = free_port()?,
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -157,6 +164,32 @@ listen = "127.0.0.1:0"
             info["certificate"].as_str().unwrap_or_default().to_owned(),
         ));
         children.push(child);
+    }
+
+    // Pair the two servers: a one-time code from the primary, joined on the
+    // secondary; from then on each watches the other's heartbeats.
+    let code = output(tools.gateway(&config, "gw-primary").args(["pair", "init"]))?;
+    output(
+        tools
+            .gateway(&config, "gw-secondary")
+            .args(["pair", "join", code.trim()]),
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = output(
+            tools
+                .gateway(&config, "gw-primary")
+                .args(["pair", "status", "--json"]),
+        )?;
+        let state: serde_json::Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
+        if state["state"] == "live" {
+            println!("paired: gw-primary and gw-secondary see each other LIVE over their pair link");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the pair did not become LIVE: {status}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 
     println!(
@@ -236,6 +269,14 @@ listen = "127.0.0.1:0"
         dir.display()
     );
     sim
+}
+
+/// A free loopback port for a pair listener (the gateway binds it at once).
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

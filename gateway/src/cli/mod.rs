@@ -356,26 +356,43 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
     }
 }
 
-/// Reads a license key as `KeyInput` says: the argument, a file or stdin.
-fn read_key(input: &KeyInput) -> anyhow::Result<String> {
-    let text = match (&input.key, &input.key_file) {
+/// Reads a secret the command line takes as an argument, from a file
+/// (`--key-file`, `--code-file`) or from standard input (`-`), so that it
+/// need not appear in the process list. `what` names it in messages.
+pub(crate) fn read_secret(
+    arg: Option<&String>,
+    file: Option<&std::path::Path>,
+    what: &str,
+    file_flag: &str,
+) -> anyhow::Result<String> {
+    let text = match (arg, file) {
         (Some(k), None) if k == "-" => {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .context("reading the license key from standard input")?;
+                .with_context(|| format!("reading the {what} from standard input"))?;
             text
         }
         (Some(k), None) => k.clone(),
         (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the license key file {}", path.display()))?,
-        _ => bail!("give the key, `-` to read it from standard input, or --key-file FILE"),
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?,
+        _ => bail!("give the {what}, `-` to read it from standard input, or {file_flag} FILE"),
     };
-    let key = text.trim().to_owned();
-    if key.is_empty() {
-        bail!("the license key is empty");
+    let text = text.trim().to_owned();
+    if text.is_empty() {
+        bail!("the {what} is empty");
     }
-    Ok(key)
+    Ok(text)
+}
+
+/// Reads a license key as `KeyInput` says: the argument, a file or stdin.
+fn read_key(input: &KeyInput) -> anyhow::Result<String> {
+    read_secret(
+        input.key.as_ref(),
+        input.key_file.as_deref(),
+        "license key",
+        "--key-file",
+    )
 }
 
 /// Refuses a key whose serial another instance of the same configuration

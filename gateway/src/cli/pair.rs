@@ -2,29 +2,18 @@
 //! Every pair command talks to the running instance; the pair link lives
 //! in the server process.
 
-use std::io::Read;
-
-use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use super::{CodeInput, PairAction};
 use crate::admin::client::AdminClient;
 
 fn read_code(input: &CodeInput) -> anyhow::Result<String> {
-    let text = match (&input.code, &input.code_file) {
-        (Some(c), None) if c == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading the pairing code from standard input")?;
-            text
-        }
-        (Some(c), None) => c.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the pairing code file {}", path.display()))?,
-        _ => bail!("give the code, `-` to read it from standard input, or --code-file FILE"),
-    };
-    Ok(text.trim().to_owned())
+    super::read_secret(
+        input.code.as_ref(),
+        input.code_file.as_deref(),
+        "pairing code",
+        "--code-file",
+    )
 }
 
 /// Renders the pair status for people.
