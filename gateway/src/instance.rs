@@ -499,10 +499,8 @@ impl InstanceLock {
             .mode(plugins::fsutil::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|e| file_error(&path, "open the instance lock", &e, &paths.data_dir))?;
-        // `File::try_lock` is std's `flock(2)` (Rust 1.89); the workspace
-        // already needs 1.88 for let chains, and its declared
-        // `rust-version` is due to be raised to 1.89 with this.
-        #[allow(clippy::incompatible_msrv)]
+        // `File::try_lock` is std's `flock(2)` (Rust 1.89, the workspace's
+        // `rust-version`).
         let locked = file.try_lock();
         match locked {
             Ok(()) => {}
@@ -546,7 +544,6 @@ impl InstanceLock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        #[allow(clippy::incompatible_msrv)]
         let locked = file.try_lock_shared();
         match locked {
             Ok(()) => Ok(None),

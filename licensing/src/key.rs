@@ -148,10 +148,10 @@ pub fn verify(
     if !signers.any(|key| key.verifies(&payload, &parsed.signature)) {
         return Err(LicenseError::BadSignature);
     }
-    if let Some(on) = parsed.expires {
-        if today > on {
-            return Err(LicenseError::Expired { on });
-        }
+    if let Some(on) = parsed.expires
+        && today > on
+    {
+        return Err(LicenseError::Expired { on });
     }
     Ok(LicenseKey {
         role: parsed.role,

@@ -500,16 +500,16 @@ impl PairNode {
             ))));
             return;
         }
-        if let Some(expected) = self.settings.peer() {
-            if msg.from != expected {
-                out.push(Output::Notify(Event::PeerRefused(
-                    PeerRefusal::UnknownServer {
-                        expected,
-                        got: msg.from,
-                    },
-                )));
-                return;
-            }
+        if let Some(expected) = self.settings.peer()
+            && msg.from != expected
+        {
+            out.push(Output::Notify(Event::PeerRefused(
+                PeerRefusal::UnknownServer {
+                    expected,
+                    got: msg.from,
+                },
+            )));
+            return;
         }
         // Rule (R9 handshake): servers of different major versions never
         // pair; each Hello decides anew, so an upgraded peer pairs again.
@@ -568,10 +568,10 @@ impl PairNode {
             Body::Closing => {}
             Body::ConfigChange(change) => self.on_change(msg.epoch, msg.role, change, out),
             Body::ConfigAck { stamp } => {
-                if self.role().is_primary() {
-                    if let Some(view) = self.peer.as_mut() {
-                        view.config = Some(stamp);
-                    }
+                if self.role().is_primary()
+                    && let Some(view) = self.peer.as_mut()
+                {
+                    view.config = Some(stamp);
                 }
             }
             Body::SnapshotRequest { have } => {
@@ -674,10 +674,10 @@ impl PairNode {
             return;
         }
         let period = self.settings.timing().replication_period_ms();
-        if let Some(t) = self.last_pull_ms {
-            if self.now_ms.saturating_sub(t) < period {
-                return;
-            }
+        if let Some(t) = self.last_pull_ms
+            && self.now_ms.saturating_sub(t) < period
+        {
+            return;
         }
         self.request_snapshot(out);
     }

@@ -687,7 +687,26 @@ impl Driver {
                 Output::PublishRole(view) => {
                     self.on_role_view(&view);
                 }
-                Output::Notify(event) => self.notify(event),
+                Output::Notify(event) => {
+                    // A refused peer (another major version, another server)
+                    // is shown in status until it is heard as LIVE again.
+                    match &event {
+                        pair_core::Event::PeerRefused(why) => {
+                            self.status
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .refused = Some(why.to_string());
+                        }
+                        pair_core::Event::PeerLive { .. } => {
+                            self.status
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .refused = None;
+                        }
+                        _ => {}
+                    }
+                    self.notify(event);
+                }
                 // Configuration replication (pushing, applying, snapshots) is
                 // not carried over this link yet: the secondary keeps the
                 // configuration it has.

@@ -131,10 +131,8 @@ impl PdfBuilder {
             let mut inherited = Vec::new();
             for key in INHERITABLE {
                 let own = source.get_dictionary(page_id)?.has(key);
-                if !own {
-                    if let Some(value) = crate::page::inherited(&source, page_id, key) {
-                        inherited.push((key, value.clone()));
-                    }
+                if !own && let Some(value) = crate::page::inherited(&source, page_id, key) {
+                    inherited.push((key, value.clone()));
                 }
             }
             let page = source.get_dictionary_mut(page_id)?;

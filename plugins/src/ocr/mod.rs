@@ -98,18 +98,18 @@ impl OcrStep {
                     ),
                 ));
             }
-            if let Probe::Present(tool) = engine {
-                if !tool.languages.contains(language) {
-                    return Err(SettingsError::bad(
-                        "languages",
-                        format!(
-                            "language `{language}` is not installed for the OCR engine on this server \
+            if let Probe::Present(tool) = engine
+                && !tool.languages.contains(language)
+            {
+                return Err(SettingsError::bad(
+                    "languages",
+                    format!(
+                        "language `{language}` is not installed for the OCR engine on this server \
                              (installed: {}); install tesseract-ocr-{}",
-                            tool.languages.join(", "),
-                            language.replace('_', "-").to_lowercase()
-                        ),
-                    ));
-                }
+                        tool.languages.join(", "),
+                        language.replace('_', "-").to_lowercase()
+                    ),
+                ));
             }
         }
         if !(70..=1200).contains(&parsed.dpi) {
