@@ -206,7 +206,8 @@ pub fn pair_state(
 /// A fence needs no record of its own: an `03` server whose term is older
 /// than the newest epoch seen is fenced (see [`read_role`]).
 pub fn persist_pair_state(store: &Store, state: &pair_core::Persisted) -> Result<(), StoreError> {
-    store.note_epoch(state.highest_seen)?;
+    // The term first, then the newest epoch seen: a reader between the two
+    // writes sees a raised term as primary, never as fenced by its own epoch.
     if state.activation == pair_core::ActivationKind::Primary {
         let me = server_id(store)?;
         let own = own_epoch(store, me)?.unwrap_or(Epoch::ZERO);
@@ -214,6 +215,7 @@ pub fn persist_pair_state(store: &Store, state: &pair_core::Persisted) -> Result
             store.local_set(OWN_EPOCH_KEY, Some(&state.term.to_string()))?;
         }
     }
+    store.note_epoch(state.highest_seen)?;
     Ok(())
 }
 

@@ -985,7 +985,17 @@ async fn dial_loop(
     connect_timeout: Duration,
 ) {
     let mut generation = 0u64;
+    let mut last_attempt: Option<Instant> = None;
     loop {
+        // Never more than one attempt per `retry`: a peer that accepts the
+        // TCP connection and then refuses this server's certificate (TLS 1.3
+        // tells the client only after its handshake) must not make a loop.
+        if let Some(at) = last_attempt {
+            let since = at.elapsed();
+            if since < retry {
+                tokio::time::sleep(retry - since).await;
+            }
+        }
         let target = want.borrow_and_update().clone();
         let Some((address, fp, server)) = target else {
             if want.changed().await.is_err() {
@@ -1012,6 +1022,7 @@ async fn dial_loop(
             .map_err(|e| e.to_string())?;
             Ok::<_, String>((tls, from))
         };
+        last_attempt = Some(Instant::now());
         match attempt.await {
             Ok((tls, from)) => {
                 generation += 1;
