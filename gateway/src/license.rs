@@ -495,6 +495,44 @@ mod tests {
         ));
     }
 
+    /// The pair protocol's durable state round-trips through the store: a
+    /// raised term stays primary, a fence reads back as fenced.
+    #[test]
+    fn the_pair_state_is_kept_as_the_protocol_asked() {
+        let (store, ctx, vendor) = setup();
+        let now = Utc::now();
+        let today = now.date_naive();
+        let mine = activate_license(&store, &ctx, &key(&vendor, Role::Primary, 1), now).unwrap();
+        let state = pair_state(&store, &ctx, today).unwrap();
+        assert_eq!(state.activation, pair_core::ActivationKind::Primary);
+        assert_eq!(state.term, mine.epoch);
+
+        // A secondary had seen a newer epoch: this primary raises its term.
+        let other = ServerId::from_u128(0xb);
+        let raised = server_id(&store).unwrap();
+        let seen = Epoch::new(mine.epoch.number + 1, other);
+        let term = seen.next_for(raised);
+        let mut next = state.clone();
+        next.highest_seen = term;
+        next.term = term;
+        persist_pair_state(&store, &next).unwrap();
+        let r = read_role(&store, &ctx, today).unwrap();
+        assert_eq!((r.role, r.epoch), (ServerRole::Primary, term));
+
+        // A primary of a newer epoch fences it.
+        let newer = Epoch::new(term.number + 1, other);
+        let mut fenced = next.clone();
+        fenced.highest_seen = newer;
+        fenced.fenced_by = Some(newer);
+        persist_pair_state(&store, &fenced).unwrap();
+        let r = read_role(&store, &ctx, today).unwrap();
+        assert_eq!((r.role, r.fenced_by), (ServerRole::Fenced, Some(newer)));
+        assert_eq!(
+            pair_state(&store, &ctx, today).unwrap().fenced_by,
+            Some(newer)
+        );
+    }
+
     #[test]
     fn a_corrupt_own_epoch_is_an_error_and_a_legacy_number_is_read() {
         let (store, ctx, vendor) = setup();
