@@ -172,6 +172,15 @@ impl Core {
     /// material and no engine probe: for in-process tests of the router
     /// and the adapters. Nothing is started.
     pub fn for_tests(settings: Settings, trusted: licensing::TrustedKeys) -> Arc<Core> {
+        Core::for_tests_with_clock(settings, trusted, Arc::new(SystemClock))
+    }
+
+    /// As [`Core::for_tests`], on the given clock.
+    pub fn for_tests_with_clock(
+        settings: Settings,
+        trusted: licensing::TrustedKeys,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Core> {
         let data_dir = settings.instance.data_dir.clone();
         let data_dir = data_dir.as_path();
         let name = settings.instance.name.to_string();
@@ -187,7 +196,7 @@ impl Core {
             license,
             registry: Arc::new(Registry::without_engines()),
             certificate: PathBuf::new(),
-            clock: Arc::new(SystemClock),
+            clock,
             timing: SupervisorTiming::default(),
         })
     }

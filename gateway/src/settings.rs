@@ -71,6 +71,10 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_LOGIN_FAILURES_PER_MINUTE",
         EnvTarget::Instance("login_failures_per_minute"),
     ),
+    (
+        "SCANGW_OUTBOX_REPLAY_WINDOW_SECS",
+        EnvTarget::Instance("outbox_replay_window_secs"),
+    ),
     ("SCANGW_PAIR_LISTEN", EnvTarget::Instance("pair_listen")),
     ("SCANGW_PAIR_PEER", EnvTarget::Instance("pair_peer")),
     (
@@ -310,6 +314,7 @@ struct RawInstance {
     step_timeout_secs: Option<Scalar>,
     maintenance_retry_after_secs: Option<Scalar>,
     login_failures_per_minute: Option<Scalar>,
+    outbox_replay_window_secs: Option<Scalar>,
     /// The `pair` sub-table, as written; flattened into the `pair_*`
     /// fields below before layering.
     #[serde(default)]
@@ -567,6 +572,7 @@ fn merge(
         step_timeout_secs,
         maintenance_retry_after_secs,
         login_failures_per_minute,
+        outbox_replay_window_secs,
         pair_listen,
         pair_peer,
         pair_heartbeat_interval_ms,
@@ -592,6 +598,7 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "step_timeout_secs" => &mut into.step_timeout_secs,
         "maintenance_retry_after_secs" => &mut into.maintenance_retry_after_secs,
         "login_failures_per_minute" => &mut into.login_failures_per_minute,
+        "outbox_replay_window_secs" => &mut into.outbox_replay_window_secs,
         "pair_listen" => &mut into.pair_listen,
         "pair_peer" => &mut into.pair_peer,
         "pair_heartbeat_interval_ms" => &mut into.pair_heartbeat_interval_ms,
@@ -829,6 +836,13 @@ fn validate_instance(
     let pair = validate_pair(&raw, key)?;
     Ok(InstanceSettings {
         pair,
+        outbox_replay_window_secs: number(
+            &raw.outbox_replay_window_secs,
+            key,
+            "outbox_replay_window_secs",
+            86_400,
+            0..=30 * 86_400,
+        )?,
         workers: number(&raw.workers, key, "workers", cores * 2, 1..=256)? as usize,
         ocr_parallelism: number(&raw.ocr_parallelism, key, "ocr_parallelism", cores, 1..=256)?
             as usize,

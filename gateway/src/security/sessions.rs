@@ -84,6 +84,17 @@ impl SessionKey {
 
     /// Verifies a token's signature and expiry.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Session, SessionError> {
+        let session = self.verify_signature(token)?;
+        if session.exp <= now.timestamp() {
+            return Err(SessionError::Expired(session.expires_at()));
+        }
+        Ok(session)
+    }
+
+    /// Checks the token's signature only, not its expiry: for replays of
+    /// jobs scanned while the session was valid (the caller applies the
+    /// replay window).
+    pub fn verify_signature(&self, token: &str) -> Result<Session, SessionError> {
         if token.len() > 1024 {
             return Err(SessionError::Malformed);
         }
@@ -97,12 +108,7 @@ impl SessionKey {
         let json = B64URL
             .decode(payload)
             .map_err(|_| SessionError::Malformed)?;
-        let session: Session =
-            serde_json::from_slice(&json).map_err(|_| SessionError::Malformed)?;
-        if session.exp <= now.timestamp() {
-            return Err(SessionError::Expired(session.expires_at()));
-        }
-        Ok(session)
+        serde_json::from_slice(&json).map_err(|_| SessionError::Malformed)
     }
 }
 

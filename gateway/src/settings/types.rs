@@ -143,6 +143,9 @@ pub struct InstanceSettings {
     pub step_timeout: Duration,
     pub maintenance_retry_after_secs: u32,
     pub login_failures_per_minute: u32,
+    /// How long after a session expired a device may still replay the jobs
+    /// scanned in it from its outbox (server time).
+    pub outbox_replay_window_secs: u64,
     /// The pair link, when this server is one of a pair.
     pub pair: Option<PairLinkSettings>,
 }

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_interrupted_step_attempts.sql",
         sql: include_str!("../../../migrations/0003_interrupted_step_attempts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_session_job_counts.sql",
+        sql: include_str!("../../../migrations/0004_session_job_counts.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.

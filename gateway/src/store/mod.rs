@@ -274,24 +274,42 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("the stored server id: {e}")))
     }
 
-    /// Records that a session was ended (logout), until it would have
-    /// expired; records of sessions that expired before `now` are dropped.
+    /// Records that a session was ended (logout), with how many jobs the
+    /// device says it scanned (`None`: it did not say). Records of sessions
+    /// that expired more than `keep_secs` before `now` are dropped: nothing
+    /// can be replayed under them any more.
     pub fn end_session(
         &self,
         session_id: &str,
         expires_at: i64,
+        jobs_scanned: Option<u64>,
         now: DateTime<Utc>,
+        keep_secs: u64,
     ) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT OR IGNORE INTO ended_sessions (session_id, expires_at) VALUES (?1, ?2)",
-            params![session_id, expires_at],
+            "INSERT OR IGNORE INTO ended_sessions (session_id, expires_at, jobs_scanned) VALUES (?1, ?2, ?3)",
+            params![session_id, expires_at, jobs_scanned.map(|n| n as i64)],
         )?;
         conn.execute(
             "DELETE FROM ended_sessions WHERE expires_at < ?1",
-            [now.timestamp()],
+            [now.timestamp() - keep_secs as i64],
         )?;
         Ok(())
+    }
+
+    /// Whether a session was ended by logout, and if so how many jobs the
+    /// device said it scanned.
+    pub fn session_end(&self, session_id: &str) -> Result<Option<Option<u64>>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT jobs_scanned FROM ended_sessions WHERE session_id = ?1",
+                [session_id],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .map(|n| n.map(|n| n as u64)))
     }
 
     /// Whether a session was ended by logout.
@@ -476,15 +494,33 @@ mod tests {
         let now = Utc::now();
         let exp = now.timestamp() + 60;
         assert!(!store.session_ended("s1").unwrap());
-        store.end_session("s1", exp, now).unwrap();
-        store.end_session("s1", exp, now).unwrap();
+        store.end_session("s1", exp, Some(3), now, 0).unwrap();
+        store.end_session("s1", exp, Some(3), now, 0).unwrap();
         assert!(store.session_ended("s1").unwrap());
-        // Once it would have expired anyway, the record goes.
+        assert_eq!(store.session_end("s1").unwrap(), Some(Some(3)));
+        assert_eq!(store.session_end("nope").unwrap(), None);
+        // Kept while replays may come (here 100 s past expiry), then gone.
         store
-            .end_session("s2", exp + 600, now + chrono::Duration::seconds(61))
+            .end_session(
+                "s2",
+                exp + 600,
+                None,
+                now + chrono::Duration::seconds(61),
+                100,
+            )
+            .unwrap();
+        assert!(store.session_ended("s1").unwrap());
+        store
+            .end_session(
+                "s3",
+                exp + 600,
+                None,
+                now + chrono::Duration::seconds(161),
+                100,
+            )
             .unwrap();
         assert!(!store.session_ended("s1").unwrap());
-        assert!(store.session_ended("s2").unwrap());
+        assert_eq!(store.session_end("s2").unwrap(), Some(None));
     }
 
     #[test]

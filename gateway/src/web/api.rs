@@ -20,7 +20,9 @@ use crate::security::{PasswordHash, passwords, tokens};
 use crate::site::User;
 use crate::store::{DeviceStatus, JobRecord, StepRow};
 use crate::web::ApiJson;
-use crate::web::auth::{AnyDevice, ApprovedDevice, check_seat, verify_session};
+use crate::web::auth::{
+    AnyDevice, ApprovedDevice, SESSION_JOBS_HEADER, check_seat, count_header, verify_session,
+};
 use crate::web::error::ApiError;
 use crate::web::redact::without_server_paths;
 
@@ -202,10 +204,12 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let session = verify_session(&core, &headers, &device).await?;
+    let scanned = count_header(&headers, SESSION_JOBS_HEADER)?;
     let (sid, exp) = (session.id.to_string(), session.exp);
     let now = core.clock.now();
+    let keep = core.settings.instance.outbox_replay_window_secs;
     core.data
-        .run(move |s| s.end_session(&sid, exp, now))
+        .run(move |s| s.end_session(&sid, exp, scanned, now, keep))
         .await?;
     tracing::info!(device = %device.id, user = session.user, session = %session.id, "user logged out");
     Ok(StatusCode::NO_CONTENT)

@@ -13,6 +13,29 @@ use crate::store::{Device, DeviceStatus};
 use crate::web::error::ApiError;
 
 pub const SESSION_HEADER: &str = "x-scan-session";
+/// A job's number within the session it was scanned under (from 1), sent
+/// with jobs a device replays from its outbox.
+pub const JOB_SEQ_HEADER: &str = "x-scan-job-seq";
+/// At logout: how many jobs the session scanned.
+pub const SESSION_JOBS_HEADER: &str = "x-scan-session-jobs";
+
+/// A whole number in a header, from 1 up to a million.
+pub fn count_header(headers: &HeaderMap, name: &str) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| (1..=1_000_000).contains(n))
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "the {name} header must be a whole number from 1 to 1000000"
+            ))
+        })
+}
 
 /// A device that presented a known token, whatever its approval state.
 pub struct AnyDevice(pub Device);
@@ -83,6 +106,26 @@ pub async fn verify_session(
     headers: &HeaderMap,
     device: &Device,
 ) -> Result<Session, ApiError> {
+    verify_session_for(core, headers, device, None).await
+}
+
+/// Verifies the session of a job submission: as [`verify_session`], and a
+/// job with an `X-Scan-Job-Seq` may be a replay from the device's outbox.
+pub async fn verify_job_session(
+    core: &Core,
+    headers: &HeaderMap,
+    device: &Device,
+) -> Result<Session, ApiError> {
+    let seq = count_header(headers, JOB_SEQ_HEADER)?;
+    verify_session_for(core, headers, device, seq).await
+}
+
+async fn verify_session_for(
+    core: &Core,
+    headers: &HeaderMap,
+    device: &Device,
+    job_seq: Option<u64>,
+) -> Result<Session, ApiError> {
     let token = headers
         .get(SESSION_HEADER)
         .ok_or(ApiError::SessionMissing)?
@@ -91,13 +134,29 @@ pub async fn verify_session(
             ApiError::SessionInvalid("the session header is not ASCII text: log in again".into())
         })?;
     let config = core.active_config()?;
-    let session = config
-        .session_key
-        .verify(token, core.clock.now())
-        .map_err(|e| match e {
+    let now = core.clock.now();
+    // A job replayed from the device's outbox may come after its session
+    // ended: by logout (then only jobs numbered up to the count the device
+    // gave at logout) or by expiry (then only within the replay window).
+    // Everything else needs a live session.
+    let replay = match job_seq {
+        Some(seq) => Some((
+            seq,
+            config
+                .session_key
+                .verify_signature(token)
+                .map_err(|e| ApiError::SessionInvalid(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let replay_seq = replay.as_ref().map(|(seq, _)| *seq);
+    let session = match replay {
+        Some((_, session)) => session,
+        None => config.session_key.verify(token, now).map_err(|e| match e {
             SessionError::Expired(_) => ApiError::SessionExpired(e.to_string()),
             other => ApiError::SessionInvalid(other.to_string()),
-        })?;
+        })?,
+    };
     // A session is only as good as its user: one removed from the
     // configuration (or never in it, e.g. a token signed before the key was
     // shared with a server that does not know the user) ends at once instead
@@ -113,10 +172,29 @@ pub async fn verify_session(
         ));
     }
     let sid = session.id.to_string();
-    if core.data.run(move |s| s.session_ended(&sid)).await? {
-        return Err(ApiError::SessionExpired(
-            "the session was ended by logging out: log in again".into(),
-        ));
+    let ended = core.data.run(move |s| s.session_end(&sid)).await?;
+    let window = core.settings.instance.outbox_replay_window_secs as i64;
+    let expired_for = now.timestamp() - session.exp;
+    match (replay_seq, ended) {
+        (None, None) => {}
+        (None, Some(_)) => {
+            return Err(ApiError::SessionExpired(
+                "the session was ended by logging out: log in again".into(),
+            ));
+        }
+        (Some(_), _) if expired_for >= window => {
+            return Err(ApiError::SessionExpired(format!(
+                "the session this job was scanned in expired more than {window} seconds ago; \
+                 it can no longer be replayed: scan it again"
+            )));
+        }
+        (Some(seq), Some(scanned)) if scanned.is_none_or(|n| seq > n) => {
+            return Err(ApiError::SessionExpired(format!(
+                "the session was ended by logging out and job {seq} was not among the {} it scanned: log in again",
+                scanned.map_or_else(|| "jobs".to_owned(), |n| n.to_string())
+            )));
+        }
+        (Some(_), _) => {}
     }
     Ok(session)
 }

@@ -30,7 +30,7 @@ use crate::security::hex;
 use crate::site::ActiveConfig;
 use crate::store::{JobRecord, NewJob, NewPage, Store, StoreError};
 use crate::web::api::parse_job_id;
-use crate::web::auth::{ApprovedDevice, check_seat, verify_session};
+use crate::web::auth::{ApprovedDevice, check_seat, verify_job_session};
 use crate::web::error::ApiError;
 use crate::web::serve::ClientAddr;
 
@@ -122,7 +122,7 @@ async fn receive(
     core.check_accepting()?;
     let ApprovedDevice(device) = device?;
     check_seat(core, &device).await?;
-    let session = verify_session(core, headers, &device).await?;
+    let session = verify_job_session(core, headers, &device).await?;
     let config = core.active_config()?;
     let limits = config.limits;
 

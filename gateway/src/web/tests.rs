@@ -14,6 +14,7 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::admin::ops;
+use crate::clock::ManualClock;
 use crate::core::Core;
 use crate::security::PasswordHash;
 use crate::security::passwords::MIN_ITERATIONS;
@@ -26,6 +27,7 @@ struct Site {
     _dir: tempfile::TempDir,
     core: Arc<Core>,
     vendor: VendorKeyPair,
+    clock: Arc<ManualClock>,
 }
 
 impl Site {
@@ -54,7 +56,12 @@ steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/d
         let settings =
             settings::load(Source::File(&file), Some("gw-t"), &settings::Env::none()).unwrap();
         let (vendor, _) = VendorKeyPair::generate().unwrap();
-        let core = Core::for_tests(settings, TrustedKeys::builtin().with(vendor.public_key()));
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let core = Core::for_tests_with_clock(
+            settings,
+            TrustedKeys::builtin().with(vendor.public_key()),
+            clock.clone(),
+        );
         core.data.start().await.unwrap();
         core.load_generation(core.data.state().generation)
             .await
@@ -63,6 +70,7 @@ steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/d
             _dir: dir,
             core,
             vendor,
+            clock,
         }
     }
 
@@ -142,6 +150,17 @@ steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/d
         id: Uuid,
         pages: u32,
     ) -> (StatusCode, Value) {
+        self.submit_with(token, session, id, pages, &[]).await
+    }
+
+    async fn submit_with(
+        &self,
+        token: &str,
+        session: &str,
+        id: Uuid,
+        pages: u32,
+        extra: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let boundary = "xBOUNDARYx";
         let mut body = Vec::new();
         let manifest = json!({"workflow": "scan-to-folder", "page_count": pages});
@@ -157,20 +176,28 @@ steps = [{{ plugin = "assemble" }}, {{ plugin = "folder", root = "{{data_dir}}/d
         );
         body.extend_from_slice(b"\x89PNG\r\n\x1a\n-not-decoded-by-the-intake-");
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let (status, _, body) = self
-            .call(
-                Request::put(format!("/api/v1/jobs/{id}"))
-                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                    .header("x-scan-session", session)
-                    .header(
-                        header::CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
-                    .body(Body::from(body))
-                    .unwrap(),
-            )
-            .await;
+        let mut request = Request::put(format!("/api/v1/jobs/{id}"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("x-scan-session", session)
+            .header(
+                header::CONTENT_TYPE,
+                format!("multipart/form-data; boundary={boundary}"),
+            );
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let (status, _, body) = self.call(request.body(Body::from(body)).unwrap()).await;
         (status, body)
+    }
+
+    async fn logout(&self, token: &str, session: &str, scanned: Option<&str>) -> StatusCode {
+        let mut request = Request::delete("/api/v1/sessions/current")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header("x-scan-session", session);
+        if let Some(n) = scanned {
+            request = request.header("x-scan-session-jobs", n);
+        }
+        self.call(request.body(Body::empty()).unwrap()).await.0
     }
 
     async fn register(&self) -> (StatusCode, Value) {
@@ -532,4 +559,117 @@ async fn a_user_name_with_a_newline_makes_one_log_line() {
             "{format:?}: a forged line: {text}"
         );
     }
+}
+
+/// A person scans two jobs, logs out and walks away; the device replays
+/// them from its outbox later. They are accepted once each; a third job
+/// under the ended session, or any job without its number, is not.
+#[tokio::test]
+async fn jobs_scanned_in_a_session_may_be_replayed_after_logout_and_nothing_else() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    assert_eq!(
+        site.logout(&token, &session, Some("2")).await,
+        StatusCode::NO_CONTENT
+    );
+
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let (status, body) = site
+        .submit_with(&token, &session, first, 1, &[("x-scan-job-seq", "1")])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = site
+        .submit_with(&token, &session, second, 1, &[("x-scan-job-seq", "2")])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Replayed again: the original acknowledgement.
+    let (status, _) = site
+        .submit_with(&token, &session, first, 1, &[("x-scan-job-seq", "1")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = site
+        .submit_with(
+            &token,
+            &session,
+            Uuid::new_v4(),
+            1,
+            &[("x-scan-job-seq", "3")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "session_expired");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not among the 2"),
+        "{body}"
+    );
+    let (status, body) = site.submit(&token, &session, Uuid::new_v4(), 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("session_expired"))
+    );
+    let (status, body) = site
+        .submit_with(
+            &token,
+            &session,
+            Uuid::new_v4(),
+            1,
+            &[("x-scan-job-seq", "one")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("bad_request"))
+    );
+}
+
+/// A session that simply expired (the person walked away without logging
+/// out) lets its jobs be replayed within the window, server time, not after.
+#[tokio::test]
+async fn jobs_of_an_expired_session_are_replayed_within_the_window_only() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    let ttl = site.core.config.current().unwrap().session_ttl_secs as i64;
+    site.clock.advance(chrono::Duration::seconds(ttl + 60));
+
+    let (status, body) = site.submit(&token, &session, Uuid::new_v4(), 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("session_expired"))
+    );
+    let (status, body) = site
+        .submit_with(
+            &token,
+            &session,
+            Uuid::new_v4(),
+            1,
+            &[("x-scan-job-seq", "1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let window = site.core.settings.instance.outbox_replay_window_secs as i64;
+    site.clock.advance(chrono::Duration::seconds(window));
+    let (status, body) = site
+        .submit_with(
+            &token,
+            &session,
+            Uuid::new_v4(),
+            1,
+            &[("x-scan-job-seq", "1")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("can no longer be replayed"),
+        "{body}"
+    );
 }
