@@ -183,7 +183,9 @@ peer = "127.0.0.1:{pair_a}"
         )?;
         let state: serde_json::Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
         if state["state"] == "live" {
-            println!("paired: gw-primary and gw-secondary see each other LIVE over their pair link");
+            println!(
+                "paired: gw-primary and gw-secondary see each other LIVE over their pair link"
+            );
             break;
         }
         if std::time::Instant::now() > deadline {
