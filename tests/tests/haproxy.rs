@@ -1,67 +1,159 @@
-//! A real HAProxy in TCP mode in front of two instances, with the backend
-//! configuration from `docs/operations.md`: the PROXY protocol header gives
-//! the gateway the device's own address, and the `/health` probe takes an
-//! instance in maintenance out of rotation and brings it back.
+//! A real HAProxy in TCP mode in front of two instances, running exactly the
+//! shipped `deploy/haproxy.cfg` (and `deploy/haproxy-active-active.cfg`),
+//! with its environment variables set to loopback addresses on ports the OS
+//! chose: the PROXY protocol header gives the gateway the device's own
+//! address, the `/health` probe takes an instance in maintenance out of
+//! rotation and brings it back, failback can be held (per device, or by an
+//! admin on the runtime API), and in the active-active file both servers
+//! take devices.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use e2e::{Instance, Site, eventually, free_port};
 
-struct Haproxy(Child);
+/// Every variable the shipped files read; cleared before each start so the
+/// caller's environment cannot change what is tested.
+const VARIABLES: &[&str] = &[
+    "FRONTEND",
+    "GATEWAY_A",
+    "GATEWAY_B",
+    "MONITOR",
+    "ADMIN_SOCKET",
+    "HOLD_FAILBACK",
+];
+
+/// A running `haproxy -db -f deploy/<file>`.
+struct Haproxy {
+    child: Child,
+    frontend: u16,
+    monitor: u16,
+    socket: PathBuf,
+    log: PathBuf,
+}
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("---- haproxy output ----\n{text}");
+        }
     }
 }
 
-/// The documented backend with loopback addresses in place of the example ones.
-fn documented_config(frontend: u16, a: &Instance, b: &Instance) -> String {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../docs/operations.md"
-    ))
-    .unwrap();
-    let start = doc
-        .find("```haproxy\n")
-        .expect("docs/operations.md has a haproxy block")
-        + "```haproxy\n".len();
-    let end = start + doc[start..].find("```").unwrap();
-    let config = doc[start..end]
-        .replace("192.0.2.10:443", &format!("127.0.0.1:{frontend}"))
-        .replace("192.0.2.11:8444", &a.proxy())
-        .replace("192.0.2.12:8444", &b.proxy());
-    assert!(
-        !config.contains("192.0.2."),
-        "every example address was replaced:\n{config}"
-    );
-    config
+fn shipped(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file)
 }
 
-fn start_haproxy(dir: &std::path::Path, config: &str) -> Haproxy {
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config).unwrap();
-    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&path).output().unwrap_or_else(|_| {
-        panic!("haproxy is not installed: install the Debian package `haproxy` (cargo xtask test does)")
-    });
+/// Starts HAProxy with the shipped `file` unchanged, its addresses given in
+/// the environment, plus `extra` variables.
+fn start_haproxy(
+    dir: &Path,
+    file: &str,
+    a: &Instance,
+    b: &Instance,
+    extra: &[(&str, &str)],
+) -> Haproxy {
+    let path = shipped(file);
+    let frontend = free_port();
+    let monitor = free_port();
+    let socket = dir.join(format!("{file}.sock"));
+    let command = || {
+        let mut c = Command::new("haproxy");
+        for name in VARIABLES {
+            c.env_remove(name);
+        }
+        c.env("FRONTEND", format!("127.0.0.1:{frontend}"))
+            .env("GATEWAY_A", a.proxy())
+            .env("GATEWAY_B", b.proxy())
+            .env("MONITOR", format!("127.0.0.1:{monitor}"))
+            .env("ADMIN_SOCKET", &socket)
+            .envs(extra.iter().copied());
+        c
+    };
+    let check = command()
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|_| {
+            panic!("haproxy is not installed: install the Debian package `haproxy` (cargo xtask test does)")
+        });
+    let said = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
     assert!(
-        check.status.success(),
-        "haproxy rejects the documented config: {}",
-        String::from_utf8_lossy(&check.stderr)
+        check.status.success() && !said.contains("WARNING") && !said.contains("ALERT"),
+        "haproxy does not take {} cleanly:\n{said}",
+        path.display()
     );
-    let child = Command::new("haproxy")
+    let log = dir.join(format!("{file}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let child = command()
         .arg("-db")
         .arg("-f")
         .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
         .spawn()
         .unwrap();
-    Haproxy(child)
+    let lb = Haproxy {
+        child,
+        frontend,
+        monitor,
+        socket,
+        log,
+    };
+    let listening = eventually(Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", frontend)).ok()
+    });
+    assert!(listening.is_some(), "haproxy never listened on {frontend}");
+    lb
+}
+
+impl Haproxy {
+    /// One command on the runtime API (the `stats socket` of the file).
+    fn api(&self, command: &str) -> String {
+        let mut s = UnixStream::connect(&self.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// A column of `show stat` for one server of the backend.
+    fn stat(&self, server: &str, column: &str) -> String {
+        let csv = self.api("show stat");
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let at = header.iter().position(|c| *c == column).unwrap();
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.len() > at && f[0] == "gateway_pair" && f[1] == server)
+            .map(|f| f[at].to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until HAProxy's own view of `server` has `column` = `value`.
+    fn wait_stat(&self, server: &str, column: &str, value: &str) -> bool {
+        eventually(Duration::from_secs(15), || {
+            (self.stat(server, column) == value).then_some(())
+        })
+        .is_some()
+    }
 }
 
 /// `curl` through the balancer from a chosen source address.
@@ -92,6 +184,24 @@ fn curl(
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// The instance that answered `/health` for a device at `source`, if any.
+fn health_from(frontend: u16, source: &str, cert_args: &[&str]) -> Option<String> {
+    let (code, body) = curl(frontend, source, "/health", cert_args, &[]);
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["instance"].as_str().map(str::to_owned)
+}
+
+/// Polls until a device at `source` is served by `name`.
+fn served_by(frontend: u16, source: &str, cert_args: &[&str], name: &str) -> bool {
+    eventually(Duration::from_secs(15), || {
+        (health_from(frontend, source, cert_args).as_deref() == Some(name)).then_some(())
+    })
+    .is_some()
+}
+
 fn pair() -> (Site, Instance, Instance, String) {
     let site = Site::new(&["gw-a", "gw-b"], "");
     let with_proxy = std::fs::read_to_string(&site.config).unwrap().replace(
@@ -107,11 +217,20 @@ fn pair() -> (Site, Instance, Instance, String) {
     (site, a, b, token)
 }
 
+/// A CA file trusting both instances' self-signed certificates.
+fn trust_both(site: &Site, a: &Instance, b: &Instance) -> PathBuf {
+    let both = site.dir.path().join("both.pem");
+    let pem = std::fs::read_to_string(a.certificate()).unwrap()
+        + &std::fs::read_to_string(b.certificate()).unwrap();
+    std::fs::write(&both, pem).unwrap();
+    both
+}
+
 #[test]
 fn proxy_header_gives_the_gateway_the_devices_own_address() {
     let (site, a, b, token) = pair();
-    let frontend = free_port();
-    let _lb = start_haproxy(site.dir.path(), &documented_config(frontend, &a, &b));
+    let lb = start_haproxy(site.dir.path(), "haproxy.cfg", &a, &b, &[]);
+    let frontend = lb.frontend;
     let cert = a.certificate();
     let cert_args = ["--cacert", cert.to_str().unwrap()];
     let up = eventually(Duration::from_secs(15), || {
@@ -145,6 +264,14 @@ fn proxy_header_gives_the_gateway_the_devices_own_address() {
         "the logged client is the device, not the balancer: {line}"
     );
 
+    // The node's liveness URL that keepalived's check script reads.
+    let alive = Command::new("curl")
+        .args(["-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{}/alive", lb.monitor))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&alive.stdout), "200");
+
     // A connection to the PROXY listener without the header is refused.
     let mut raw = TcpStream::connect(a.proxy()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -169,30 +296,162 @@ fn proxy_header_gives_the_gateway_the_devices_own_address() {
 #[test]
 fn maintenance_takes_an_instance_out_of_rotation_and_back() {
     let (site, a, b, _) = pair();
-    let frontend = free_port();
-    let _lb = start_haproxy(site.dir.path(), &documented_config(frontend, &a, &b));
+    let lb = start_haproxy(site.dir.path(), "haproxy.cfg", &a, &b, &[]);
     // Both certificates are self-signed by their own instance; trust both.
-    let both = site.dir.path().join("both.pem");
-    let pem = std::fs::read_to_string(a.certificate()).unwrap()
-        + &std::fs::read_to_string(b.certificate()).unwrap();
-    std::fs::write(&both, pem).unwrap();
+    let both = trust_both(&site, &a, &b);
     let cert_args = ["--cacert", both.to_str().unwrap()];
-    let served_by = |name: &str| {
-        eventually(Duration::from_secs(15), || {
-            let (code, body) = curl(frontend, "127.0.0.2", "/health", &cert_args, &[]);
-            (code == 200 && body.contains(&format!("\"instance\":\"{name}\""))).then_some(())
-        })
-        .is_some()
-    };
-    assert!(served_by("gw-a"), "the primary serves first");
+    let served = |name: &str| served_by(lb.frontend, "127.0.0.2", &cert_args, name);
+    assert!(served("gw-a"), "the primary serves first");
     site.cli_ok("gw-a", &["maintenance", "on"]);
     assert!(
-        served_by("gw-b"),
+        served("gw-b"),
         "after `fall` failed probes the backup takes the traffic"
     );
     site.cli_ok("gw-a", &["maintenance", "off"]);
     assert!(
-        served_by("gw-a"),
+        served("gw-a"),
         "after `rise` good probes the primary is back"
     );
+
+    // An admin holds failback on the runtime API: the primary is set to
+    // `drain` while it is away, passes its probes again (drain keeps them
+    // running), and still takes no device until the admin sets it ready.
+    site.cli_ok("gw-a", &["maintenance", "on"]);
+    assert!(served("gw-b"));
+    let said = lb.api("set server gateway_pair/gw-a state drain");
+    assert!(said.trim().is_empty(), "runtime API said: {said}");
+    site.cli_ok("gw-a", &["maintenance", "off"]);
+    assert!(
+        lb.wait_stat("gw-a", "check_status", "L7OK"),
+        "the held primary passes its /health probe again"
+    );
+    // Longer than `rise` (5 x 200 ms): the probes alone would have brought
+    // it back by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..5 {
+        assert_eq!(
+            health_from(lb.frontend, "127.0.0.2", &cert_args).as_deref(),
+            Some("gw-b"),
+            "failback is held while gw-a is drained"
+        );
+    }
+    lb.api("set server gateway_pair/gw-a state ready");
+    assert!(served("gw-a"), "the admin released the primary");
+}
+
+#[test]
+fn hold_failback_keeps_each_device_on_the_backup_until_it_is_idle() {
+    let (site, a, b, _) = pair();
+    let idle = Duration::from_secs(3);
+    let lb = start_haproxy(
+        site.dir.path(),
+        "haproxy.cfg",
+        &a,
+        &b,
+        &[("HOLD_FAILBACK", "3s")],
+    );
+    let both = trust_both(&site, &a, &b);
+    let cert_args = ["--cacert", both.to_str().unwrap()];
+    let device = "127.0.0.2";
+    assert!(served_by(lb.frontend, device, &cert_args, "gw-a"));
+    site.cli_ok("gw-a", &["maintenance", "on"]);
+    assert!(
+        served_by(lb.frontend, device, &cert_args, "gw-b"),
+        "the device fails over"
+    );
+    site.cli_ok("gw-a", &["maintenance", "off"]);
+    assert!(
+        lb.wait_stat("gw-a", "status", "UP"),
+        "HAProxy sees the primary healthy again"
+    );
+    // The device keeps using the backup (each connection renews its entry).
+    for _ in 0..5 {
+        assert_eq!(
+            health_from(lb.frontend, device, &cert_args).as_deref(),
+            Some("gw-b"),
+            "failback is held for a device that keeps working"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A device that was not on the backup goes to the primary.
+    assert_eq!(
+        health_from(lb.frontend, "127.0.0.4", &cert_args).as_deref(),
+        Some("gw-a")
+    );
+    // After HOLD_FAILBACK without a connection, the device goes back.
+    std::thread::sleep(idle + Duration::from_millis(500));
+    assert_eq!(
+        health_from(lb.frontend, device, &cert_args).as_deref(),
+        Some("gw-a"),
+        "an idle device fails back"
+    );
+}
+
+#[test]
+fn active_active_spreads_devices_over_both_servers() {
+    let (site, a, b, _) = pair();
+    let lb = start_haproxy(site.dir.path(), "haproxy-active-active.cfg", &a, &b, &[]);
+    let both = trust_both(&site, &a, &b);
+    let cert_args = ["--cacert", both.to_str().unwrap()];
+    assert!(lb.wait_stat("gw-a", "status", "UP"));
+    assert!(lb.wait_stat("gw-b", "status", "UP"));
+    // Sixteen devices, each on its own connection from its own address.
+    let devices: Vec<String> = (2..18).map(|i| format!("127.0.0.{i}")).collect();
+    let first: Vec<String> = devices
+        .iter()
+        .map(|d| {
+            health_from(lb.frontend, d, &cert_args)
+                .unwrap_or_else(|| panic!("no healthy answer for device {d}"))
+        })
+        .collect();
+    assert!(
+        first.iter().any(|s| s == "gw-a") && first.iter().any(|s| s == "gw-b"),
+        "both servers take devices: {first:?}"
+    );
+    // Each device stays on its own server.
+    for (d, server) in devices.iter().zip(&first) {
+        assert_eq!(
+            health_from(lb.frontend, d, &cert_args).as_ref(),
+            Some(server),
+            "device {d} moved"
+        );
+    }
+    // One server in maintenance: every device goes to the other one.
+    site.cli_ok("gw-a", &["maintenance", "on"]);
+    assert!(lb.wait_stat("gw-a", "status", "DOWN"));
+    for d in &devices {
+        assert_eq!(
+            health_from(lb.frontend, d, &cert_args).as_deref(),
+            Some("gw-b")
+        );
+    }
+}
+
+/// The two HAProxy files differ only where the variant says: the balancing
+/// lines and `backup` (comments aside), so a fix to one is not lost in the
+/// other.
+#[test]
+fn the_active_active_file_is_the_primary_backup_file_but_for_the_backend() {
+    let settings = |file: &str| -> Vec<String> {
+        std::fs::read_to_string(shipped(file))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let pb = settings("haproxy.cfg");
+    let aa: Vec<String> = settings("haproxy-active-active.cfg")
+        .into_iter()
+        .filter(|l| l != "balance source" && l != "hash-type consistent")
+        .map(|l| {
+            if l == "server gw-b \"${GATEWAY_B}\" check" {
+                format!("{l} backup")
+            } else {
+                l
+            }
+        })
+        .collect();
+    assert_eq!(pb, aa);
 }

@@ -10,7 +10,8 @@ use crate::{Result, exec, succeeds};
 
 /// Debian packages the test suite uses: the OCR engine and its English data,
 /// PDF checkers, the font the simulated scanner renders with, the load
-/// balancer of the PROXY-protocol tests, and curl.
+/// balancer of the PROXY-protocol tests, keepalived (whose config test checks
+/// the shipped example), and curl.
 pub const TEST_PACKAGES: &[&str] = &[
     "tesseract-ocr",
     "tesseract-ocr-eng",
@@ -18,6 +19,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "poppler-utils",
     "fonts-dejavu-core",
     "haproxy",
+    "keepalived",
     "curl",
 ];
 
