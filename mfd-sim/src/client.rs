@@ -195,7 +195,8 @@ impl GatewayClient {
 
     /// Like [`GatewayClient::logout`], telling the server how many jobs the
     /// session scanned (header `X-Scan-Session-Jobs`), so that it can keep
-    /// accepting the replays of those jobs after the session ended.
+    /// accepting the replays of those jobs after the session ended. The
+    /// header counts from 1: a session that scanned nothing sends none.
     pub async fn logout_counted(
         &self,
         session: &str,
@@ -203,7 +204,7 @@ impl GatewayClient {
     ) -> Result<(), ClientError> {
         let mut call = Call::new(Method::DELETE, "/api/v1/sessions/current");
         call.session = Some(session);
-        if let Some(n) = jobs_scanned {
+        if let Some(n) = jobs_scanned.filter(|&n| n > 0) {
             call.headers.push((SESSION_JOBS_HEADER, n.to_string()));
         }
         let answer = self.call(&call).await?;

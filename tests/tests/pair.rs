@@ -122,6 +122,14 @@ fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
     eprintln!("DEAD after SIGSTOP detected in {took:?}");
     signal(&b, "-CONT");
     wait_pair(&a, "live", Duration::from_secs(10));
+    // The stopped server, resuming, reads what its peer sent meanwhile
+    // before judging it: it never calls its healthy peer DEAD.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !b.log_text().contains("gw-a unreachable since"),
+        "{}",
+        b.log_text()
+    );
 
     // kill -9, then a restart: DEAD, then LIVE again.
     b.kill9();

@@ -7,8 +7,12 @@
 //!   while many large uploads stream in at once.
 //! - `ocr`: the OCR pipeline vs. the tesseract CLI on the same pages (the
 //!   plugins crate's `ocr-bench`).
+//! - `pair` (`bench_pair`): DEAD detection time of the pair heartbeat after
+//!   SIGSTOP and kill -9 of the peer vs. HAProxy's default health checks on
+//!   the same fault, and false DEADs while every core is saturated.
 //!
-//! Release builds, loopback only, every run bounded by its request count.
+//! Release builds, loopback only, every run bounded by its request count,
+//! trial count or duration.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::site::{Tools, listener, output};
-use crate::{Result, exec, root, setup};
+use crate::{Result, bench_pair, exec, root, setup};
 
 struct Options {
     requests: u32,
@@ -27,6 +31,7 @@ struct Options {
     memory_uploads: u32,
     memory_size: u64,
     pages: u32,
+    pair: bench_pair::Options,
 }
 
 fn parse(args: &[String]) -> Result<(String, Options)> {
@@ -38,6 +43,7 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
         memory_uploads: 200,
         memory_size: 20_000_000,
         pages: 16,
+        pair: bench_pair::Options::default(),
     };
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -54,12 +60,29 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
             "--memory-uploads" => o.memory_uploads = value("--memory-uploads")? as u32,
             "--memory-size" => o.memory_size = value("--memory-size")?,
             "--pages" => o.pages = value("--pages")? as u32,
+            "--trials" => o.pair.trials = value("--trials")? as u32,
+            "--haproxy-trials" => o.pair.haproxy_trials = value("--haproxy-trials")? as u32,
+            "--soak-secs" => {
+                // 0 skips the soak.
+                o.pair.soak_secs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or("--soak-secs needs a number of seconds (0: no soak)")?;
+            }
+            "--heartbeat-interval-ms" => {
+                o.pair.heartbeat_interval_ms = value("--heartbeat-interval-ms")?;
+            }
+            "--dead-threshold-ms" => o.pair.dead_threshold_ms = value("--dead-threshold-ms")?,
+            "--json" => o.pair.json = true,
             other => return Err(format!("unknown bench option `{other}`")),
         }
     }
-    if !["intake", "ocr", "all"].contains(&what.as_str()) {
-        return Err("usage: cargo xtask bench [intake|ocr|all] [--requests N] [--concurrency N] [--size BYTES] \
-                    [--memory-uploads N] [--memory-size BYTES] [--pages N]"
+    if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
+        return Err("usage: cargo xtask bench [intake|ocr|pair|all] [options]
+  intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
+  ocr:    [--pages N]
+  pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
+          [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]"
             .into());
     }
     Ok((what, o))
@@ -85,6 +108,9 @@ pub fn run(args: &[String]) -> Result {
             "--rounds",
             "4",
         ]))?;
+    }
+    if what == "pair" || what == "all" {
+        bench_pair::run(&opts.pair)?;
     }
     Ok(())
 }

@@ -352,6 +352,7 @@ impl Driver {
                 Some(at) => Duration::from_millis(at.saturating_sub(self.now_ms())),
                 None => Duration::from_millis(self.settings.heartbeat_interval_ms),
             };
+            let due = Instant::now() + wait;
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -368,6 +369,19 @@ impl Driver {
                 },
                 Some(event) = self.events.recv() => self.on_event(event).await,
                 _ = tokio::time::sleep(wait) => {
+                    // Woken much later than due: this process itself was not
+                    // running (stopped, or starved of CPU). What the peer sent
+                    // meanwhile waits in the socket; let the connection hand it
+                    // over before the peer is judged by its silence, or a
+                    // server resuming from SIGSTOP would call its healthy
+                    // peer DEAD.
+                    let late = due.elapsed();
+                    if late > Duration::from_millis(self.settings.heartbeat_interval_ms) {
+                        tokio::time::sleep(Duration::from_millis(self.settings.heartbeat_interval_ms)).await;
+                        while let Ok(event) = self.events.try_recv() {
+                            self.on_event(event).await;
+                        }
+                    }
                     let outputs = self.node.step(self.now_ms(), Input::Tick);
                     self.carry_out(outputs).await;
                 }

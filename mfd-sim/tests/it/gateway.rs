@@ -1,7 +1,10 @@
 //! The failover client against real `gateway` processes: the causes the
 //! gateway itself produces (maintenance, data service stopped by an admin,
 //! the process gone) are recorded as such, and a job whose acknowledgement
-//! was lost on the way is accepted once. The other server of the list is an
+//! was lost on the way is accepted once. Jobs kept in the outbox while the
+//! gateway refused them are replayed after the person logged out: accepted
+//! once when the logout counted them, refused as `session_expired` (and kept
+//! queued) otherwise. The other server of the list is an
 //! in-test server, because two independent gateways do not share device
 //! tokens (that needs a paired site, which the end-to-end tests build).
 //!
@@ -21,9 +24,9 @@ use std::{
 use licensing::{KeySpec, Role, VendorKeyPair};
 use mfd_sim::{
     client::GatewayClient,
-    failover::{Delivery, EventKind, FailoverClient, FailoverSettings},
+    failover::{Delivery, EventKind, FailoverClient, FailoverSettings, RequestError},
     multipart::{Manifest, Page},
-    outbox::{Outbox, OutboxLimits},
+    outbox::{Outbox, OutboxLimits, QueuedJob, SessionStamp},
     servers::ServerList,
 };
 use tokio::{
@@ -57,6 +60,11 @@ struct Gateway {
 
 impl Gateway {
     fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// A gateway with `instance` added to its `[instances.gw-a]` section.
+    fn start_with(instance: &str) -> Gateway {
         let bin = gateway_bin();
         let dir = tempfile::Builder::new()
             .prefix("mfd-gw-")
@@ -79,7 +87,7 @@ impl Gateway {
         let text = format!(
             "[licensing]\ntrusted_vendor_keys = [\"{}\"]\n\n[users.alice]\npassword_hash = \"{hash}\"\n\n\
              [workflows.scan-to-folder]\nsteps = [ {{ plugin = \"assemble\" }}, {{ plugin = \"folder\", root = \"{{data_dir}}/delivered\" }} ]\n\n\
-             [defaults]\ndata_dir = \"{{instance}}\"\nlisten = \"127.0.0.1:0\"\nlisten_plain = \"127.0.0.1:0\"\n\n[instances.gw-a]\n",
+             [defaults]\ndata_dir = \"{{instance}}\"\nlisten = \"127.0.0.1:0\"\nlisten_plain = \"127.0.0.1:0\"\n\n[instances.gw-a]\n{instance}",
             vendor.public_key().to_text()
         );
         let config = dir.path().join("gateway.toml");
@@ -393,4 +401,219 @@ async fn the_gateway_takes_a_job_replayed_from_the_outbox_after_a_restart() {
     assert!(again.is_empty());
     let jobs = gw.client().jobs(50).await.unwrap();
     assert_eq!(jobs.iter().filter(|j| j.job_id == job_id).count(), 1);
+}
+
+/// A gateway that asks devices to wait only a second while in maintenance
+/// (its `Retry-After`), so that a test can wait out the client's hold on it.
+fn gateway_with_short_maintenance_hold() -> Gateway {
+    Gateway::start_with("maintenance_retry_after_secs = 1\n")
+}
+
+/// Waits until the client may ask a server held by a maintenance answer of
+/// [`gateway_with_short_maintenance_hold`] again.
+async fn wait_out_maintenance_hold() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+/// Turns maintenance on or off through the admin CLI.
+async fn maintenance(gw: Gateway, on: bool) -> Gateway {
+    tokio::task::spawn_blocking(move || {
+        gw.cli(&["maintenance", if on { "on" } else { "off" }]);
+        gw
+    })
+    .await
+    .unwrap()
+}
+
+/// Delivers a job while the only server is in maintenance: it stays queued.
+async fn deliver_refused_by_maintenance(c: &FailoverClient, outbox: &Outbox, job: &QueuedJob) {
+    match c.deliver(outbox, job).await {
+        Err(RequestError::NoServer { passed, .. }) => {
+            assert_eq!(passed.len(), 1);
+            assert!(
+                ["maintenance", "held"].contains(&passed[0].reason.as_str()),
+                "{passed:?}"
+            );
+        }
+        other => panic!("the job should stay queued: {other:?}"),
+    }
+}
+
+fn refused_as_session_expired(outcome: &Result<Delivery, RequestError>) -> String {
+    match outcome {
+        Err(RequestError::Refused(http)) => {
+            assert_eq!(http.status.as_u16(), 401, "{http:?}");
+            assert!(http.has_code("session_expired"), "{http:?}");
+            http.message.clone()
+        }
+        other => panic!("expected 401 session_expired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn jobs_queued_during_maintenance_are_replayed_after_logout_and_stored_once() {
+    let gw = tokio::task::spawn_blocking(gateway_with_short_maintenance_hold)
+        .await
+        .unwrap();
+    let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    let session = c.login("alice", PASSWORD).await.unwrap();
+    let gw = maintenance(gw, true).await;
+
+    let mut scanned = Vec::new();
+    for _ in 0..2 {
+        let job = c
+            .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+            .await
+            .unwrap();
+        deliver_refused_by_maintenance(&c, &outbox, &job).await;
+        scanned.push(job.job_id);
+    }
+    let queued = outbox.pending().unwrap();
+    assert_eq!(
+        queued
+            .iter()
+            .map(|j| (j.job_id, j.session.seq))
+            .collect::<Vec<_>>(),
+        vec![(scanned[0], 1), (scanned[1], 2)]
+    );
+    assert!(queued.iter().all(|j| j.session.token == session.session));
+    assert!(gw.client().jobs(50).await.unwrap().is_empty());
+
+    // Logging out is not refused in maintenance; the client tells the
+    // gateway that the session scanned two jobs.
+    wait_out_maintenance_hold().await;
+    c.logout().await.unwrap();
+    assert!(!c.session_active());
+    let gone = gw.client().logout(&session.session).await.unwrap_err();
+    let gone = gone.http().expect("an HTTP refusal");
+    assert!(
+        gone.has_code("session_expired"),
+        "the gateway ended the session: {gone:?}"
+    );
+
+    let gw = maintenance(gw, false).await;
+    let done = c.replay(&outbox).await.unwrap();
+    assert_eq!(done.len(), 2);
+    for ((id, outcome), scanned) in done.iter().zip(&scanned) {
+        assert_eq!(id, scanned);
+        let Ok(Delivery::Acknowledged(d)) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(!d.replayed, "201: stored now, not before");
+        assert_eq!(d.ack.job_id, *scanned);
+        assert_eq!(d.server_index, 0);
+    }
+    assert!(outbox.pending().unwrap().is_empty());
+    assert!(outbox.rejected().unwrap().is_empty());
+    assert!(c.replay(&outbox).await.unwrap().is_empty());
+
+    let jobs = gw.client().jobs(50).await.unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for id in &scanned {
+        assert_eq!(jobs.iter().filter(|j| j.job_id == *id).count(), 1);
+    }
+    let causes: Vec<_> = c
+        .events()
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::Failover { cause, .. } => cause.to_string(),
+            other => other.name().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        causes,
+        ["maintenance"],
+        "only the first refusal was a cause"
+    );
+}
+
+#[tokio::test]
+async fn replays_outside_what_a_logout_allowed_are_refused_as_expired_and_kept_queued() {
+    let gw = tokio::task::spawn_blocking(gateway_with_short_maintenance_hold)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+
+    // Session 1 scans one job in maintenance and is ended by a logout that
+    // carries no count.
+    let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+    let first = c.login("alice", PASSWORD).await.unwrap();
+    let gw = maintenance(gw, true).await;
+    let uncounted = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    deliver_refused_by_maintenance(&c, &outbox, &uncounted).await;
+    gw.client().logout(&first.session).await.unwrap();
+    drop(c);
+
+    // Session 2 scans one job and logs out with the count 1; a second job
+    // under its token, numbered 2, was never counted.
+    let gw = maintenance(gw, false).await;
+    let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+    let second = c.login("alice", PASSWORD).await.unwrap();
+    let gw = maintenance(gw, true).await;
+    let counted = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    assert_eq!(counted.session.seq, 1);
+    deliver_refused_by_maintenance(&c, &outbox, &counted).await;
+    wait_out_maintenance_hold().await;
+    c.logout().await.unwrap();
+    let beyond = outbox
+        .put(
+            uuid::Uuid::new_v4(),
+            &Manifest::new("scan-to-folder", 1),
+            &job_pages(),
+            SessionStamp {
+                token: second.session.clone(),
+                seq: 2,
+            },
+        )
+        .unwrap();
+
+    let gw = maintenance(gw, false).await;
+    let done = c.replay(&outbox).await.unwrap();
+    let ids: Vec<_> = done.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [uncounted.job_id, counted.job_id, beyond.job_id]);
+    let why = refused_as_session_expired(&done[0].1);
+    assert!(why.contains("logging out"), "{why}");
+    let Ok(Delivery::Acknowledged(d)) = &done[1].1 else {
+        panic!("job 1 of 1 is a replay the logout allowed: {:?}", done[1].1)
+    };
+    assert_eq!(d.ack.job_id, counted.job_id);
+    let why = refused_as_session_expired(&done[2].1);
+    assert!(
+        why.contains("job 2") && why.contains("among the 1"),
+        "{why}"
+    );
+
+    // 401 is the person's business: both stay queued, nothing is rejected,
+    // and the gateway stored only the counted job.
+    let mut left: Vec<_> = outbox.pending().unwrap().iter().map(|j| j.job_id).collect();
+    left.sort();
+    let mut expected = vec![uncounted.job_id, beyond.job_id];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert!(outbox.rejected().unwrap().is_empty());
+    let jobs = gw.client().jobs(50).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        [counted.job_id]
+    );
+}
+
+#[tokio::test]
+async fn a_person_who_scanned_nothing_logs_out_at_the_gateway() {
+    let gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let c = client_for(std::slice::from_ref(&gw.plain), &gw.token).await;
+    let session = c.login("alice", PASSWORD).await.unwrap();
+    c.logout().await.unwrap();
+    let gone = gw.client().logout(&session.session).await.unwrap_err();
+    let gone = gone.http().expect("an HTTP refusal");
+    assert!(gone.has_code("session_expired"), "{gone:?}");
 }
