@@ -189,16 +189,28 @@ pub async fn check(settings: &Settings) -> anyhow::Result<CheckReport> {
             pid.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
         )),
         Ok(None) => {
-            for l in &settings.instance.listeners {
-                if l.addr.port() == 0 {
+            let mut addresses: Vec<(&str, std::net::SocketAddr)> = settings
+                .instance
+                .listeners
+                .iter()
+                .map(|l| {
+                    let key = match l.kind {
+                        ListenerKind::Https => "listen",
+                        ListenerKind::Plain => "listen_plain",
+                        ListenerKind::ProxyHttps => "listen_proxy",
+                    };
+                    (key, l.addr)
+                })
+                .collect();
+            // The pair port is bound by `serve` too, and must be free.
+            if let Some(pair) = &settings.instance.pair {
+                addresses.push(("pair.listen", pair.listen));
+            }
+            for (key, addr) in addresses {
+                if addr.port() == 0 {
                     continue;
                 }
-                let key = match l.kind {
-                    ListenerKind::Https => "listen",
-                    ListenerKind::Plain => "listen_plain",
-                    ListenerKind::ProxyHttps => "listen_proxy",
-                };
-                if let Err(e) = std::net::TcpListener::bind(l.addr) {
+                if let Err(e) = std::net::TcpListener::bind(addr) {
                     let hint = match e.kind() {
                         std::io::ErrorKind::AddrInUse => {
                             "another program listens there; stop it or choose another port"
@@ -212,8 +224,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<CheckReport> {
                         _ => "choose another address",
                     };
                     bail!(
-                        "{key}: cannot listen on {}: {} — {hint}",
-                        l.addr,
+                        "{key}: cannot listen on {addr}: {} — {hint}",
                         plugins::fsutil::io_cause(&e)
                     );
                 }

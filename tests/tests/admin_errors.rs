@@ -203,7 +203,7 @@ fn both_refuse(site: &Site, instance: &str, expected: &str) {
 // (unreadable or mismatched TLS files, ports it cannot listen on).
 #[test]
 fn check_config_refuses_what_serve_refuses() {
-    let site = Site::new(&["gw-a", "gw-b", "gw-c", "gw-d", "gw-e"], "");
+    let site = Site::new(&["gw-a", "gw-b", "gw-c", "gw-d", "gw-e", "gw-f"], "");
     let out = site.cli_ok("gw-a", &["check-config"]);
     assert!(out.contains("is valid for instance gw-a"), "{out}");
     assert!(out.contains("will generate a self-signed one"), "{out}");
@@ -253,6 +253,27 @@ fn check_config_refuses_what_serve_refuses() {
     assert!(msg.contains("another program listens there"), "{msg}");
     let serve = site.cli("gw-e", &["serve"]);
     assert!(!serve.status.success(), "serve refuses the same port");
+
+    // The pair port too: serve binds it, so check-config tests it.
+    configure(
+        &site,
+        "gw-f",
+        &format!("pair = {{ listen = \"127.0.0.1:{port}\", peer = \"127.0.0.1:9\" }}"),
+    );
+    let out = site.cli("gw-f", &["check-config"]);
+    assert!(!out.status.success());
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&format!("pair.listen: cannot listen on 127.0.0.1:{port}")),
+        "{msg}"
+    );
+    let serve = site.cli("gw-f", &["serve"]);
+    assert!(!serve.status.success(), "serve refuses the same pair port");
+    assert!(
+        stderr(&serve).contains("cannot listen on the pair port"),
+        "{}",
+        stderr(&serve)
+    );
     drop(taken);
 
     // A valid file with matching files is valid, and serve starts on it.
