@@ -218,6 +218,112 @@ pub fn import_site_config(
     Ok(version.map(|version| Imported { version, changed }))
 }
 
+/// Keys whose values are secrets wherever they stand in the configuration
+/// (plugin settings, `[notify]`): exported as digests.
+const SECRET_KEYS: &[&str] = &["secret", "password"];
+
+/// `sha256:<hex>`: how an export writes a secret, so the file can be read
+/// and shared without it.
+fn digest_text(text: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
+    )
+}
+
+/// Replaces every secret in `value` by its digest, and drops nulls (TOML
+/// has none: an absent key means the same).
+fn export_value(value: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match value {
+        Value::Null => None,
+        Value::Array(items) => Some(Value::Array(
+            items.iter().filter_map(export_value).collect(),
+        )),
+        Value::Object(map) => Some(Value::Object(
+            map.iter()
+                .filter_map(|(k, v)| {
+                    if SECRET_KEYS.contains(&k.as_str())
+                        && let Value::String(secret) = v
+                    {
+                        return Some((k.clone(), Value::String(digest_text(secret))));
+                    }
+                    export_value(v).map(|v| (k.clone(), v))
+                })
+                .collect(),
+        )),
+        other => Some(other.clone()),
+    }
+}
+
+/// The whole shared configuration as one TOML document, as the store holds
+/// it: limits, sessions, users (their password hashes), workflows,
+/// `[notify]` and the device registry (token digests), with every secret
+/// (plugin secrets and passwords, the session key) written as a digest. The
+/// first lines say which version and epoch it is.
+pub fn export_toml(store: &Store) -> Result<String, String> {
+    use serde_json::{Map, Value};
+    let meta = store.config_meta().map_err(|e| e.to_string())?;
+    let mut root = Map::new();
+    for name in [
+        DOC_LIMITS,
+        DOC_SESSIONS,
+        DOC_USERS,
+        DOC_WORKFLOWS,
+        DOC_NOTIFY,
+    ] {
+        let Some(doc) = store.config_doc(name).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&doc.body)
+            .map_err(|e| format!("configuration document `{name}` is not valid: {e}"))?;
+        if let Some(value) = export_value(&value) {
+            root.insert(name.to_owned(), value);
+        }
+    }
+    if let Some(key) = store
+        .config_doc(DOC_SESSION_KEY)
+        .map_err(|e| e.to_string())?
+    {
+        root.insert(
+            DOC_SESSION_KEY.to_owned(),
+            Value::String(digest_text(key.body.trim())),
+        );
+    }
+    let mut devices = Map::new();
+    let digests = store.device_token_digests().map_err(|e| e.to_string())?;
+    for d in store.devices().map_err(|e| e.to_string())? {
+        let mut row = Map::new();
+        row.insert("id".into(), Value::String(d.id.to_string()));
+        if let Some(serial) = d.serial {
+            row.insert("serial".into(), Value::String(serial));
+        }
+        row.insert(
+            "status".into(),
+            serde_json::to_value(d.status).expect("statuses serialise"),
+        );
+        if let Some(digest) = digests.get(&d.id) {
+            row.insert("token_sha256".into(), Value::String(digest.clone()));
+        }
+        row.insert(
+            "created_at".into(),
+            Value::String(crate::store::time_text(d.created_at)),
+        );
+        devices.insert(d.name, Value::Object(row));
+    }
+    if !devices.is_empty() {
+        root.insert("devices".into(), Value::Object(devices));
+    }
+    let body = toml::to_string(&Value::Object(root))
+        .map_err(|e| format!("the configuration cannot be written as TOML: {e}"))?;
+    Ok(format!(
+        "# The shared configuration, version {} of epoch {}.\n\
+         # Secrets are written as sha256 digests; a digest stands for the value it was made from.\n\n{body}",
+        meta.version,
+        meta.epoch.short()
+    ))
+}
+
 /// Reads the documents from the store and builds the snapshot.
 pub fn load_active(
     store: &Store,
@@ -311,4 +417,95 @@ pub fn load_active(
 
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("configuration documents serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::role::RoleSnapshot;
+    use crate::store::DeviceStatus;
+
+    /// The export holds everything shared, with no secret in the clear,
+    /// and reads back as TOML.
+    #[test]
+    fn the_export_is_the_whole_configuration_with_secrets_as_digests() {
+        let store = Store::open_in_memory().unwrap();
+        let write = |docs: &[(&str, String)]| {
+            let w = RoleSnapshot::unlicensed(None)
+                .replicated_write(
+                    pair_core::Epoch::new(2, pair_core::ServerId::from_u128(7)),
+                    store.config_meta().unwrap().version + 1,
+                )
+                .unwrap();
+            store.put_config_docs(docs, w).unwrap();
+        };
+        write(&[
+            (DOC_USERS, r#"{"ann":{"password_hash":"pbkdf2$1$x","display_name":null}}"#.into()),
+            (
+                DOC_WORKFLOWS,
+                r#"{"to-hook":{"steps":[{"plugin":"webhook","url":"https://h","secret":"hook-secret-123"}]}}"#.into(),
+            ),
+            (
+                DOC_NOTIFY,
+                r#"{"mail":{"host":"smtp","from":"a@b","to":["c@d"],"password":"mail-pass-456","username":"u"}}"#.into(),
+            ),
+            (DOC_SESSION_KEY, "c2Vzc2lvbi1rZXktNzg5".into()),
+            (DOC_LIMITS, r#"{"max_job_bytes":100,"max_pages":5,"max_page_bytes":50}"#.into()),
+        ]);
+        let w = RoleSnapshot::unlicensed(None)
+            .replicated_write(
+                pair_core::Epoch::new(2, pair_core::ServerId::from_u128(7)),
+                store.config_meta().unwrap().version + 1,
+            )
+            .unwrap();
+        store
+            .insert_device(
+                "mfd-1",
+                Some("S1"),
+                "tokendigest",
+                DeviceStatus::Approved,
+                w,
+            )
+            .unwrap();
+
+        let text = export_toml(&store).unwrap();
+        assert!(
+            text.starts_with("# The shared configuration, version 2 of epoch 2"),
+            "{text}"
+        );
+        for secret in ["hook-secret-123", "mail-pass-456", "c2Vzc2lvbi1rZXktNzg5"] {
+            assert!(!text.contains(secret), "{secret} in the clear:\n{text}");
+        }
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["users"]["ann"]["password_hash"].as_str(),
+            Some("pbkdf2$1$x")
+        );
+        assert!(
+            parsed["users"]["ann"].get("display_name").is_none(),
+            "nulls are left out"
+        );
+        let secret = parsed["workflows"]["to-hook"]["steps"][0]["secret"]
+            .as_str()
+            .unwrap();
+        assert_eq!(secret, digest_text("hook-secret-123"));
+        assert!(
+            parsed["notify"]["mail"]["password"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        assert_eq!(parsed["notify"]["mail"]["username"].as_str(), Some("u"));
+        assert!(
+            parsed["session_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("sha256:")
+        );
+        assert_eq!(parsed["limits"]["max_pages"].as_integer(), Some(5));
+        let device = &parsed["devices"]["mfd-1"];
+        assert_eq!(device["token_sha256"].as_str(), Some("tokendigest"));
+        assert_eq!(device["status"].as_str(), Some("approved"));
+        assert_eq!(device["serial"].as_str(), Some("S1"));
+    }
 }

@@ -466,3 +466,47 @@ fn json_logs_are_one_object_per_line_with_the_instance_name() {
     }
     assert!(lines >= 3, "{log}");
 }
+
+/// `gateway config export` prints the shared configuration of a running
+/// instance, and of a stopped one; `--out` writes a private file.
+#[test]
+fn config_export_prints_the_shared_configuration_running_or_not() {
+    let site = Site::new(&["gw-a"], "");
+    site.activate("gw-a", "03", 7, 2);
+    let mut gw = site.start("gw-a");
+    site.add_device("gw-a", "mfd-1");
+    let text = site.cli_ok("gw-a", &["config", "export"]);
+    assert!(
+        text.starts_with("# The shared configuration, version"),
+        "{text}"
+    );
+    let parsed: toml::Table = toml::from_str(&text).unwrap();
+    assert!(
+        parsed["workflows"].get("scan-to-folder").is_some(),
+        "{text}"
+    );
+    assert!(parsed["users"].get("alice").is_some(), "{text}");
+    assert!(parsed["devices"].get("mfd-1").is_some(), "{text}");
+    assert!(
+        parsed["session_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    gw.stop();
+
+    let out = site.dir.path().join("export.toml");
+    let said = site.cli_ok(
+        "gw-a",
+        &["config", "export", "--out", out.to_str().unwrap()],
+    );
+    assert!(said.contains("configuration written to"), "{said}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        text,
+        "the same document either way"
+    );
+}

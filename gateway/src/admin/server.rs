@@ -194,6 +194,7 @@ fn router(admin: Admin) -> Router {
         .route("/db/check", get(db_check))
         .route("/db/schema", get(db_schema))
         .route("/shutdown", post(shutdown))
+        .route("/config/export", get(config_export))
         .route("/pair", get(pair_status))
         .route("/pair/init", post(pair_init))
         .route("/pair/join", post(pair_join))
@@ -551,4 +552,15 @@ async fn pair_join(State(a): State<Admin>, Json(req): Json<JoinRequest>) -> Admi
 
 async fn pair_unpair(State(a): State<Admin>) -> AdminReply {
     reply(super::pair::unpair(&a.pair).await)
+}
+
+async fn config_export(State(a): State<Admin>) -> AdminReply {
+    reply(
+        on_store(&a.core, |s| {
+            crate::site::export_toml(s)
+                .map(|toml| json!({"toml": toml}))
+                .map_err(AdminError::Refused)
+        })
+        .await,
+    )
 }

@@ -54,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ServiceAction,
     },
+    /// The shared configuration as one TOML document (secrets as digests).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Database integrity check and schema listing.
     Db {
         #[command(subcommand)]
@@ -124,6 +129,16 @@ pub enum LicenseAction {
     Show {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Write the shared configuration as the store holds it.
+    Export {
+        /// Write to this file (private to its owner) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

@@ -317,6 +317,28 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
         }
         Command::Service { action } => service(&settings, target, action).await,
         Command::Db { action } => db(&settings, action).await,
+        Command::Config {
+            action: ConfigAction::Export { out },
+        } => {
+            let toml = match reach(&settings).await? {
+                Reach::Running(c) => c.get("/config/export").await.map_err(call_error)?["toml"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                Reach::Stopped(lock) => crate::site::export_toml(&offline(&settings, lock)?.store)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            };
+            match out {
+                None => print!("{toml}"),
+                Some(path) => {
+                    plugins::fsutil::write_atomic(&path, toml.as_bytes(), "export").with_context(
+                        || format!("cannot write the configuration to {}", path.display()),
+                    )?;
+                    println!("configuration written to {}", path.display());
+                }
+            }
+            Ok(0)
+        }
         Command::Rate { jobs, size, json } => {
             let size =
                 settings::ByteSize::parse(&size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;

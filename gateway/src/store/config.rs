@@ -401,6 +401,24 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// Every device's token digest, by device id (the configuration export
+    /// and replication carry digests, never tokens).
+    pub fn device_token_digests(
+        &self,
+    ) -> Result<std::collections::BTreeMap<Uuid, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, token_sha256 FROM devices")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (id, digest) = row?;
+            let id = Uuid::parse_str(&id)
+                .map_err(|e| StoreError::Corrupt(format!("device id `{id}`: {e}")))?;
+            out.insert(id, digest);
+        }
+        Ok(out)
+    }
+
     /// Number of devices waiting for approval.
     pub fn pending_devices(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row(
