@@ -132,6 +132,10 @@ pub struct Core {
     server_id: watch::Sender<Option<ServerId>>,
     /// The pair link's one-word state, set by the pair adapter.
     pair_summary: std::sync::RwLock<Option<&'static str>>,
+    /// Admin switches changed while the data service was down: written to
+    /// the store when it comes back instead of being overwritten by what it
+    /// held before.
+    unsaved_switches: std::sync::Mutex<Vec<(&'static str, bool)>>,
     /// The runtime the core was built on, for work that must not run on an
     /// adapter's own thread (sending notifications).
     main_runtime: Option<tokio::runtime::Handle>,
@@ -156,6 +160,7 @@ impl Core {
             started_at: parts.clock.now(),
             server_id: watch::Sender::new(None),
             pair_summary: std::sync::RwLock::new(None),
+            unsaved_switches: std::sync::Mutex::new(Vec::new()),
             main_runtime: tokio::runtime::Handle::try_current().ok(),
             loaded_generation: tokio::sync::Mutex::new(0),
             shutdown: watch::Sender::new(false),
@@ -318,6 +323,11 @@ impl Core {
         let site = self.settings.site.clone();
         let instance = self.name().to_owned();
         let today = self.clock.now().date_naive();
+        let unsaved = self
+            .unsaved_switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (me, role, adopted, imported, (maintenance, paused)) = self
             .data
             .run(move |store| {
@@ -325,12 +335,21 @@ impl Core {
                 let adopted = store.adopt_unowned_jobs(me)?;
                 let role = license::read_role(store, &ctx, today)?;
                 let imported = site::import_site_config(store, &site, &role, &instance)?;
+                // An admin's change made while the store was away wins over
+                // what the store held.
+                for (key, on) in &unsaved {
+                    store.local_set(key, Some(if *on { "on" } else { "off" }))?;
+                }
                 let maintenance = store.local_get(MAINTENANCE_KEY)?.as_deref() == Some("on");
                 let paused = store.local_get(PIPELINE_PAUSED_KEY)?.as_deref() == Some("on");
                 Ok((me, role, adopted, imported, (maintenance, paused)))
             })
             .await
             .map_err(|e| e.to_string())?;
+        self.unsaved_switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.server_id.send_replace(Some(me));
         if adopted > 0 {
             tracing::info!(
@@ -489,11 +508,28 @@ impl Core {
     pub async fn set_maintenance(&self, on: bool) -> bool {
         self.admission.set_maintenance(on);
         tracing::warn!(on, "maintenance mode changed");
+        self.record_switch(MAINTENANCE_KEY, on).await
+    }
+
+    /// Stores an admin switch; while the data service is down it is kept
+    /// and written when the service comes back. Returns whether it was
+    /// stored now.
+    async fn record_switch(&self, key: &'static str, on: bool) -> bool {
         let value = if on { "on" } else { "off" };
-        self.data
-            .run(move |store| store.local_set(MAINTENANCE_KEY, Some(value)))
+        let stored = self
+            .data
+            .run(move |store| store.local_set(key, Some(value)))
             .await
-            .is_ok()
+            .is_ok();
+        let mut unsaved = self
+            .unsaved_switches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        unsaved.retain(|(k, _)| *k != key);
+        if !stored {
+            unsaved.push((key, on));
+        }
+        stored
     }
 
     pub fn pipeline_paused(&self) -> bool {
@@ -510,11 +546,7 @@ impl Core {
         if !paused {
             self.job_ready.notify_waiters();
         }
-        let value = if paused { "on" } else { "off" };
-        self.data
-            .run(move |store| store.local_set(PIPELINE_PAUSED_KEY, Some(value)))
-            .await
-            .is_ok()
+        self.record_switch(PIPELINE_PAUSED_KEY, paused).await
     }
 
     /// Asks every task to finish. Returns once every task that checks the

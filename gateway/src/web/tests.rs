@@ -673,3 +673,33 @@ async fn jobs_of_an_expired_session_are_replayed_within_the_window_only() {
         "{body}"
     );
 }
+
+/// Regression: a switch an admin changed while the data service was down
+/// was overwritten, when the service came back, by what the store held.
+#[tokio::test]
+async fn admin_switches_changed_while_the_store_is_away_survive_its_return() {
+    let site = Site::licensed(Role::Primary).await;
+    site.core.data.stop().await;
+    assert!(
+        !site.core.set_maintenance(true).await,
+        "not stored while down"
+    );
+    assert!(!site.core.set_pipeline_paused(true).await);
+    site.core.data.start().await.unwrap();
+    site.core
+        .load_generation(site.core.data.state().generation)
+        .await
+        .unwrap();
+    assert!(site.core.in_maintenance());
+    assert!(site.core.pipeline_paused());
+    // Now stored: another restart of the data service keeps them too.
+    site.core.data.stop().await;
+    site.core.data.start().await.unwrap();
+    site.core
+        .load_generation(site.core.data.state().generation)
+        .await
+        .unwrap();
+    assert!(site.core.in_maintenance() && site.core.pipeline_paused());
+    site.core.set_maintenance(false).await;
+    assert!(!site.core.in_maintenance());
+}
