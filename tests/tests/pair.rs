@@ -1,8 +1,8 @@
-//! The pair link between two real `gateway` processes on loopback: pairing
+//! The pair link between real `gateway` processes on loopback: pairing
 //! with a one-time code, heartbeats, DEAD after kill -9 and after SIGSTOP
 //! (no closed socket to help), LIVE when the peer returns, CLOSE (and no
-//! DEAD) after a clean stop, and a returning old primary fenced by the
-//! promoted one.
+//! DEAD) after a clean stop, a returning old primary fenced by the promoted
+//! one, and a third server turned away.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +10,10 @@ use e2e::support::WebhookReceiver;
 use e2e::{Instance, Site, eventually, free_port};
 
 /// Two instances with pair ports pointing at each other; `gw-a` is
-/// activated 03, `gw-b` 04; pair events are sent to `hook`, when given.
+/// activated 03, `gw-b` 04; pair events are sent to `hook`, when given. A
+/// third, `gw-c` (04), points at `gw-a` too: a server that was never paired.
 fn pair_site(hook: Option<&WebhookReceiver>) -> Site {
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
     let notify = hook.map_or_else(String::new, |h| {
         format!(
             "\n[notify.webhook]\nurl = \"{}\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
@@ -20,15 +21,17 @@ fn pair_site(hook: Option<&WebhookReceiver>) -> Site {
         )
     });
     let site = Site::new(
-        &["gw-a", "gw-b"],
+        &["gw-a", "gw-b", "gw-c"],
         &format!(
             "{notify}\n[instances.gw-a.pair]\nlisten = \"127.0.0.1:{pa}\"\npeer = \"127.0.0.1:{pb}\"\n\
              \n[instances.gw-b.pair]\nlisten = \"127.0.0.1:{pb}\"\npeer = \"127.0.0.1:{pa}\"\n\
+             \n[instances.gw-c.pair]\nlisten = \"127.0.0.1:{pc}\"\npeer = \"127.0.0.1:{pa}\"\n\
              \n[defaults.pair]\nheartbeat_interval_ms = 100\ndead_threshold_ms = 600\n"
         ),
     );
     site.activate("gw-a", "03", 1, 5);
     site.activate("gw-b", "04", 2, 5);
+    site.activate("gw-c", "04", 3, 5);
     site
 }
 
@@ -224,4 +227,53 @@ fn a_returning_old_primary_is_fenced_by_the_promoted_secondary() {
     a.stop();
     let a = site.start("gw-a");
     assert_eq!(a.health().1["role"], "fenced");
+}
+
+/// Between real processes: a wrong code is refused with the reason on both
+/// sides; once the pair is made no code can be opened, and a third server
+/// is turned away in the TLS handshake, logged with its address.
+#[test]
+fn a_third_server_is_refused_and_the_refusal_is_logged() {
+    let site = pair_site(None);
+    let a = site.start("gw-a");
+    let b = site.start("gw-b");
+    let c = site.start("gw-c");
+
+    let code = site.cli_ok("gw-a", &["pair", "init"]).trim().to_owned();
+    let mut parts: Vec<String> = code.split('.').map(str::to_owned).collect();
+    parts[2] = "00".repeat(16);
+    let out = site.cli("gw-c", &["pair", "join", &parts.join(".")]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(why.contains("the pairing code is wrong"), "{why}");
+    assert!(
+        a.wait_for_log("pairing refused", Duration::from_secs(5)),
+        "{}",
+        a.log_text()
+    );
+
+    // The wrong attempt did not use the code up: gw-b pairs with it.
+    site.cli_ok("gw-b", &["pair", "join", &code]);
+    wait_pair(&a, "live", Duration::from_secs(10));
+    wait_pair(&b, "live", Duration::from_secs(10));
+
+    // Paired: no new code is opened, and the used one lets nobody in.
+    let refused = site.cli("gw-a", &["pair", "init"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(why.contains("already paired with gw-b"), "{why}");
+    let out = site.cli("gw-c", &["pair", "join", &code]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(why.contains("no pairing code is open"), "{why}");
+    assert!(
+        a.wait_for_log(
+            "pair connection refused in the TLS handshake",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        a.log_text()
+    );
+    assert_eq!(pair_state(&a), "live");
+    assert_eq!(pair_state(&c), "unpaired");
 }

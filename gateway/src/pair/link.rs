@@ -392,6 +392,15 @@ impl Driver {
     async fn on_command(&mut self, command: Command) {
         match command {
             Command::InitPairing { reply } => {
+                // A primary pairs with one server: a new code never replaces
+                // the pinned peer behind the admin's back.
+                if let Some(peer) = &self.peer {
+                    let _ = reply.send(Err(format!(
+                        "this server is already paired with {}; run `gateway pair unpair` first to pair with another server",
+                        peer.instance
+                    )));
+                    return;
+                }
                 let role = self.core.role.snapshot().role;
                 if role != crate::role::ServerRole::Primary {
                     let _ = reply.send(Err(format!(
