@@ -274,6 +274,36 @@ fn a_third_server_is_refused_and_the_refusal_is_logged() {
         "{}",
         a.log_text()
     );
+
+    // An expired code is refused before anything is sent.
+    let mut parts: Vec<String> = code.split('.').map(str::to_owned).collect();
+    parts[3] = "1000".into();
+    let out = site.cli("gw-c", &["pair", "join", &parts.join(".")]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(why.contains("the pairing code expired"), "{why}");
+
+    // A client without a certificate fails the handshake on the pair port.
+    let status: serde_json::Value =
+        serde_json::from_str(&site.cli_ok("gw-a", &["pair", "status", "--json"])).unwrap();
+    let port = status["listen"].as_str().expect("gw-a's pair address");
+    let curl = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "5", &format!("https://{port}/")])
+        .output()
+        .expect("curl is installed by `cargo xtask setup`");
+    assert!(
+        !curl.status.success() && curl.stdout.is_empty(),
+        "a client without a certificate got an answer: {:?}",
+        String::from_utf8_lossy(&curl.stdout)
+    );
+    let refusals = || {
+        a.log_text()
+            .matches("pair connection refused in the TLS handshake")
+            .count()
+    };
+    let seen = eventually(Duration::from_secs(5), || (refusals() >= 2).then_some(()));
+    assert!(seen.is_some(), "{}", a.log_text());
+
     assert_eq!(pair_state(&a), "live");
     assert_eq!(pair_state(&c), "unpaired");
 }
