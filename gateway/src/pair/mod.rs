@@ -8,17 +8,24 @@
 //! - [`trust`]: the pinned-certificate TLS configurations;
 //! - [`pairing`]: the one-time pairing code and the peer record;
 //! - [`frame`]: length-prefixed JSON frames;
-//! - [`link`]: the driver of the protocol node, listener and dialer;
+//! - [`link`]: the handle: starts the link's thread, passes admin requests;
+//! - [`driver`]: the driver of the protocol node, and pairing;
+//! - [`connection`]: the listener, the dialer and connection tasks;
+//! - [`status`]: what status shows of the link;
 //! - [`notify`]: notifications to admins.
 
+pub mod connection;
+pub mod driver;
 pub mod frame;
 pub mod identity;
 pub mod link;
 pub mod notify;
 pub mod pairing;
+pub mod status;
 pub mod trust;
 
-pub use link::{PairLink, PairStatus};
+pub use link::PairLink;
+pub use status::PairStatus;
 
 #[cfg(test)]
 mod tests;
