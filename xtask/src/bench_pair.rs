@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::site::{listener, output};
-use crate::{Result, exec, root, setup};
+use crate::site::{Tools, listener, output, target_dir};
+use crate::{Result, exec, setup};
 
 /// How often `gw-a`'s `/health` is asked during a trial: the resolution of
 /// the gateway's figures.
@@ -67,17 +67,6 @@ impl Default for Options {
             dead_threshold_ms: 600,
             json: false,
         }
-    }
-}
-
-/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the
-/// workspace's `target/`.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => {
-            std::path::absolute(PathBuf::from(dir)).unwrap_or_else(|_| root().join("target"))
-        }
-        _ => root().join("target"),
     }
 }
 
@@ -144,32 +133,6 @@ impl Drop for Proc {
     }
 }
 
-/// The release binaries this benchmark runs.
-struct Bins {
-    dir: PathBuf,
-}
-
-impl Bins {
-    fn build() -> Result<Bins> {
-        exec(Command::new("cargo").args([
-            "build",
-            "--release",
-            "--bins",
-            "-p",
-            "gateway",
-            "-p",
-            "licensing",
-        ]))?;
-        Ok(Bins {
-            dir: target_dir().join("release"),
-        })
-    }
-
-    fn bin(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
 /// One gateway instance of the bench site.
 struct Gateway {
     name: &'static str,
@@ -179,7 +142,7 @@ struct Gateway {
 
 /// The two instances, their configuration file and logs.
 struct Site {
-    bins: Bins,
+    tools: Tools,
     dir: PathBuf,
     config: PathBuf,
     a: Gateway,
@@ -188,13 +151,7 @@ struct Site {
 
 impl Site {
     fn cli(&self, instance: &str, args: &[&str]) -> Result<String> {
-        output(
-            Command::new(self.bins.bin("gateway"))
-                .arg("--config")
-                .arg(&self.config)
-                .args(["--instance", instance])
-                .args(args),
-        )
+        output(self.tools.gateway(&self.config, instance).args(args))
     }
 
     fn log(&self, instance: &str) -> PathBuf {
@@ -213,10 +170,10 @@ impl Site {
             .append(true)
             .open(self.log(instance))
             .map_err(io)?;
-        let child = Command::new(self.bins.bin("gateway"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--instance", instance, "serve"])
+        let child = self
+            .tools
+            .gateway(&self.config, instance)
+            .arg("serve")
             .stdout(log.try_clone().map_err(io)?)
             .stderr(log)
             .spawn()
@@ -254,25 +211,13 @@ impl Site {
 /// Builds the site: a vendor key of its own, a configuration with both
 /// instances and their pair ports, licenses activated, both started and
 /// paired, both LIVE.
-fn pair_site(bins: Bins, dir: &Path, o: &Options) -> Result<Site> {
-    let vendor = dir.join("vendor");
-    output(
-        Command::new(bins.bin("license-tool"))
-            .arg("keygen")
-            .arg("--out")
-            .arg(&vendor),
-    )?;
-    let public = std::fs::read_to_string(vendor.join("vendor.pub")).map_err(io)?;
-    let issue = |role: &str, serial: &str| {
-        output(
-            Command::new(bins.bin("license-tool"))
-                .arg("issue")
-                .arg("--vendor-key")
-                .arg(vendor.join("vendor.key"))
-                .args(["--role", role, "--serial", serial, "--seats", "5"]),
-        )
-    };
-    let (key_a, key_b) = (issue("03", "1")?, issue("04", "2")?);
+fn pair_site(tools: Tools, dir: &Path, o: &Options) -> Result<Site> {
+    let vendor = tools.vendor(dir)?;
+    let public = vendor.public_key.clone();
+    let (key_a, key_b) = (
+        tools.issue(&vendor, "03", 1, 5)?,
+        tools.issue(&vendor, "04", 2, 5)?,
+    );
     // Fixed plain ports: HAProxy probes gw-b at one address across restarts.
     let (plain_a, plain_b) = (free_port()?, free_port()?);
     let (pair_a, pair_b) = (free_port()?, free_port()?);
@@ -306,14 +251,14 @@ listen_plain = "127.0.0.1:{plain_b}"
 listen = "127.0.0.1:{pair_b}"
 peer = "127.0.0.1:{pair_a}"
 "#,
-            public = public.trim(),
+            public = public,
             hb = o.heartbeat_interval_ms,
             dead = o.dead_threshold_ms,
         ),
     )
     .map_err(io)?;
     let mut site = Site {
-        bins,
+        tools,
         dir: dir.to_owned(),
         config,
         a: Gateway {
@@ -738,7 +683,7 @@ fn soak(site: &Site, secs: u64) -> Result<Value> {
 
 pub fn run(o: &Options) -> Result {
     setup::apt(&["haproxy"])?;
-    let bins = Bins::build()?;
+    let tools = Tools::build("release")?;
     let dir = target_dir().join("bench-pair");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(io)?;
@@ -748,7 +693,7 @@ pub fn run(o: &Options) -> Result {
         o.heartbeat_interval_ms,
         o.dead_threshold_ms
     );
-    let mut site = pair_site(bins, &dir, o)?;
+    let mut site = pair_site(tools, &dir, o)?;
     let haproxy = Haproxy::start(&dir, &site.b.plain)?;
 
     let mut results = Vec::new();

@@ -42,7 +42,7 @@ impl Tools {
         }
         exec(&mut cargo)?;
         Ok(Tools {
-            dir: root().join("target").join(profile),
+            dir: target_dir().join(profile),
         })
     }
 
@@ -150,6 +150,17 @@ impl Tools {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set, else the
+/// workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            std::path::absolute(PathBuf::from(dir)).unwrap_or_else(|_| root().join("target"))
+        }
+        _ => root().join("target"),
     }
 }
 
