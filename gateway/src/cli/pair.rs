@@ -8,7 +8,7 @@ use super::{CodeInput, PairAction};
 use crate::admin::client::AdminClient;
 
 fn read_code(input: &CodeInput) -> anyhow::Result<String> {
-    super::read_secret(
+    super::activation::read_secret(
         input.code.as_ref(),
         input.code_file.as_deref(),
         "pairing code",
