@@ -32,7 +32,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::site::{Tools, listener, output, target_dir};
+
+mod haproxy;
+mod soak;
+
 use crate::{Result, exec, setup};
+use haproxy::Haproxy;
+use soak::{count_in_log, log_len, soak};
 
 /// How often `gw-a`'s `/health` is asked during a trial: the resolution of
 /// the gateway's figures.
@@ -320,116 +326,6 @@ fn wait_pair(gw: &Gateway, state: &str, within: Duration) -> Result {
     ))
 }
 
-/// A real HAProxy probing gw-b with its default check timing.
-struct Haproxy {
-    socket: PathBuf,
-    _proc: Proc,
-}
-
-impl Haproxy {
-    fn start(dir: &Path, backend: &str) -> Result<Haproxy> {
-        let socket = dir.join("haproxy.sock");
-        let config = dir.join("haproxy.cfg");
-        let frontend = free_port()?;
-        std::fs::write(
-            &config,
-            format!(
-                r#"global
-    stats socket {socket} level admin
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-
-frontend bench
-    bind 127.0.0.1:{frontend}
-    default_backend {BACKEND}
-
-backend {BACKEND}
-    option httpchk GET /health
-    http-check expect status 200
-    # HAProxy's own defaults, written out: a probe every 2 s, DOWN after 3
-    # failed probes, UP again after 2 good ones. No `timeout check`, so a
-    # probe may take up to `inter` before it counts as failed.
-    default-server inter {HAPROXY_INTER_MS}ms fall 3 rise 2
-    server {SERVER} {backend} check
-"#,
-                socket = socket.display(),
-            ),
-        )
-        .map_err(io)?;
-        output(Command::new("haproxy").arg("-c").arg("-f").arg(&config))
-            .map_err(|e| format!("haproxy rejects its configuration: {e}"))?;
-        let log = std::fs::File::create(dir.join("haproxy.log")).map_err(io)?;
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdout(log.try_clone().map_err(io)?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start haproxy: {e}"))?;
-        let haproxy = Haproxy {
-            socket,
-            _proc: Proc {
-                child,
-                reaped: false,
-            },
-        };
-        haproxy.wait_status("UP", TRIAL_LIMIT)?;
-        Ok(haproxy)
-    }
-
-    /// The `status` column of gw-b in `show stat` (`UP`, `UP 1/3`, `DOWN`,
-    /// `DOWN 1/2`, ...).
-    fn status(&self) -> Result<String> {
-        let mut s = UnixStream::connect(&self.socket)
-            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))
-            .map_err(io)?;
-        s.write_all(b"show stat\n").map_err(io)?;
-        let mut csv = String::new();
-        s.read_to_string(&mut csv).map_err(io)?;
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("# ")
-            .split(',')
-            .collect();
-        let column = |name: &str| header.iter().position(|h| *h == name);
-        let (px, sv, st) = match (column("pxname"), column("svname"), column("status")) {
-            (Some(px), Some(sv), Some(st)) => (px, sv, st),
-            _ => return Err(format!("unexpected `show stat` answer: {csv}")),
-        };
-        lines
-            .map(|l| l.split(',').collect::<Vec<_>>())
-            .find(|f| f.get(px) == Some(&BACKEND) && f.get(sv) == Some(&SERVER))
-            .and_then(|f| f.get(st).map(|s| (*s).to_owned()))
-            .ok_or_else(|| format!("no {BACKEND}/{SERVER} in `show stat`: {csv}"))
-    }
-
-    fn wait_status(&self, want: &str, within: Duration) -> Result {
-        let deadline = Instant::now() + within;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            if let Ok(status) = self.status() {
-                if status == want {
-                    return Ok(());
-                }
-                last = status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "HAProxy did not see {SERVER} {want} within {} s (last: {last:?})",
-            within.as_secs()
-        ))
-    }
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Fault {
     Stop,
@@ -560,125 +456,6 @@ fn summary(samples: &[f64]) -> Value {
         "mean_ms": s.iter().sum::<f64>() / s.len() as f64,
         "samples_ms": samples,
     })
-}
-
-/// Threads that keep every core busy until dropped.
-struct Burners {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Burners {
-    fn start(n: usize) -> Burners {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..n)
-            .map(|_| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut x = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        for i in 0..100_000u64 {
-                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                        }
-                    }
-                })
-            })
-            .collect();
-        Burners { stop, threads }
-    }
-}
-
-impl Drop for Burners {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// (busy, total) jiffies over all cores, from `/proc/stat`.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is
-    // already in user).
-    let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
-fn count_in_log(path: &Path, from: u64, needle: &str) -> usize {
-    let text = std::fs::read(path).unwrap_or_default();
-    let from = (from as usize).min(text.len());
-    String::from_utf8_lossy(&text[from..])
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-fn log_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-/// Saturates every core for `secs` seconds while the pair is up; counts the
-/// DEAD (and LIVE) reports in both logs and how often `/health` said
-/// anything but `live`.
-fn soak(site: &Site, secs: u64) -> Result<Value> {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let logs = [site.log("gw-a"), site.log("gw-b")];
-    let offsets = [log_len(&logs[0]), log_len(&logs[1])];
-    let before = cpu_jiffies();
-    let burners = Burners::start(2 * cores);
-    eprintln!(
-        "bench pair: soak: {} busy-loop threads on {cores} cores for {secs} s",
-        2 * cores
-    );
-    let started = Instant::now();
-    let (mut probes, mut not_live) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(secs) {
-        for gw in [&site.a, &site.b] {
-            probes += 1;
-            if pair_word(&gw.plain).map_or(true, |w| w != "live") {
-                not_live += 1;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let took = started.elapsed();
-    let after = cpu_jiffies();
-    drop(burners);
-    let busy = match (before, after) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-            Some(100.0 * (b1 - b0) as f64 / (t1 - t0) as f64)
-        }
-        _ => None,
-    };
-    let dead: Vec<usize> = logs
-        .iter()
-        .zip(offsets)
-        .map(|(l, o)| count_in_log(l, o, "unreachable since"))
-        .collect();
-    let live: Vec<usize> = logs
-        .iter()
-        .zip(offsets)
-        .map(|(l, o)| count_in_log(l, o, "is back (LIVE)"))
-        .collect();
-    Ok(json!({
-        "seconds": took.as_secs_f64(),
-        "load": format!("{} busy-loop threads (2 x {cores} cores)", 2 * cores),
-        "cpu_busy_percent": busy,
-        "dead_reports": { "gw-a": dead[0], "gw-b": dead[1] },
-        "live_reports": { "gw-a": live[0], "gw-b": live[1] },
-        "health_probes": probes,
-        "health_not_live": not_live,
-    }))
 }
 
 pub fn run(o: &Options) -> Result {
