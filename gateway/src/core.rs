@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::admission::Admission;
+use crate::changes::{self, Applied, Change, ChangeError, ChangeRoute};
 use crate::clock::{Clock, SystemClock};
 use crate::data::{DataService, SupervisorTiming};
 use crate::license::{self, LicenseContext, RoleError};
@@ -132,6 +133,8 @@ pub struct Core {
     server_id: watch::Sender<Option<ServerId>>,
     /// The pair link's one-word state, set by the pair adapter.
     pair_summary: std::sync::RwLock<Option<&'static str>>,
+    /// Where configuration changes go once the pair link runs.
+    change_route: std::sync::OnceLock<Arc<dyn ChangeRoute>>,
     /// Admin switches changed while the data service was down: written to
     /// the store when it comes back instead of being overwritten by what it
     /// held before.
@@ -160,6 +163,7 @@ impl Core {
             started_at: parts.clock.now(),
             server_id: watch::Sender::new(None),
             pair_summary: std::sync::RwLock::new(None),
+            change_route: std::sync::OnceLock::new(),
             unsaved_switches: std::sync::Mutex::new(Vec::new()),
             main_runtime: tokio::runtime::Handle::try_current().ok(),
             loaded_generation: tokio::sync::Mutex::new(0),
@@ -233,6 +237,50 @@ impl Core {
     /// Sets the pair link's one-word state for `/health`.
     pub fn set_pair_summary(&self, word: &'static str) {
         *self.pair_summary.write().unwrap_or_else(|p| p.into_inner()) = Some(word);
+    }
+
+    /// Sends every configuration change through `route` from now on (the
+    /// pair link, which grants and replicates each one). Set once.
+    pub fn set_change_route(&self, route: Arc<dyn ChangeRoute>) {
+        let _ = self.change_route.set(route);
+    }
+
+    /// Makes a configuration change (R5: only the primary does) and loads
+    /// the configuration it gives. On a paired server the pair link grants
+    /// its (epoch, version) and pushes it to the secondary; otherwise the
+    /// role alone decides and the store stamps it.
+    pub async fn change_config(&self, change: Change) -> Result<Applied, ChangeError> {
+        if let Some(route) = self.change_route.get() {
+            return route.submit(change).await.unwrap_or_else(|_| {
+                Err(ChangeError::Unavailable(
+                    "the pair link is stopping; try again in a moment".into(),
+                ))
+            });
+        }
+        let role = self.role.snapshot();
+        let instance = self.name().to_owned();
+        let done = self
+            .data
+            .run(move |store| {
+                Ok((|| {
+                    let write = role.config_write(&instance)?;
+                    changes::check(store, &change)?;
+                    let device = changes::execute(store, &change, write)?;
+                    let meta = store.config_meta()?;
+                    Ok::<_, ChangeError>((device, meta))
+                })())
+            })
+            .await
+            .map_err(|e| ChangeError::Unavailable(e.to_string()))?;
+        let (device, meta) = done?;
+        self.reload_config()
+            .await
+            .map_err(ChangeError::Unavailable)?;
+        Ok(Applied {
+            version: Some(meta.version),
+            epoch: meta.epoch.to_string(),
+            device,
+        })
     }
 
     /// The configuration in use; without one (the data service never came

@@ -332,6 +332,7 @@ pub async fn serve(settings: Settings, lock: InstanceLock) -> anyhow::Result<()>
     if let Some(settings) = core.settings.instance.pair.clone() {
         if core.server_id().is_some() {
             let link = PairLink::start(core.clone(), settings).context("starting the pair link")?;
+            core.set_change_route(Arc::new(link.clone()));
             let _ = pair.set(link);
         } else {
             let (core, pair) = (core.clone(), pair.clone());
@@ -339,6 +340,7 @@ pub async fn serve(settings: Settings, lock: InstanceLock) -> anyhow::Result<()>
                 core.server_id_known().await;
                 match PairLink::start(core.clone(), settings) {
                     Ok(link) => {
+                        core.set_change_route(Arc::new(link.clone()));
                         let _ = pair.set(link);
                     }
                     Err(e) => {

@@ -11,8 +11,10 @@
 //!    [`settings`], [`paths`], [`proxy_protocol`], [`logging`];
 //! 2. **storage** — [`store`] (all SQL) and [`spool`] (page files);
 //! 3. **core** — the server's state and policy: [`license`], [`data`],
-//!    [`site`], [`metrics`], [`admission`], and [`core`] (the `Core` value
-//!    every adapter is given);
+//!    [`site`], [`declared`] (the declarative configuration file),
+//!    [`changes`] (configuration changes and how they are carried out),
+//!    [`metrics`], [`admission`], and [`core`] (the `Core` value every
+//!    adapter is given);
 //! 4. **adapters** — each talks to one outside party through the core:
 //!    [`web`] (devices over HTTPS), [`workers`] (the plugin pipeline),
 //!    [`admin`] (admins over a Unix socket), [`pair`] (the other server),
@@ -37,8 +39,10 @@ pub mod store;
 
 // core
 pub mod admission;
+pub mod changes;
 pub mod core;
 pub mod data;
+pub mod declared;
 pub mod license;
 pub mod metrics;
 pub mod site;

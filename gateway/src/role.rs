@@ -11,6 +11,8 @@
 //! * only the primary writes configuration (R5). A [`ConfigWrite`] is the
 //!   proof that a write is allowed; its fields are private and it is built
 //!   only by [`RoleSnapshot::config_write`] (a write as primary),
+//!   [`RoleSnapshot::permitted_write`] (a write as primary under the stamp
+//!   the pair protocol granted),
 //!   [`RoleSnapshot::replicated_write`] (applying the primary's change with
 //!   the version and epoch the primary stamped) and
 //!   [`RoleSnapshot::seed_write`] (the version-0 seed of an empty store), so
@@ -158,6 +160,26 @@ impl RoleSnapshot {
         })
     }
 
+    /// The permission for a write the pair protocol granted as primary:
+    /// stored under exactly the stamp of `permit` (the protocol persisted
+    /// its epoch first and gives each version once), so the change and its
+    /// replication carry the same (epoch, version).
+    pub fn permitted_write<'a>(
+        &self,
+        permit: &pair_core::WritePermit,
+        by: &'a str,
+    ) -> Result<ConfigWrite<'a>, ReadOnly> {
+        self.config_write(by)?;
+        let stamp = permit.stamp();
+        Ok(ConfigWrite {
+            kind: WriteKind::Stamped {
+                epoch: stamp.epoch,
+                version: stamp.version,
+                by,
+            },
+        })
+    }
+
     /// How this server seeds its configuration from its file: as a new
     /// version when it is the primary, otherwise as the version-0 seed that
     /// anything the primary sends supersedes (the store refuses the seed
@@ -181,6 +203,13 @@ pub struct ConfigWrite<'a> {
 pub enum WriteKind<'a> {
     /// A write by the primary of `epoch`: takes the next version.
     Primary { epoch: Epoch, by: &'a str },
+    /// A write by the primary under the stamp the pair protocol granted:
+    /// `version` must be the next one.
+    Stamped {
+        epoch: Epoch,
+        version: u64,
+        by: &'a str,
+    },
     /// The primary's change, applied as it was stamped.
     Replicated { epoch: Epoch, version: u64 },
     /// The version-0 seed of a store that has no configuration yet.
@@ -197,6 +226,18 @@ impl<'a> ConfigWrite<'a> {
     pub const fn for_tests(epoch: Epoch, by: &'a str) -> ConfigWrite<'a> {
         ConfigWrite {
             kind: WriteKind::Primary { epoch, by },
+        }
+    }
+
+    /// A write under a granted stamp, for the store's own unit tests.
+    #[cfg(test)]
+    pub const fn stamped_for_tests(epoch: Epoch, version: u64) -> ConfigWrite<'static> {
+        ConfigWrite {
+            kind: WriteKind::Stamped {
+                epoch,
+                version,
+                by: "test",
+            },
         }
     }
 }

@@ -186,6 +186,10 @@ struct RawInstance {
     pair_heartbeat_interval_ms: Option<Scalar>,
     #[serde(skip)]
     pair_dead_threshold_ms: Option<Scalar>,
+    #[serde(skip)]
+    pair_replication_period_secs: Option<Scalar>,
+    #[serde(skip)]
+    pair_max_clock_skew_ms: Option<Scalar>,
 }
 
 /// `[defaults.pair]` / `[instances.NAME.pair]`: this server's side of the
@@ -197,6 +201,8 @@ struct RawPair {
     peer: Option<Scalar>,
     heartbeat_interval_ms: Option<Scalar>,
     dead_threshold_ms: Option<Scalar>,
+    replication_period_secs: Option<Scalar>,
+    max_clock_skew_ms: Option<Scalar>,
 }
 
 impl RawInstance {
@@ -208,6 +214,8 @@ impl RawInstance {
             self.pair_peer = pair.peer;
             self.pair_heartbeat_interval_ms = pair.heartbeat_interval_ms;
             self.pair_dead_threshold_ms = pair.dead_threshold_ms;
+            self.pair_replication_period_secs = pair.replication_period_secs;
+            self.pair_max_clock_skew_ms = pair.max_clock_skew_ms;
         }
         self
     }
@@ -435,7 +443,9 @@ fn merge(
         pair_listen,
         pair_peer,
         pair_heartbeat_interval_ms,
-        pair_dead_threshold_ms
+        pair_dead_threshold_ms,
+        pair_replication_period_secs,
+        pair_max_clock_skew_ms
     );
 }
 
@@ -462,6 +472,8 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "pair_peer" => &mut into.pair_peer,
         "pair_heartbeat_interval_ms" => &mut into.pair_heartbeat_interval_ms,
         "pair_dead_threshold_ms" => &mut into.pair_dead_threshold_ms,
+        "pair_replication_period_secs" => &mut into.pair_replication_period_secs,
+        "pair_max_clock_skew_ms" => &mut into.pair_max_clock_skew_ms,
         other => unreachable!("ENV_VARS names unknown instance setting {other}"),
     };
     *slot = Some(value);
@@ -665,6 +677,7 @@ fn validate_instance(
     };
 
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let time_zone_text = time_zone.clone();
     let time_zone = match &time_zone {
         Some(tz) => tz.parse::<chrono_tz::Tz>().map_err(|_| {
             invalid(
@@ -692,7 +705,10 @@ fn validate_instance(
         ));
     }
 
-    let pair = validate_pair(&raw, key)?;
+    let mut pair = validate_pair(&raw, key)?;
+    if let (Some(pair), Some(_)) = (pair.as_mut(), &time_zone_text) {
+        pair.configured_time_zone = Some(time_zone.name().to_owned());
+    }
     Ok(InstanceSettings {
         pair,
         outbox_replay_window_secs: number(
@@ -794,11 +810,30 @@ fn validate_pair(
             ),
         ));
     }
+    // Seed 004's ReplicationPeriod: how often the secondary asks again when
+    // it sees it is behind (a push is at once).
+    let replication_period_secs = number(
+        &raw.pair_replication_period_secs,
+        key,
+        "pair_replication_period_secs",
+        30,
+        1..=86_400,
+    )?;
+    let max_clock_skew_ms = number(
+        &raw.pair_max_clock_skew_ms,
+        key,
+        "pair_max_clock_skew_ms",
+        1_000,
+        10..=600_000,
+    )?;
     Ok(Some(PairLinkSettings {
         listen,
         peer,
         heartbeat_interval_ms,
         dead_threshold_ms,
+        replication_period_secs,
+        max_clock_skew_ms,
+        configured_time_zone: None,
     }))
 }
 
@@ -872,6 +907,16 @@ fn validate_site(raw: &RawFile) -> Result<SiteConfig, SettingsError> {
 /// The zone this machine runs in: `TZ`, then `/etc/timezone`, then the
 /// `/etc/localtime` link, then UTC.
 pub fn system_time_zone() -> chrono_tz::Tz {
+    system_time_zone_name()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(chrono_tz::UTC)
+}
+
+/// The IANA name of the zone this machine runs in, read now (`TZ`, then
+/// `/etc/timezone`, then the `/etc/localtime` link), or `None` when it
+/// cannot be determined: the pair's time-zone check reports that as such
+/// rather than taking it as UTC.
+pub fn system_time_zone_name() -> Option<String> {
     let candidates = [
         std::env::var("TZ")
             .ok()
@@ -887,8 +932,7 @@ pub fn system_time_zone() -> chrono_tz::Tz {
     candidates
         .into_iter()
         .flatten()
-        .find_map(|name| name.parse().ok())
-        .unwrap_or(chrono_tz::UTC)
+        .find(|name| name.parse::<chrono_tz::Tz>().is_ok())
 }
 
 mod env;

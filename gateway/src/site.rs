@@ -146,7 +146,7 @@ pub struct Imported {
 }
 
 /// The shared documents the file's site section stands for.
-fn site_docs(site: &SiteConfig) -> Vec<(&'static str, String)> {
+pub(crate) fn site_docs(site: &SiteConfig) -> Vec<(&'static str, String)> {
     vec![
         (DOC_LIMITS, json(&site.limits)),
         (
@@ -220,7 +220,7 @@ pub fn import_site_config(
 
 /// Keys whose values are secrets wherever they stand in the configuration
 /// (plugin settings, `[notify]`): exported as digests.
-const SECRET_KEYS: &[&str] = &["secret", "password"];
+pub(crate) const SECRET_KEYS: &[&str] = &["secret", "password"];
 
 /// `sha256:<hex>`: how an export writes a secret, so the file can be read
 /// and shared without it.

@@ -106,6 +106,16 @@ pub enum Output {
     ServeSnapshot { stamp: ConfigStamp },
     /// The local configuration write is refused; the error says why.
     RefuseWrite(WriteRefused),
+    /// A fenced server received the whole configuration of the primary
+    /// that fenced it (`by`). It is **not** applied: the fenced server keeps
+    /// serving on its own configuration until it is activated again. The
+    /// driver compares it with its own to keep the partition-time changes
+    /// in the conflict report.
+    CompareConfig {
+        stamp: ConfigStamp,
+        by: Epoch,
+        payload: Payload,
+    },
 }
 
 /// Whether received configuration is one change or the whole of it.
@@ -271,6 +281,15 @@ impl PairNode {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// Goes back to the durable state after the driver could not carry out
+    /// an output (a `CommitWrite` or `ApplyConfig` that failed): what the
+    /// node took as done is forgotten, as after a crash, while the link and
+    /// the peer's liveness, which no output changed, are kept.
+    pub fn restore(&mut self, persisted: Persisted) {
+        self.state = persisted;
+        self.dirty = false;
     }
 
     /// The role view as it is now.
@@ -666,11 +685,21 @@ impl PairNode {
         self.role() == Role::Secondary && sender.is_primary() && self.sync_block.is_none()
     }
 
+    /// A fenced server asks for the configuration of the primary that
+    /// fenced it, to compare (never to apply), under the same sync rules.
+    fn compares_config_from(&self, sender: Role) -> bool {
+        matches!(self.role(), Role::Fenced { .. })
+            && sender.is_primary()
+            && self.sync_block.is_none()
+    }
+
     /// The pull (seed 004's ReplicationPeriod): a secondary that sees the
     /// primary hold other configuration than its own asks for a snapshot,
-    /// at most once per replication period.
+    /// at most once per replication period. A fenced server asks the same
+    /// way, for its conflict report.
     fn maybe_pull(&mut self, sender: Role, theirs: ConfigStamp, out: &mut Vec<Output>) {
-        if !self.takes_config_from(sender) || !Self::is_news(self.state.config, theirs) {
+        let wanted = self.takes_config_from(sender) || self.compares_config_from(sender);
+        if !wanted || !Self::is_news(self.state.config, theirs) {
             return;
         }
         let period = self.settings.timing().replication_period_ms();
@@ -752,6 +781,10 @@ impl PairNode {
         payload: Payload,
         out: &mut Vec<Output>,
     ) {
+        if self.compares_config_from(sender) {
+            out.push(Output::CompareConfig { stamp, by, payload });
+            return;
+        }
         if !self.takes_config_from(sender) || !Self::is_news(self.state.config, stamp) {
             return;
         }

@@ -86,6 +86,11 @@ pub enum SyncBlock {
         round_trip_ms: u64,
         max_ms: u64,
     },
+    /// The two servers have not compared zones and clocks on this
+    /// connection yet: sync waits for the first check (a moment after the
+    /// link comes up). Not a fault; drivers need not tell admins.
+    #[error("time zones and clocks not compared yet with {peer}; sync waits for the check")]
+    NotChecked { peer: String },
     /// The round trip was too long to say anything about the clocks.
     #[error(
         "clock check inconclusive: round trip {round_trip_ms} ms between {primary} and \

@@ -129,6 +129,9 @@ struct Ghost {
     write_by_non_primary: bool,
     write_before_durable: bool,
     stale_apply: bool,
+    /// A server that was not fenced was handed a configuration to compare,
+    /// or a fenced one applied configuration.
+    fenced_confusion: bool,
     /// A primary raised its epoch above an undone promotion.
     raised: bool,
 }
@@ -249,6 +252,9 @@ impl PairModel {
                 Output::ApplyConfig {
                     stamp, by, kind, ..
                 } => {
+                    if matches!(role_before, Role::Fenced { .. }) {
+                        s.ghost.fenced_confusion = true;
+                    }
                     if by < highest_before
                         || (kind == ApplyKind::Change && stamp.epoch < highest_before)
                     {
@@ -266,6 +272,11 @@ impl PairModel {
                     ));
                 }
                 Output::Notify(Event::EpochRaised { .. }) => s.ghost.raised = true,
+                Output::CompareConfig { .. } => {
+                    if !matches!(role_before, Role::Fenced { .. }) {
+                        s.ghost.fenced_confusion = true;
+                    }
+                }
                 Output::Notify(_) | Output::PublishRole(_) | Output::RefuseWrite(_) => {}
             }
         }
@@ -355,6 +366,7 @@ impl Model for PairModel {
                 write_by_non_primary: false,
                 write_before_durable: false,
                 stale_apply: false,
+                fenced_confusion: false,
                 raised: false,
             },
         };
@@ -552,6 +564,9 @@ impl Model for PairModel {
                 !s.ghost.duplicate_stamp
             }),
             Property::always(NO_STALE_APPLY, |_, s: &PairState| !s.ghost.stale_apply),
+            Property::always(FENCED_ONLY_COMPARES, |_, s: &PairState| {
+                !s.ghost.fenced_confusion
+            }),
             Property::always(NOT_BOTH_PRIMARY_AFTER_HEARING, |_, s: &PairState| {
                 !(s.ghost.heard[0]
                     && s.ghost.heard[1]
@@ -625,6 +640,8 @@ const NO_WRITE_BY_NON_PRIMARY: &str =
 const WRITE_EPOCH_DURABLE_FIRST: &str = "a write's epoch and stamp are persisted before the write";
 const NO_DUPLICATE_STAMP: &str = "no two configuration changes carry the same (epoch, version)";
 const NO_STALE_APPLY: &str = "no server applies a change from an epoch older than one it has seen";
+const FENCED_ONLY_COMPARES: &str =
+    "a fenced server compares the new primary's configuration and never applies it";
 const NOT_BOTH_PRIMARY_AFTER_HEARING: &str =
     "two servers that heard each other since their last role change are never both primary";
 const PRIMARY_THAT_HEARD_IS_ALONE: &str =

@@ -199,7 +199,16 @@ const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
     ("storage", &["spool", "store"]),
     (
         "core",
-        &["admission", "core", "data", "license", "metrics", "site"],
+        &[
+            "admission",
+            "changes",
+            "core",
+            "data",
+            "declared",
+            "license",
+            "metrics",
+            "site",
+        ],
     ),
     (
         "adapters",

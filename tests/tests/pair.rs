@@ -4,67 +4,11 @@
 //! DEAD) after a clean stop, a returning old primary fenced by the promoted
 //! one, and a third server turned away.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use e2e::pair::{pair_site, pair_state, pair_up, wait_pair};
 use e2e::support::WebhookReceiver;
-use e2e::{Instance, Site, eventually, free_port};
-
-/// Two instances with pair ports pointing at each other; `gw-a` is
-/// activated 03, `gw-b` 04; pair events are sent to `hook`, when given. A
-/// third, `gw-c` (04), points at `gw-a` too: a server that was never paired.
-fn pair_site(hook: Option<&WebhookReceiver>) -> Site {
-    let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let notify = hook.map_or_else(String::new, |h| {
-        format!(
-            "\n[notify.webhook]\nurl = \"{}\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n",
-            h.url()
-        )
-    });
-    let site = Site::new(
-        &["gw-a", "gw-b", "gw-c"],
-        &format!(
-            "{notify}\n[instances.gw-a.pair]\nlisten = \"127.0.0.1:{pa}\"\npeer = \"127.0.0.1:{pb}\"\n\
-             \n[instances.gw-b.pair]\nlisten = \"127.0.0.1:{pb}\"\npeer = \"127.0.0.1:{pa}\"\n\
-             \n[instances.gw-c.pair]\nlisten = \"127.0.0.1:{pc}\"\npeer = \"127.0.0.1:{pa}\"\n\
-             \n[defaults.pair]\nheartbeat_interval_ms = 100\ndead_threshold_ms = 600\n"
-        ),
-    );
-    site.activate("gw-a", "03", 1, 5);
-    site.activate("gw-b", "04", 2, 5);
-    site.activate("gw-c", "04", 3, 5);
-    site
-}
-
-fn pair_state(gw: &Instance) -> String {
-    gw.health().1["pair"].as_str().unwrap_or("").to_owned()
-}
-
-/// Waits until `gw`'s pair state is `state`; returns how long it took.
-fn wait_pair(gw: &Instance, state: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    let seen = eventually(within, || (pair_state(gw) == state).then_some(()));
-    assert!(
-        seen.is_some(),
-        "{}'s pair state never became {state} (it is {}):\n{}",
-        gw.name,
-        pair_state(gw),
-        gw.log_text()
-    );
-    started.elapsed()
-}
-
-fn pair_up(site: &Site) -> (Instance, Instance) {
-    let a = site.start("gw-a");
-    let b = site.start("gw-b");
-    assert_eq!(pair_state(&a), "unpaired");
-    let code = site.cli_ok("gw-a", &["pair", "init"]).trim().to_owned();
-    assert!(code.starts_with("sgp1."), "{code}");
-    let joined = site.cli_ok("gw-b", &["pair", "join", &code]);
-    assert!(joined.contains("paired with gw-a"), "{joined}");
-    wait_pair(&a, "live", Duration::from_secs(10));
-    wait_pair(&b, "live", Duration::from_secs(10));
-    (a, b)
-}
+use e2e::{Instance, eventually};
 
 fn signal(gw: &Instance, sig: &str) {
     let ok = std::process::Command::new("kill")
@@ -98,7 +42,7 @@ fn events_from_gw_a(hook: &WebhookReceiver) -> Vec<String> {
 fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let hook = runtime.block_on(WebhookReceiver::start(Vec::new()));
-    let site = pair_site(Some(&hook));
+    let site = pair_site(Some(&hook), "");
     let (a, mut b) = pair_up(&site);
 
     // Status shows the peer, its fingerprint and the state; /health only
@@ -190,7 +134,7 @@ fn paired_servers_see_each_other_die_stall_return_and_stop_cleanly() {
 /// is fenced, says so, keeps taking jobs, and stays fenced after a restart.
 #[test]
 fn a_returning_old_primary_is_fenced_by_the_promoted_secondary() {
-    let site = pair_site(None);
+    let site = pair_site(None, "");
     let (mut a, b) = pair_up(&site);
     a.stop();
     wait_pair(&b, "close", Duration::from_secs(5));
@@ -234,7 +178,7 @@ fn a_returning_old_primary_is_fenced_by_the_promoted_secondary() {
 /// is turned away in the TLS handshake, logged with its address.
 #[test]
 fn a_third_server_is_refused_and_the_refusal_is_logged() {
-    let site = pair_site(None);
+    let site = pair_site(None, "");
     let a = site.start("gw-a");
     let b = site.start("gw-b");
     let c = site.start("gw-c");

@@ -21,6 +21,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "haproxy",
     "keepalived",
     "curl",
+    // Shifts one process's clock for the pair's clock-skew test.
+    "faketime",
 ];
 
 /// What the demo needs.

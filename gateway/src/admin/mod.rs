@@ -3,6 +3,7 @@
 //! client.
 
 pub mod client;
+pub mod config;
 pub mod ops;
 pub mod pair;
 pub mod server;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::names::DeviceName;
+use crate::changes::{self, Change, ChangeError};
 use crate::role::{ReadOnly, RoleSnapshot};
 use crate::security::tokens;
 use crate::spool::JobSpool;
@@ -48,6 +48,47 @@ pub struct ProvisionedDevice {
     pub token: String,
 }
 
+impl From<ChangeError> for AdminError {
+    fn from(e: ChangeError) -> AdminError {
+        match e {
+            ChangeError::Invalid(m) => AdminError::Invalid(m),
+            ChangeError::NotFound(m) => AdminError::NotFound(m),
+            ChangeError::ReadOnly(r) => AdminError::ReadOnly(r),
+            ChangeError::Store(s) => AdminError::Store(s),
+            e @ (ChangeError::Refused(_)
+            | ChangeError::DeviceNameTaken(_)
+            | ChangeError::TooManyPending(_)
+            | ChangeError::Unavailable(_)) => AdminError::Refused(e.to_string()),
+        }
+    }
+}
+
+/// The change that pre-provisions an approved device, and its new token.
+pub fn add_device_change(name: &str, serial: Option<&str>) -> (Change, String) {
+    let token = tokens::new_device_token();
+    let change = Change::AddDevice {
+        name: name.to_owned(),
+        serial: serial.map(str::to_owned),
+        token_sha256: tokens::token_digest(&token),
+        status: DeviceStatus::Approved,
+    };
+    (change, token)
+}
+
+/// Makes `change` directly on the store of a server that is not running
+/// (the command line's offline path); a running server goes through
+/// [`crate::core::Core::change_config`].
+pub fn change_offline(
+    store: &Store,
+    role: &RoleSnapshot,
+    instance: &str,
+    change: &Change,
+) -> Result<Option<Device>, AdminError> {
+    let write = role.config_write(instance)?;
+    changes::check(store, change)?;
+    Ok(changes::execute(store, change, write)?)
+}
+
 /// Pre-provisions an approved device and returns its token.
 pub fn add_device(
     store: &Store,
@@ -56,35 +97,15 @@ pub fn add_device(
     name: &str,
     serial: Option<&str>,
 ) -> Result<ProvisionedDevice, AdminError> {
-    DeviceName::parse(name).map_err(AdminError::Invalid)?;
-    let write = role.config_write(instance)?;
-    if store.device_by_name(name)?.is_some() {
-        return Err(AdminError::Refused(format!(
-            "a device named `{name}` is already registered"
-        )));
-    }
-    let token = tokens::new_device_token();
-    let device = store.insert_device(
-        name,
-        serial,
-        &tokens::token_digest(&token),
-        DeviceStatus::Approved,
-        write,
-    )?;
+    let (change, token) = add_device_change(name, serial);
+    let device = change_offline(store, role, instance, &change)?
+        .ok_or_else(|| AdminError::Refused("the device was not registered".into()))?;
     Ok(ProvisionedDevice { device, token })
 }
 
 /// Finds a device by id or name.
 pub fn find_device(store: &Store, id_or_name: &str) -> Result<Device, AdminError> {
-    let found = match Uuid::parse_str(id_or_name) {
-        Ok(id) => store.device(id)?,
-        Err(_) => store.device_by_name(id_or_name)?,
-    };
-    found.ok_or_else(|| {
-        AdminError::NotFound(format!(
-            "no device `{id_or_name}`; `gateway device list` shows them"
-        ))
-    })
+    Ok(changes::find_device(store, id_or_name)?)
 }
 
 /// Approves or revokes a device.
@@ -95,10 +116,12 @@ pub fn set_device_status(
     id_or_name: &str,
     status: DeviceStatus,
 ) -> Result<Device, AdminError> {
-    let write = role.config_write(instance)?;
-    let device = find_device(store, id_or_name)?;
-    store.set_device_status(device.id, status, write)?;
-    find_device(store, &device.id.to_string())
+    let change = Change::SetDeviceStatus {
+        device: id_or_name.to_owned(),
+        status,
+    };
+    change_offline(store, role, instance, &change)?
+        .ok_or_else(|| AdminError::NotFound(format!("no device `{id_or_name}`")))
 }
 
 /// Sends a dead-lettered job back to the pipeline.

@@ -195,6 +195,9 @@ fn router(admin: Admin) -> Router {
         .route("/db/schema", get(db_schema))
         .route("/shutdown", post(shutdown))
         .route("/config/export", get(config_export))
+        .route("/config/apply", post(config_apply))
+        .route("/pair/conflicts", get(pair_conflicts))
+        .route("/pair/conflicts/{id}/apply", post(pair_conflict_apply))
         .route("/pair", get(pair_status))
         .route("/pair/init", post(pair_init))
         .route("/pair/join", post(pair_join))
@@ -452,20 +455,14 @@ struct AddDevice {
 }
 
 async fn device_add(State(a): State<Admin>, Json(req): Json<AddDevice>) -> AdminReply {
-    let role = a.core.role.snapshot();
-    let instance = a.core.name().to_owned();
-    reply(
-        on_store(&a.core, move |s| {
-            Ok(to_json(ops::add_device(
-                s,
-                &role,
-                &instance,
-                &req.name,
-                req.serial.as_deref(),
-            )?))
-        })
-        .await,
-    )
+    let (change, token) = ops::add_device_change(&req.name, req.serial.as_deref());
+    let done = a.core.change_config(change).await.map_err(AdminError::from);
+    reply(done.and_then(|applied| {
+        let device = applied
+            .device
+            .ok_or_else(|| AdminError::Refused("the device was not registered".into()))?;
+        Ok(to_json(ops::ProvisionedDevice { device, token }))
+    }))
 }
 
 async fn device_action(
@@ -481,16 +478,9 @@ async fn device_action(
             ))));
         }
     };
-    let role = a.core.role.snapshot();
-    let instance = a.core.name().to_owned();
-    reply(
-        on_store(&a.core, move |s| {
-            Ok(to_json(ops::set_device_status(
-                s, &role, &instance, &id, status,
-            )?))
-        })
-        .await,
-    )
+    let change = crate::changes::Change::SetDeviceStatus { device: id, status };
+    let done = a.core.change_config(change).await.map_err(AdminError::from);
+    reply(done.map(|applied| to_json(applied.device)))
 }
 
 #[derive(Deserialize)]
@@ -552,6 +542,25 @@ async fn pair_join(State(a): State<Admin>, Json(req): Json<JoinRequest>) -> Admi
 
 async fn pair_unpair(State(a): State<Admin>) -> AdminReply {
     reply(super::pair::unpair(&a.pair).await)
+}
+
+#[derive(Deserialize)]
+struct ApplyRequest {
+    toml: String,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn config_apply(State(a): State<Admin>, Json(req): Json<ApplyRequest>) -> AdminReply {
+    reply(super::config::apply(&a.core, req.toml, req.dry_run).await)
+}
+
+async fn pair_conflicts(State(a): State<Admin>) -> AdminReply {
+    reply(super::config::conflicts(&a.core).await)
+}
+
+async fn pair_conflict_apply(State(a): State<Admin>, Path(id): Path<String>) -> AdminReply {
+    reply(super::config::apply_conflict(&a.core, id).await)
 }
 
 async fn config_export(State(a): State<Admin>) -> AdminReply {

@@ -140,6 +140,17 @@ pub enum ConfigAction {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Apply a file in the shape `config export` writes, on the primary, as
+    /// one new version (a digest where a secret stands keeps that secret).
+    Apply {
+        /// The file (`-` for standard input).
+        file: PathBuf,
+        /// Validate and print the diff only.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,12 +167,29 @@ pub enum PairAction {
         #[arg(long)]
         json: bool,
     },
+    /// The conflict report: configuration changes a replaced primary made
+    /// that the new primary's configuration does not hold.
+    Conflicts {
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+    },
     /// Forget the paired peer.
     Unpair {
         /// Unpair even if the peer holds work of this server (none is
         /// replicated over the link yet).
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConflictsAction {
+    /// Re-apply one conflict on this primary, after review, as a new change.
+    Apply {
+        /// The conflict's id (or an unambiguous prefix).
+        id: String,
     },
 }
 

@@ -99,6 +99,41 @@ fn offline(settings: &Settings, lock: InstanceLock) -> anyhow::Result<Offline> {
     })
 }
 
+/// The largest declarative file `config apply` reads.
+const MAX_CONFIG_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads the file `config apply` is given (`-`: standard input), refusing
+/// what cannot be a configuration file before anything is sent.
+fn read_config_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_CONFIG_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .context("reading the configuration from standard input")?;
+    } else {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open the configuration file {}", path.display()))?;
+        file.take(MAX_CONFIG_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        bail!(
+            "{} is larger than {} MiB: not a configuration file `gateway config export` wrote",
+            path.display(),
+            MAX_CONFIG_FILE_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text; give the TOML file `gateway config export` wrote",
+            path.display()
+        )
+    })
+}
+
 /// A store that cannot be opened: the file, the cause once, and the fix.
 fn store_open_error(
     path: &std::path::Path,
@@ -318,6 +353,35 @@ pub async fn run_admin(target: &Target, command: Command) -> anyhow::Result<i32>
         }
         Command::Service { action } => service(&settings, target, action).await,
         Command::Db { action } => db(&settings, action).await,
+        Command::Config {
+            action:
+                ConfigAction::Apply {
+                    file,
+                    dry_run,
+                    json,
+                },
+        } => {
+            let text = read_config_file(&file)?;
+            let client = match reach(&settings).await? {
+                Reach::Running(c) => c,
+                Reach::Stopped(_) => {
+                    println!(
+                        "instance {instance} is not running: `config apply` validates the file with the server's plugins and pushes it to the secondary; start it with `gateway serve`"
+                    );
+                    return Ok(EXIT_NOT_RUNNING);
+                }
+            };
+            let r = client
+                .post("/config/apply", json!({"toml": text, "dry_run": dry_run}))
+                .await
+                .map_err(call_error)?;
+            if json {
+                print(&r);
+            } else {
+                print!("{}", render::apply_result(&r));
+            }
+            Ok(0)
+        }
         Command::Config {
             action: ConfigAction::Export { out },
         } => {

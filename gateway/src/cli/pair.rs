@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{CodeInput, PairAction};
+use super::{CodeInput, ConflictsAction, PairAction};
 use crate::admin::client::AdminClient;
 
 fn read_code(input: &CodeInput) -> anyhow::Result<String> {
@@ -40,6 +40,61 @@ pub fn render_pair(status: &Value) -> String {
     if let Some(r) = status["refused"].as_str() {
         out += &format!("  refused:   {r}\n");
     }
+    if let Some(sync) = status["sync"].as_str() {
+        let num = |k: &str| {
+            status[k]
+                .as_u64()
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+        };
+        out += &format!(
+            "  sync:      {sync}{}\n",
+            status["reason"]
+                .as_str()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        );
+        out += &format!(
+            "  config:    version {} (epoch {}), peer version {} (epoch {}), lag {} ms, last in sync {}\n",
+            num("config_version"),
+            num("epoch"),
+            num("peer_config_version"),
+            num("peer_epoch"),
+            num("lag_ms"),
+            status["last_sync_at"].as_str().unwrap_or("never")
+        );
+    }
+    if let Some(n) = status["open_conflicts"].as_u64().filter(|n| *n > 0) {
+        out += &format!("  conflicts: {n} open (`gateway pair conflicts`)\n");
+    }
+    out
+}
+
+/// Renders the conflict report for people.
+pub fn render_conflicts(all: &[Value]) -> String {
+    if all.is_empty() {
+        return "no conflicts: every configuration change is in the primary's configuration\n"
+            .into();
+    }
+    let mut out = String::new();
+    for c in all {
+        let s = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
+        let state = match c["applied_as"].as_str() {
+            Some(v) => format!("re-applied as {v}"),
+            None => "open".to_owned(),
+        };
+        out += &format!(
+            "{}  {} {} (version {} of epoch {}, made on {}; compared with {}) — {}\n",
+            s("id"),
+            s("kind"),
+            s("name"),
+            c["version"],
+            s("epoch"),
+            s("origin"),
+            s("against"),
+            state
+        );
+    }
+    out += "re-apply one on the primary with `gateway pair conflicts apply ID`\n";
     out
 }
 
@@ -75,6 +130,28 @@ pub async fn run(client: AdminClient, action: PairAction) -> anyhow::Result<i32>
                 println!("{}", serde_json::to_string_pretty(&r).expect("JSON prints"));
             } else {
                 print!("{}", render_pair(&r));
+            }
+        }
+        PairAction::Conflicts { json, action } => {
+            let r = match action {
+                None => client.get("/pair/conflicts").await.map_err(call)?,
+                Some(ConflictsAction::Apply { id }) => client
+                    .post(&format!("/pair/conflicts/{id}/apply"), json!({}))
+                    .await
+                    .map_err(call)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("JSON prints"));
+            } else if let Some(all) = r["conflicts"].as_array() {
+                print!("{}", render_conflicts(all));
+            } else {
+                println!(
+                    "conflict {} ({} {}) re-applied as version {}",
+                    r["conflict"].as_str().unwrap_or("-"),
+                    r["kind"].as_str().unwrap_or("-"),
+                    r["name"].as_str().unwrap_or("-"),
+                    r["applied_as"].as_str().unwrap_or("-")
+                );
             }
         }
         PairAction::Unpair { force: _ } => {

@@ -137,6 +137,35 @@ pub fn render_status(s: &Value) -> String {
 }
 
 /// The human form of `gateway db schema`.
+/// The result of `gateway config apply` for people: the diff, then what
+/// happened.
+pub fn apply_result(r: &Value) -> String {
+    let mut out = String::new();
+    let diff = r["diff"].as_array().cloned().unwrap_or_default();
+    if diff.is_empty() {
+        out += "no changes: the file is the running configuration\n";
+        return out;
+    }
+    for line in &diff {
+        out += line.as_str().unwrap_or_default();
+        out.push('\n');
+    }
+    if r["dry_run"] == Value::Bool(true) {
+        out += &format!(
+            "dry run: {} change(s) not applied (running version {})\n",
+            diff.len(),
+            r["version"]
+        );
+    } else {
+        out += &format!(
+            "applied as version {} (epoch {})\n",
+            r["version"],
+            r["epoch"].as_str().unwrap_or("-")
+        );
+    }
+    out
+}
+
 pub fn render_schema(tables: &[crate::store::TableInfo]) -> String {
     let mut out = String::new();
     for t in tables {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use pair_core::{Message, ServerId};
+use pair_core::ServerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -18,6 +18,7 @@ use super::frame;
 use super::identity::{PairIdentity, fingerprint, pair_name};
 use super::pairing::{JoinAnswer, JoinRequest};
 use super::trust::{self, ListenerTrust};
+use super::wire::Wire;
 
 /// How long a TLS handshake on the pair port may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,9 +30,9 @@ pub enum LinkEvent {
         writer: mpsc::Sender<Vec<u8>>,
         from: SocketAddr,
     },
-    Message {
+    Frame {
         generation: u64,
-        message: Message,
+        wire: Wire,
     },
     Down {
         generation: u64,
@@ -177,15 +178,9 @@ fn run_connection<S>(
     });
     tokio::spawn(async move {
         let why = loop {
-            match frame::read::<_, Message>(&mut reader).await {
-                Ok(Some(message)) => {
-                    if events
-                        .send(LinkEvent::Message {
-                            generation,
-                            message,
-                        })
-                        .is_err()
-                    {
+            match frame::read::<_, Wire>(&mut reader).await {
+                Ok(Some(wire)) => {
+                    if events.send(LinkEvent::Frame { generation, wire }).is_err() {
                         return;
                     }
                 }

@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use pair_core::sync::{ClockSample, SyncBlock};
 use pair_core::{
-    ActivationKind, Input, Liveness, Output, PairNode, PairSettings, ServerId, Timing,
+    ActivationKind, Body, Input, Liveness, Message, Output, PairNode, PairSettings, ServerId,
+    Timing, WriteRefused,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,7 +23,10 @@ use super::frame;
 use super::identity::{PairIdentity, fingerprint_text};
 use super::pairing::{CODE_VALID_SECS, JoinAnswer, JoinRequest, OpenCode, PairingCode, PeerRecord};
 use super::status::PairStatus;
+use super::sync::{self, Replication};
 use super::trust::{self, ListenerTrust};
+use super::wire::Wire;
+use crate::changes::{Applied, Change, ChangeError};
 use crate::core::Core;
 use crate::license;
 use crate::settings::PairLinkSettings;
@@ -30,6 +35,9 @@ use crate::settings::PairLinkSettings;
 const SOFTWARE_MAJOR: u32 = 0;
 /// How long a clean stop waits for the goodbye to leave.
 const CLOSING_GRACE: Duration = Duration::from_millis(300);
+/// How often the clocks and zones are compared while the link is up (and
+/// at once on every new connection, before any sync).
+const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Requests from the rest of the gateway (admin channel, shutdown).
 pub enum Command {
@@ -44,6 +52,11 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Activated(ActivationKind),
+    /// A configuration change to grant, store and replicate.
+    Change {
+        change: Change,
+        reply: oneshot::Sender<Result<Applied, ChangeError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -68,6 +81,7 @@ pub struct Driver {
     /// Whether the dialer should connect (paired, this side dials, no link).
     want_dial: watch::Sender<Option<(String, [u8; 32], ServerId)>>,
     last_liveness: Liveness,
+    repl: Replication,
 }
 
 fn node_settings(
@@ -76,9 +90,12 @@ fn node_settings(
     s: &PairLinkSettings,
     peer: Option<ServerId>,
 ) -> PairSettings {
-    // The pull period of part 2; heartbeats carry the config stamp meanwhile.
-    let timing = Timing::new(s.heartbeat_interval_ms, s.dead_threshold_ms, 5_000)
-        .expect("validated with the settings");
+    let timing = Timing::new(
+        s.heartbeat_interval_ms,
+        s.dead_threshold_ms,
+        s.replication_period_secs.saturating_mul(1_000),
+    )
+    .expect("validated with the settings");
     let settings = PairSettings::new(me, core.name(), SOFTWARE_MAJOR, timing);
     // `pin` never records this server's own id, the one peer `with_peer`
     // refuses; were it there anyway, the node would take any peer.
@@ -134,7 +151,9 @@ impl Driver {
             events,
             want_dial: watch::Sender::new(None),
             last_liveness: Liveness::Unknown,
+            repl: Replication::default(),
         };
+        driver.repl.open_conflicts = sync::open_conflicts(&driver.core).await;
         driver.refresh_dial();
         driver.update_status();
         Ok(driver)
@@ -201,8 +220,156 @@ impl Driver {
                     }
                     let outputs = self.node.step(self.now_ms(), Input::Tick);
                     self.carry_out(outputs).await;
+                    if self.repl.last_probe.is_none_or(|t| t.elapsed() >= CLOCK_CHECK_EVERY) {
+                        self.probe_clock();
+                        if self.peer.is_some() {
+                            // Re-applied conflicts are marked by the admin
+                            // channel; the count in status follows here.
+                            self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                            self.update_status();
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Sends one frame on the current connection, if there is one.
+    fn send_wire(&self, wire: &Wire) {
+        if let Some((_, writer)) = &self.link
+            && writer.try_send(frame::encode(wire)).is_err()
+        {
+            tracing::warn!("the pair link is not draining; a message was dropped");
+        }
+    }
+
+    /// Asks the peer for its clock and zone (the answer decides whether
+    /// configuration may sync).
+    fn probe_clock(&mut self) {
+        if self.link.is_none() {
+            return;
+        }
+        let sent_ms = sync::wall_ms(&self.core);
+        self.repl.probe_sent_ms = Some(sent_ms);
+        self.repl.last_probe = Some(Instant::now());
+        self.send_wire(&Wire::ClockProbe { sent_ms });
+    }
+
+    /// The peer's answer to the clock probe: the verdict goes to the node.
+    async fn on_clock_reply(
+        &mut self,
+        sent_ms: u64,
+        wall_ms: u64,
+        instance: String,
+        time_zone: Option<String>,
+    ) {
+        if self.repl.probe_sent_ms != Some(sent_ms) {
+            return;
+        }
+        self.repl.probe_sent_ms = None;
+        let sample = ClockSample {
+            sent_ms,
+            peer_ms: wall_ms,
+            received_ms: sync::wall_ms(&self.core),
+        };
+        let verdict = sync::verdict(
+            self.core.name(),
+            sync::time_zone(&self.settings),
+            self.node.role().is_primary(),
+            &instance,
+            time_zone,
+            sample,
+            self.settings.max_clock_skew_ms,
+        );
+        // A round trip too long to judge says nothing new: the state stays
+        // as it was (and the next probe tries again), so a stall does not
+        // flap sync between blocked and resumed.
+        if matches!(verdict, Err(SyncBlock::RoundTripTooLong { .. }))
+            && !matches!(
+                self.node.role_view().sync_blocked,
+                Some(SyncBlock::NotChecked { .. })
+            )
+        {
+            return;
+        }
+        let outputs = self.node.step(self.now_ms(), Input::SyncChecked(verdict));
+        self.carry_out(outputs).await;
+    }
+
+    /// Conflicts the peer found in its own configuration: kept here too,
+    /// so the primary can re-apply them.
+    async fn on_conflicts(&mut self, conflicts: Vec<crate::store::snapshot::Conflict>) {
+        let count = conflicts.len();
+        let added = self
+            .core
+            .data
+            .run(move |store| store.record_conflicts(&conflicts))
+            .await;
+        match added {
+            Ok(0) => {}
+            Ok(added) => {
+                self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                self.conflicts_found(added);
+            }
+            Err(e) => tracing::error!(error = %e, count, "the peer's conflicts could not be kept"),
+        }
+    }
+
+    fn conflicts_found(&self, added: usize) {
+        let peer = self
+            .peer
+            .as_ref()
+            .map_or_else(|| "the peer".to_owned(), |p| p.instance.clone());
+        let text = format!(
+            "{added} configuration change(s) made while {peer} and {} were cut off are not in the new primary's configuration; \
+             review them with `gateway pair conflicts` and re-apply on the primary with `gateway pair conflicts apply ID`",
+            self.core.name()
+        );
+        tracing::warn!(event = "config_conflicts", "{text}");
+        self.core.metrics.pair_event("config_conflicts");
+        super::notify::send(&self.core, "config_conflicts", text);
+    }
+
+    /// A change an admin or a device asked for: checked, granted by the
+    /// node (only an unfenced primary is), stored under the granted stamp,
+    /// pushed.
+    async fn on_change(
+        &mut self,
+        change: Change,
+        reply: oneshot::Sender<Result<Applied, ChangeError>>,
+    ) {
+        if let Err(e) = sync::check(&self.core, &change).await {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        self.repl.pending = Some((change, reply));
+        let outputs = self.node.step(
+            self.now_ms(),
+            Input::LocalConfigWrite {
+                payload: Vec::new(),
+            },
+        );
+        self.carry_out(outputs).await;
+        if let Some((_, reply)) = self.repl.pending.take() {
+            let _ = reply.send(Err(ChangeError::Unavailable(
+                "the change was neither granted nor refused; try again".into(),
+            )));
+        }
+    }
+
+    /// Goes back to the durable state after an output could not be carried
+    /// out (see `PairNode::restore`).
+    async fn restore_node(&mut self) {
+        let ctx = self.core.license.clone();
+        let today = self.core.clock.now().date_naive();
+        match self
+            .core
+            .data
+            .run(move |store| license::pair_state(store, &ctx, today))
+            .await
+        {
+            Ok(persisted) => self.node.restore(persisted),
+            Err(e) => tracing::error!(error = %e, "the pair state could not be read back"),
         }
     }
 
@@ -266,6 +433,7 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
+            Command::Change { change, reply } => self.on_change(change, reply).await,
             Command::Activated(kind) => {
                 let outputs = self.node.step(self.now_ms(), Input::Activate(kind));
                 self.carry_out(outputs).await;
@@ -426,16 +594,45 @@ impl Driver {
                 tracing::info!(%from, "pair link up");
                 self.link = Some((generation, writer));
                 self.refresh_dial();
-                let outputs = self.node.step(self.now_ms(), Input::LinkUp);
+                // No sync on a new connection before the zones and clocks
+                // were compared on it.
+                let peer = self
+                    .peer
+                    .as_ref()
+                    .map_or_else(|| "the peer".to_owned(), |p| p.instance.clone());
+                let mut outputs = self.node.step(
+                    self.now_ms(),
+                    Input::SyncChecked(Err(SyncBlock::NotChecked { peer })),
+                );
+                outputs.extend(self.node.step(self.now_ms(), Input::LinkUp));
                 self.carry_out(outputs).await;
+                self.probe_clock();
             }
-            LinkEvent::Message {
-                generation,
-                message,
-            } => {
-                if self.link.as_ref().is_some_and(|(g, _)| *g == generation) {
-                    let outputs = self.node.step(self.now_ms(), Input::Received(message));
-                    self.carry_out(outputs).await;
+            LinkEvent::Frame { generation, wire } => {
+                if self.link.as_ref().is_none_or(|(g, _)| *g != generation) {
+                    return;
+                }
+                match wire {
+                    Wire::Protocol(message) => {
+                        let outputs = self.node.step(self.now_ms(), Input::Received(message));
+                        self.carry_out(outputs).await;
+                    }
+                    Wire::ClockProbe { sent_ms } => self.send_wire(&Wire::ClockReply {
+                        sent_ms,
+                        wall_ms: sync::wall_ms(&self.core),
+                        instance: self.core.name().to_owned(),
+                        time_zone: sync::time_zone(&self.settings),
+                    }),
+                    Wire::ClockReply {
+                        sent_ms,
+                        wall_ms,
+                        instance,
+                        time_zone,
+                    } => {
+                        self.on_clock_reply(sent_ms, wall_ms, instance, time_zone)
+                            .await
+                    }
+                    Wire::Conflicts(conflicts) => self.on_conflicts(conflicts).await,
                 }
             }
             LinkEvent::Down { generation, why } => {
@@ -496,9 +693,12 @@ impl Driver {
     }
 
     /// Carries out the node's outputs in order; a `Persist` is durable
-    /// before anything after it happens.
+    /// before anything after it happens. An output that cannot be carried
+    /// out (a store write that fails) drops the rest and takes the node
+    /// back to its durable state, as a crash would.
     async fn carry_out(&mut self, outputs: Vec<Output>) {
-        for output in outputs {
+        let mut queue = std::collections::VecDeque::from(outputs);
+        while let Some(output) = queue.pop_front() {
             match output {
                 Output::Persist(state) => {
                     let result = self
@@ -511,19 +711,14 @@ impl Driver {
                         // not durable: drop the rest; the node retries on
                         // its next input.
                         tracing::error!(error = %e, "the pair state could not be persisted");
-                        return;
+                        self.restore_node().await;
+                        break;
                     }
                     if let Err(e) = self.core.refresh_role().await {
                         tracing::error!(error = e, "re-reading the role failed");
                     }
                 }
-                Output::Send(message) => {
-                    if let Some((_, writer)) = &self.link
-                        && writer.try_send(frame::encode(&message)).is_err()
-                    {
-                        tracing::warn!("the pair link is not draining; a message was dropped");
-                    }
-                }
+                Output::Send(message) => self.send_message(message).await,
                 Output::PublishRole(view) => {
                     self.on_role_view(&view);
                 }
@@ -547,19 +742,127 @@ impl Driver {
                     }
                     self.notify(event);
                 }
-                // Configuration replication (pushing, applying, snapshots) is
-                // not carried over this link yet: the secondary keeps the
-                // configuration it has.
-                Output::CommitWrite { .. }
-                | Output::ApplyConfig { .. }
-                | Output::ServeSnapshot { .. }
-                | Output::RefuseWrite(_) => {}
+                Output::CommitWrite { permit, .. } => {
+                    let Some((change, reply)) = self.repl.pending.take() else {
+                        tracing::error!("the protocol granted a write nobody asked for");
+                        self.restore_node().await;
+                        break;
+                    };
+                    let what = change.describe();
+                    let stamp = permit.stamp();
+                    match sync::commit(&self.core, change, permit).await {
+                        Ok(applied) => {
+                            tracing::info!(
+                                change = what,
+                                version = stamp.version,
+                                "configuration changed"
+                            );
+                            let _ = reply.send(Ok(applied));
+                        }
+                        Err(e) => {
+                            tracing::warn!(change = what, error = %e, "configuration change not made");
+                            let _ = reply.send(Err(e));
+                            self.restore_node().await;
+                            break;
+                        }
+                    }
+                }
+                Output::RefuseWrite(why) => {
+                    if let Some((_, reply)) = self.repl.pending.take() {
+                        let refusal = match why {
+                            WriteRefused::ReadOnlySecondary => {
+                                ChangeError::ReadOnly(crate::role::ReadOnly::Secondary)
+                            }
+                            WriteRefused::Fenced { by } => {
+                                ChangeError::ReadOnly(crate::role::ReadOnly::Fenced { by })
+                            }
+                            WriteRefused::NotActivated => {
+                                ChangeError::ReadOnly(crate::role::ReadOnly::Unlicensed)
+                            }
+                            WriteRefused::Stopping => ChangeError::Unavailable(
+                                "this server is stopping; make the change when it is back".into(),
+                            ),
+                        };
+                        let _ = reply.send(Err(refusal));
+                    }
+                }
+                Output::ServeSnapshot { stamp } => {
+                    if let Some(payload) = sync::snapshot_at(&self.core, stamp).await {
+                        queue.extend(
+                            self.node
+                                .step(self.now_ms(), Input::SnapshotReady { stamp, payload }),
+                        );
+                    }
+                }
+                Output::ApplyConfig {
+                    stamp, by, payload, ..
+                } => match sync::apply(&self.core, by, stamp, &payload).await {
+                    Ok(conflicts) => {
+                        tracing::info!(version = stamp.version, epoch = %stamp.epoch.short(), "configuration applied from the primary");
+                        self.repl.applied(self.core.clock.now());
+                        if !conflicts.is_empty() {
+                            self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                            self.conflicts_found(conflicts.len());
+                            self.send_wire(&Wire::Conflicts(conflicts));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            version = stamp.version,
+                            error = e,
+                            "the primary's configuration could not be applied; it is asked for again"
+                        );
+                        self.repl.failure = Some(format!(
+                            "the configuration from the primary could not be applied: {e}"
+                        ));
+                        self.restore_node().await;
+                        break;
+                    }
+                },
+                Output::CompareConfig { payload, .. } => {
+                    match sync::compare(&self.core, &payload).await {
+                        Ok((conflicts, added)) => {
+                            if added > 0 {
+                                self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                                self.conflicts_found(added);
+                            }
+                            if !conflicts.is_empty() {
+                                self.send_wire(&Wire::Conflicts(conflicts));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                error = e,
+                                "the new primary's configuration could not be compared"
+                            )
+                        }
+                    }
+                }
             }
         }
         self.update_status();
     }
 
+    /// Sends a protocol message. A pushed change leaves the node without a
+    /// payload: it becomes the whole configuration at the change's stamp,
+    /// read now (the write before it in the same step is committed).
+    async fn send_message(&mut self, mut message: Message) {
+        if let Body::ConfigChange(change) = &mut message.body {
+            match sync::snapshot_at(&self.core, change.stamp).await {
+                Some(payload) => change.payload = payload,
+                // The store holds another version: the secondary pulls.
+                None => return,
+            }
+        }
+        self.send_wire(&Wire::Protocol(message));
+    }
+
     fn on_role_view(&mut self, view: &pair_core::RoleView) {
+        self.repl.observe(
+            view.config,
+            view.peer.as_ref().and_then(|p| p.config),
+            self.core.clock.now(),
+        );
         let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
         status.role = view.role.word();
         if view.peer_liveness != self.last_liveness {
@@ -569,8 +872,25 @@ impl Driver {
         }
     }
 
-    fn notify(&self, event: pair_core::Event) {
+    fn notify(&mut self, event: pair_core::Event) {
         use pair_core::Event::*;
+        // The wait for the first clock check on a new connection is no
+        // news, and neither is the same block again after a reconnect.
+        match &event {
+            SyncBlocked(SyncBlock::NotChecked { .. }) => {
+                tracing::debug!("configuration sync waits for the clock check");
+                return;
+            }
+            SyncBlocked(why) => {
+                let text = why.to_string();
+                if self.repl.reported_block.as_deref() == Some(text.as_str()) {
+                    return;
+                }
+                self.repl.reported_block = Some(text);
+            }
+            SyncResumed if self.repl.reported_block.take().is_none() => return,
+            _ => {}
+        }
         let peer = self
             .peer
             .as_ref()
@@ -626,9 +946,12 @@ impl Driver {
             PeerRefused(why) => ("peer_refused", format!("{me} refuses the peer: {why}")),
             SyncBlocked(why) => (
                 "sync_blocked",
-                format!("configuration sync blocked: {why:?}"),
+                format!("configuration sync between {me} and {peer} blocked: {why}"),
             ),
-            SyncResumed => ("sync_resumed", "configuration sync resumed".to_owned()),
+            SyncResumed => (
+                "sync_resumed",
+                format!("configuration sync between {me} and {peer} resumed"),
+            ),
             ConfigDiverged { .. } => (
                 "config_diverged",
                 format!("{me} holds configuration changes {peer} does not continue"),
@@ -636,7 +959,7 @@ impl Driver {
         };
         if matches!(
             event,
-            PeerDead { .. } | Fenced { .. } | PeerRefused(_) | StaleRefused { .. }
+            PeerDead { .. } | Fenced { .. } | PeerRefused(_) | StaleRefused { .. } | SyncBlocked(_)
         ) {
             tracing::warn!(event = kind, "{text}");
         } else {
@@ -663,5 +986,13 @@ impl Driver {
         status.peer_fingerprint = self.peer.as_ref().map(|p| p.fingerprint.clone());
         status.pairing_open = self.open_code.is_some();
         status.role = self.node.role().word();
+        let patience = Duration::from_secs(self.settings.replication_period_secs.saturating_mul(2))
+            .max(Duration::from_secs(5));
+        status.replication = self.repl.status(
+            &self.node.role_view(),
+            self.peer.is_some(),
+            self.link.is_some(),
+            patience,
+        );
     }
 }

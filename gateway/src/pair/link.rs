@@ -14,6 +14,7 @@ use super::driver::{Command, Driver};
 use super::identity::{PairIdentity, fingerprint_text};
 use super::pairing::{PairingCode, PeerRecord};
 use super::status::PairStatus;
+use crate::changes::{Applied, Change, ChangeError, ChangeRoute};
 use crate::core::Core;
 use crate::settings::PairLinkSettings;
 
@@ -55,6 +56,7 @@ impl PairLink {
             role: "inactive",
             refused: None,
             pairing_open: false,
+            replication: Default::default(),
         }));
         let (commands, rx) = mpsc::unbounded_channel();
         let link = PairLink {
@@ -141,8 +143,22 @@ impl PairLink {
         let _ = self.commands.send(Command::Activated(kind));
     }
 
+    /// Hands a configuration change to the protocol (see
+    /// [`crate::changes::ChangeRoute`]).
+    pub fn change(&self, change: Change) -> oneshot::Receiver<Result<Applied, ChangeError>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Change { change, reply });
+        rx
+    }
+
     /// A clean stop: the peer is told (it shows CLOSE, not DEAD).
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+impl ChangeRoute for PairLink {
+    fn submit(&self, change: Change) -> oneshot::Receiver<Result<Applied, ChangeError>> {
+        self.change(change)
     }
 }

@@ -12,6 +12,10 @@
 //! - [`driver`]: the driver of the protocol node, and pairing;
 //! - [`connection`]: the listener, the dialer and connection tasks;
 //! - [`status`]: what status shows of the link;
+//! - [`wire`]: what one frame carries (protocol messages, the clock
+//!   probe, conflict reports);
+//! - [`sync`]: the replication side of the driver: snapshots, applying,
+//!   conflicts, the clock check and what status shows of them;
 //! - [`notify`]: notifications to admins.
 
 pub mod connection;
@@ -22,7 +26,9 @@ pub mod link;
 pub mod notify;
 pub mod pairing;
 pub mod status;
+pub mod sync;
 pub mod trust;
+pub mod wire;
 
 pub use link::PairLink;
 pub use status::PairStatus;

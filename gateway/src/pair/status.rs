@@ -30,4 +30,7 @@ pub struct PairStatus {
     pub refused: Option<String>,
     /// Whether a pairing code is open right now.
     pub pairing_open: bool,
+    /// Configuration replication: versions, epochs, sync state, lag.
+    #[serde(flatten)]
+    pub replication: super::sync::SyncStatus,
 }

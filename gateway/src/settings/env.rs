@@ -69,6 +69,14 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_PAIR_DEAD_THRESHOLD_MS",
         EnvTarget::Instance("pair_dead_threshold_ms"),
     ),
+    (
+        "SCANGW_PAIR_REPLICATION_PERIOD_SECS",
+        EnvTarget::Instance("pair_replication_period_secs"),
+    ),
+    (
+        "SCANGW_PAIR_MAX_CLOCK_SKEW_MS",
+        EnvTarget::Instance("pair_max_clock_skew_ms"),
+    ),
 ];
 
 /// The prefix of the gateway's environment variables.

@@ -159,6 +159,15 @@ pub struct PairLinkSettings {
     pub peer: String,
     pub heartbeat_interval_ms: u64,
     pub dead_threshold_ms: u64,
+    /// How often a secondary that is behind asks for the configuration
+    /// again (seed 004's ReplicationPeriod).
+    pub replication_period_secs: u64,
+    /// The largest clock difference between the two servers that still
+    /// lets configuration sync (seed 002: same date and time zone).
+    pub max_clock_skew_ms: u64,
+    /// The instance's `time_zone` when it is configured; otherwise the
+    /// system's zone is read at each check.
+    pub configured_time_zone: Option<String>,
 }
 
 /// Size and count limits on uploads (shared configuration).

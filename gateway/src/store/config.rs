@@ -52,13 +52,35 @@ pub enum DeviceStatus {
 }
 
 impl DeviceStatus {
-    fn as_str(self) -> &'static str {
+    /// The status from its stored spelling.
+    pub fn parse(text: &str) -> Option<DeviceStatus> {
+        match text {
+            "pending" => Some(DeviceStatus::Pending),
+            "approved" => Some(DeviceStatus::Approved),
+            "revoked" => Some(DeviceStatus::Revoked),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             DeviceStatus::Pending => "pending",
             DeviceStatus::Approved => "approved",
             DeviceStatus::Revoked => "revoked",
         }
     }
+}
+
+/// A device as a configuration change declares it (by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUpsert {
+    pub id: Uuid,
+    pub name: String,
+    pub serial: Option<String>,
+    pub token_sha256: String,
+    pub status: DeviceStatus,
+    /// RFC 3339, as the store writes times.
+    pub created_at: String,
 }
 
 /// A registered device.
@@ -72,7 +94,7 @@ pub struct Device {
     pub approved_at: Option<DateTime<Utc>>,
 }
 
-fn sha256_hex(body: &str) -> String {
+pub(super) fn sha256_hex(body: &str) -> String {
     hex(digest::digest(&digest::SHA256, body.as_bytes()).as_ref())
 }
 
@@ -103,7 +125,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>
 
 const DEVICE_COLUMNS: &str = "id, name, serial, status, created_at, approved_at";
 
-fn epoch_from(number: i64, server: &str) -> Result<Epoch, StoreError> {
+pub(super) fn epoch_from(number: i64, server: &str) -> Result<Epoch, StoreError> {
     Ok(Epoch::new(
         number as u64,
         server
@@ -114,7 +136,7 @@ fn epoch_from(number: i64, server: &str) -> Result<Epoch, StoreError> {
 
 /// The newest epoch recorded in the store: the one the last configuration
 /// change carried, or a newer one the server has seen since.
-fn newest_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
+pub(super) fn newest_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
     let (number, server): (i64, String) = conn.query_row(
         "SELECT epoch, epoch_server FROM config_meta WHERE id = 1",
         [],
@@ -141,7 +163,7 @@ fn seen_epoch(conn: &Connection) -> Result<Epoch, StoreError> {
     }
 }
 
-fn raise_seen(conn: &Connection, epoch: Epoch) -> Result<Epoch, StoreError> {
+pub(super) fn raise_seen(conn: &Connection, epoch: Epoch) -> Result<Epoch, StoreError> {
     let seen = seen_epoch(conn)?;
     if epoch > seen {
         conn.execute(
@@ -164,6 +186,15 @@ fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, Epoch), St
     let (version, epoch, by) = match write.kind() {
         WriteKind::Bootstrap => return Ok((0, Epoch::ZERO)),
         WriteKind::Primary { epoch, by } => (current as u64 + 1, epoch, by.to_owned()),
+        WriteKind::Stamped { epoch, version, by } => {
+            if version != current as u64 + 1 {
+                return Err(StoreError::OutOfLine {
+                    offered: version,
+                    stored: current as u64,
+                });
+            }
+            (version, epoch, by.to_owned())
+        }
         WriteKind::Replicated { epoch, version } => {
             if version <= current as u64 {
                 return Err(StoreError::StaleVersion {
@@ -186,6 +217,9 @@ fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, Epoch), St
         });
     }
     raise_seen(tx, epoch)?;
+    if !matches!(write.kind(), WriteKind::Replicated { .. }) {
+        end_line_before(tx, epoch)?;
+    }
     tx.execute(
         "UPDATE config_meta SET version = ?1, epoch = ?2, epoch_server = ?3, updated_at = ?4, updated_by = ?5
          WHERE id = 1",
@@ -198,6 +232,24 @@ fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, Epoch), St
         ],
     )?;
     Ok((version, epoch))
+}
+
+/// A primary's first write under a new epoch ends the line of the epoch
+/// before it at the version held until then (see migration 0005).
+fn end_line_before(tx: &Transaction<'_>, epoch: Epoch) -> Result<(), StoreError> {
+    let (version, number, server): (i64, i64, String) = tx.query_row(
+        "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if version > 0 && epoch_from(number, &server)? != epoch {
+        tx.execute(
+            "INSERT INTO config_lineage (epoch, epoch_server, last_version) VALUES (?1, ?2, ?3)
+             ON CONFLICT (epoch, epoch_server) DO UPDATE SET last_version = excluded.last_version",
+            params![number, server, version],
+        )?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -273,6 +325,21 @@ impl Store {
         docs: &[(&str, String)],
         write: ConfigWrite<'_>,
     ) -> Result<Option<u64>, StoreError> {
+        self.write_config(docs, &[], write)
+    }
+
+    /// Writes documents and device rows that differ from what is stored,
+    /// all under one new version in one transaction (see
+    /// [`Store::put_config_docs`]). A device is matched by id: a new id is
+    /// inserted, a known one takes the serial, token digest and status
+    /// given; approval order is kept, and a device approved for the first
+    /// time goes to the end of it.
+    pub fn write_config(
+        &self,
+        docs: &[(&str, String)],
+        devices: &[DeviceUpsert],
+        write: ConfigWrite<'_>,
+    ) -> Result<Option<u64>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let current: i64 =
@@ -296,10 +363,40 @@ impl Store {
                 changed.push((*name, body, sum));
             }
         }
-        if changed.is_empty() {
+        if changed.is_empty() && devices.is_empty() {
             return Ok(None);
         }
         let (version, epoch) = bump(&tx, write)?;
+        for d in devices {
+            tx.execute(
+                "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at, approval_seq,
+                                      version, epoch, epoch_server)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                         CASE WHEN ?5 = 'approved' THEN ?7 END,
+                         CASE WHEN ?5 = 'approved' THEN (SELECT coalesce(max(approval_seq), 0) + 1 FROM devices) END,
+                         ?8, ?9, ?10)
+                 ON CONFLICT (id) DO UPDATE SET serial = excluded.serial,
+                     token_sha256 = excluded.token_sha256, status = excluded.status,
+                     approved_at = CASE WHEN excluded.status = 'approved' THEN coalesce(devices.approved_at, ?7)
+                                        ELSE devices.approved_at END,
+                     approval_seq = CASE WHEN excluded.status = 'approved'
+                         THEN coalesce(devices.approval_seq, (SELECT coalesce(max(approval_seq), 0) + 1 FROM devices))
+                         ELSE devices.approval_seq END,
+                     version = excluded.version, epoch = excluded.epoch, epoch_server = excluded.epoch_server",
+                params![
+                    d.id.to_string(),
+                    d.name,
+                    d.serial,
+                    d.token_sha256,
+                    d.status.as_str(),
+                    d.created_at,
+                    now_text(),
+                    version as i64,
+                    epoch.number as i64,
+                    epoch.server.to_string()
+                ],
+            )?;
+        }
         for (name, body, sum) in changed {
             tx.execute(
                 "INSERT INTO config_docs (name, body, sha256, version, epoch, epoch_server, updated_at)

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_session_job_counts.sql",
         sql: include_str!("../../../migrations/0004_session_job_counts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_config_lineage_and_conflicts.sql",
+        sql: include_str!("../../../migrations/0005_config_lineage_and_conflicts.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.
@@ -155,7 +160,9 @@ mod tests {
         assert_eq!(
             tables,
             [
+                "config_conflicts",
                 "config_docs",
+                "config_lineage",
                 "config_meta",
                 "devices",
                 "ended_sessions",

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod jobs;
 pub mod migrate;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -18,7 +19,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-pub use config::{ConfigDoc, ConfigMeta, Device, DeviceStatus};
+pub use config::{ConfigDoc, ConfigMeta, Device, DeviceStatus, DeviceUpsert};
 pub use jobs::ReplicaState;
 
 use pair_core::ServerId;
@@ -64,6 +65,12 @@ pub enum StoreError {
         "configuration change refused: it carries version {offered}, but this server already has version {stored}"
     )]
     StaleVersion { offered: u64, stored: u64 },
+    /// A primary's write granted a version that is not the next one: the
+    /// protocol and the store disagree on the configuration held.
+    #[error(
+        "configuration write refused: it was granted version {offered}, but the stored configuration is at version {stored}; the write was not made"
+    )]
+    OutOfLine { offered: u64, stored: u64 },
 }
 
 impl StoreError {
@@ -90,7 +97,9 @@ impl StoreError {
             StoreError::Sqlite(_) => false,
             StoreError::SchemaTooNew { .. } | StoreError::MigrationChanged { .. } => true,
             StoreError::Corrupt(_) => true,
-            StoreError::Fenced { .. } | StoreError::StaleVersion { .. } => false,
+            StoreError::Fenced { .. }
+            | StoreError::StaleVersion { .. }
+            | StoreError::OutOfLine { .. } => false,
         }
     }
 }

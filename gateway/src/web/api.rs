@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::changes::{Applied, Change};
 use crate::core::Core;
 use crate::names::DeviceName;
+use crate::role::ReadOnly;
 use crate::security::{PasswordHash, passwords, tokens};
 use crate::site::User;
 use crate::store::{DeviceStatus, JobRecord, StepRow};
@@ -25,10 +27,6 @@ use crate::web::auth::{
 };
 use crate::web::error::ApiError;
 use crate::web::redact::without_server_paths;
-
-/// Registrations waiting for approval are capped so that an open
-/// registration endpoint cannot fill the store.
-const MAX_PENDING_DEVICES: u64 = 100;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,34 +49,38 @@ pub async fn register(
             "serial must be at most 64 characters without control characters".into(),
         ));
     }
+    // Registration is a configuration change: only the primary makes it.
     let role = core.role.snapshot();
-    let instance = core.name().to_owned();
-    role.config_write(&instance)?;
+    if let Err(read_only) = role.config_write(core.name()) {
+        return Err(match read_only {
+            ReadOnly::Secondary => ApiError::ReadOnlySecondary(format!(
+                "device registration needs the primary: {} is the read-only secondary. Register again \
+                 when the primary is reachable, ask an admin to pre-provision the device there, or, if \
+                 the primary is gone for good, promote this server (`gateway license promote <03 key>`)",
+                core.name()
+            )),
+            other => other.into(),
+        });
+    }
     let token = tokens::new_device_token();
-    let digest = tokens::token_digest(&token);
-    let name = req.name.clone();
-    let outcome = core
-        .data
-        .run(move |s| {
-            if s.device_by_name(&name)?.is_some() {
-                return Ok(Err(ApiError::DeviceNameTaken(name)));
-            }
-            let pending = s.pending_devices()?;
-            if pending >= MAX_PENDING_DEVICES {
-                return Ok(Err(ApiError::TooManyPendingDevices(pending)));
-            }
-            let Ok(write) = role.config_write(&instance) else {
-                unreachable!("checked above, on the same snapshot")
-            };
-            Ok(Ok(s.insert_device(
-                &name,
-                req.serial.as_deref(),
-                &digest,
-                DeviceStatus::Pending,
-                write,
-            )?))
-        })
-        .await??;
+    let change = Change::AddDevice {
+        name: req.name.clone(),
+        serial: req.serial.clone(),
+        token_sha256: tokens::token_digest(&token),
+        status: DeviceStatus::Pending,
+    };
+    let outcome = match core.change_config(change).await {
+        Ok(Applied {
+            device: Some(device),
+            ..
+        }) => device,
+        Ok(_) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the device was not registered"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     tracing::info!(device = %outcome.id, name = outcome.name, "device registered, waiting for approval");
     Ok((
         StatusCode::ACCEPTED,

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::changes::ChangeError;
 use crate::core::Refusal;
 use crate::data::DataError;
 use crate::manifest::ManifestError;
@@ -274,6 +275,24 @@ impl From<ReadOnly> for ApiError {
             ReadOnly::Secondary => ApiError::ReadOnlySecondary(r.to_string()),
             ReadOnly::Fenced { .. } => ApiError::Fenced(r.to_string()),
             ReadOnly::Unlicensed => ApiError::NotLicensed("no license is activated".into()),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Invalid(m) => ApiError::BadRequest(m),
+            ChangeError::DeviceNameTaken(name) => ApiError::DeviceNameTaken(name),
+            ChangeError::TooManyPending(n) => ApiError::TooManyPendingDevices(n),
+            ChangeError::ReadOnly(r) => r.into(),
+            ChangeError::Store(e @ crate::store::StoreError::Fenced { .. }) => {
+                ApiError::Fenced(e.to_string())
+            }
+            ChangeError::Unavailable(cause) => ApiError::DataServiceDown { cause },
+            e @ (ChangeError::NotFound(_) | ChangeError::Refused(_) | ChangeError::Store(_)) => {
+                ApiError::Internal(anyhow::anyhow!(e.to_string()))
+            }
         }
     }
 }

@@ -286,7 +286,7 @@ async fn the_secondary_refuses_configuration_writes_with_read_only_secondary() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("gateway license promote"),
+            .contains("device registration needs the primary"),
         "{body}"
     );
     let (status, _, health) = site.health().await;

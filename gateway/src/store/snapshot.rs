@@ -1,0 +1,776 @@
+//! The whole shared configuration as one value, as the pair replicates it:
+//! every configuration document and device row with the (version, epoch)
+//! stamp it was written under, the configuration's own stamp, and the
+//! lineage (where each earlier primary's line ended, migration 0005).
+//!
+//! Rules owned here:
+//! * a snapshot is read in one transaction and applied in one transaction:
+//!   the receiver holds either all of it or none of it;
+//! * rows keep the stamps the primary gave them, so the lineage can tell,
+//!   row by row, what belongs to the sender's line;
+//! * before a snapshot replaces this server's configuration (or when a
+//!   fenced server only compares it), every local row that the sender's
+//!   line does not contain is kept in the conflict report: a change made by
+//!   a primary that was since replaced is never dropped silently;
+//! * on the wire a snapshot carries the SHA-256 of its encoding, and one
+//!   whose digest does not match is refused whole.
+
+use pair_core::Epoch;
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use super::config::{epoch_from, newest_epoch as newest_epoch_seen, raise_seen, sha256_hex};
+use super::{Store, StoreError};
+use crate::role::{ConfigWrite, WriteKind};
+
+/// The whole shared configuration at one stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigSnapshot {
+    pub version: u64,
+    pub epoch: Epoch,
+    pub docs: Vec<SnapshotDoc>,
+    pub devices: Vec<SnapshotDevice>,
+    pub lineage: Vec<LineEnd>,
+}
+
+/// One configuration document with its stamp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDoc {
+    pub name: String,
+    pub body: String,
+    pub version: u64,
+    pub epoch: Epoch,
+}
+
+/// One device row, copied verbatim (token digest and approval order
+/// included: seats go by approval order on both servers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotDevice {
+    pub id: String,
+    pub name: String,
+    pub serial: Option<String>,
+    pub token_sha256: String,
+    pub status: String,
+    pub created_at: String,
+    pub approved_at: Option<String>,
+    pub approval_seq: Option<i64>,
+    pub version: u64,
+    pub epoch: Epoch,
+}
+
+/// Every change of `epoch` up to `last_version` is part of the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineEnd {
+    pub epoch: Epoch,
+    pub last_version: u64,
+}
+
+/// Why received bytes are not a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the configuration snapshot is damaged: its checksum does not match its content")]
+    Checksum,
+    #[error("the configuration snapshot cannot be read: {0}")]
+    Format(String),
+}
+
+impl ConfigSnapshot {
+    /// The wire form: the SHA-256 of the JSON encoding in hex, a newline,
+    /// then the JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_string(self).expect("snapshots serialise");
+        let mut out = sha256_hex(&json).into_bytes();
+        out.push(b'\n');
+        out.extend_from_slice(json.as_bytes());
+        out
+    }
+
+    /// Reads the wire form, refusing it whole when the checksum does not
+    /// match.
+    pub fn decode(bytes: &[u8]) -> Result<ConfigSnapshot, SnapshotError> {
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| SnapshotError::Format("not UTF-8".into()))?;
+        let (sum, json) = text
+            .split_once('\n')
+            .ok_or_else(|| SnapshotError::Format("no checksum line".into()))?;
+        if sha256_hex(json) != sum {
+            return Err(SnapshotError::Checksum);
+        }
+        serde_json::from_str(json).map_err(|e| SnapshotError::Format(e.to_string()))
+    }
+
+    /// Whether a change stamped (`version`, `epoch`) is part of this
+    /// snapshot's line: the version-0 seed always is; a change of the
+    /// snapshot's own epoch is when not newer than the snapshot; a change
+    /// of an earlier epoch is when that epoch's line ended at or after it.
+    pub fn contains(&self, version: u64, epoch: Epoch) -> bool {
+        version == 0
+            || (epoch == self.epoch && version <= self.version)
+            || self
+                .lineage
+                .iter()
+                .any(|l| l.epoch == epoch && version <= l.last_version)
+    }
+}
+
+/// What kind of row a conflict is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictKind {
+    Document,
+    Device,
+}
+
+impl ConflictKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConflictKind::Document => "document",
+            ConflictKind::Device => "device",
+        }
+    }
+}
+
+/// A configuration change made by a primary that was replaced, which the
+/// new primary's line does not contain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Derived from kind, name and stamp: the same on both servers.
+    pub id: String,
+    pub kind: ConflictKind,
+    /// The document's name or the device's name.
+    pub name: String,
+    pub version: u64,
+    pub epoch: Epoch,
+    /// The document's JSON body, or the device row as JSON
+    /// ([`SnapshotDevice`]).
+    pub body: String,
+    /// The instance whose change it was.
+    pub origin: String,
+    /// The configuration it was compared with, `VERSION@EPOCH`.
+    pub against: String,
+    pub found_at: String,
+    pub applied_at: Option<String>,
+    /// The stamp it was re-applied under on the primary, `VERSION@EPOCH`.
+    pub applied_as: Option<String>,
+}
+
+fn conflict_id(kind: ConflictKind, name: &str, version: u64, epoch: Epoch) -> String {
+    let text = format!("{}\n{name}\n{version}\n{epoch}", kind.as_str());
+    sha256_hex(&text)[..12].to_owned()
+}
+
+/// `VERSION@EPOCH/SERVER`, as conflicts and status show a stamp (the
+/// server id shortened).
+pub fn stamp_text(version: u64, epoch: Epoch) -> String {
+    format!("{version}@{}/{}", epoch.number, epoch.server.short())
+}
+
+fn read_snapshot(tx: &Transaction<'_>) -> Result<ConfigSnapshot, StoreError> {
+    let (version, number, server): (i64, i64, String) = tx.query_row(
+        "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let mut docs = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT name, body, version, epoch, epoch_server FROM config_docs ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, body, version, number, server) = row?;
+            docs.push(SnapshotDoc {
+                name,
+                body,
+                version: version as u64,
+                epoch: epoch_from(number, &server)?,
+            });
+        }
+    }
+    let mut devices = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT id, name, serial, token_sha256, status, created_at, approved_at, approval_seq,
+                    version, epoch, epoch_server
+             FROM devices ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                SnapshotDevice {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    serial: r.get(2)?,
+                    token_sha256: r.get(3)?,
+                    status: r.get(4)?,
+                    created_at: r.get(5)?,
+                    approved_at: r.get(6)?,
+                    approval_seq: r.get(7)?,
+                    version: r.get::<_, i64>(8)? as u64,
+                    epoch: Epoch::ZERO,
+                },
+                r.get::<_, i64>(9)?,
+                r.get::<_, String>(10)?,
+            ))
+        })?;
+        for row in rows {
+            let (mut device, number, server) = row?;
+            device.epoch = epoch_from(number, &server)?;
+            devices.push(device);
+        }
+    }
+    let mut lineage = Vec::new();
+    {
+        let mut stmt = tx.prepare(
+            "SELECT epoch, epoch_server, last_version FROM config_lineage ORDER BY epoch, epoch_server",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (number, server, last) = row?;
+            lineage.push(LineEnd {
+                epoch: epoch_from(number, &server)?,
+                last_version: last as u64,
+            });
+        }
+    }
+    Ok(ConfigSnapshot {
+        version: version as u64,
+        epoch: epoch_from(number, &server)?,
+        docs,
+        devices,
+        lineage,
+    })
+}
+
+/// The local rows `theirs` does not contain, as conflicts (not stored).
+fn diverged(
+    local: &ConfigSnapshot,
+    theirs: &ConfigSnapshot,
+    origin: &str,
+    found_at: &str,
+) -> Vec<Conflict> {
+    let against = stamp_text(theirs.version, theirs.epoch);
+    let conflict = |kind, name: &str, version, epoch, body: String| Conflict {
+        id: conflict_id(kind, name, version, epoch),
+        kind,
+        name: name.to_owned(),
+        version,
+        epoch,
+        body,
+        origin: origin.to_owned(),
+        against: against.clone(),
+        found_at: found_at.to_owned(),
+        applied_at: None,
+        applied_as: None,
+    };
+    let mut out = Vec::new();
+    for doc in &local.docs {
+        let same = theirs
+            .docs
+            .iter()
+            .any(|d| d.name == doc.name && d.body == doc.body);
+        if !same && !theirs.contains(doc.version, doc.epoch) {
+            out.push(conflict(
+                ConflictKind::Document,
+                &doc.name,
+                doc.version,
+                doc.epoch,
+                doc.body.clone(),
+            ));
+        }
+    }
+    for device in &local.devices {
+        let same = theirs.devices.iter().any(|d| {
+            d.id == device.id && d.token_sha256 == device.token_sha256 && d.status == device.status
+        });
+        if !same && !theirs.contains(device.version, device.epoch) {
+            out.push(conflict(
+                ConflictKind::Device,
+                &device.name,
+                device.version,
+                device.epoch,
+                serde_json::to_string(device).expect("device rows serialise"),
+            ));
+        }
+    }
+    out
+}
+
+fn insert_conflicts(tx: &Transaction<'_>, conflicts: &[Conflict]) -> Result<usize, StoreError> {
+    let mut added = 0;
+    for c in conflicts {
+        added += tx.execute(
+            "INSERT INTO config_conflicts (id, kind, name, version, epoch, body, origin, against, found_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (id) DO NOTHING",
+            params![
+                c.id,
+                c.kind.as_str(),
+                c.name,
+                c.version as i64,
+                c.epoch.to_string(),
+                c.body,
+                c.origin,
+                c.against,
+                c.found_at
+            ],
+        )?;
+    }
+    Ok(added)
+}
+
+impl Store {
+    /// The whole shared configuration, read in one transaction.
+    pub fn config_snapshot(&self) -> Result<ConfigSnapshot, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        read_snapshot(&tx)
+    }
+
+    /// Replaces the whole shared configuration by `snapshot` in one
+    /// transaction, after keeping in the conflict report every local row
+    /// the snapshot's line does not contain. `write` must be the permission
+    /// to apply what the primary of its epoch sent, at the snapshot's
+    /// version. The epoch rule of the store applies to that sender: a
+    /// primary older than the newest epoch seen is refused. The snapshot's
+    /// own stamp may carry an older epoch (a primary that raised its epoch
+    /// has not written under the new one yet). Returns the conflicts found.
+    pub fn replace_config(
+        &self,
+        snapshot: &ConfigSnapshot,
+        write: ConfigWrite<'_>,
+        origin: &str,
+        found_at: &str,
+    ) -> Result<Vec<Conflict>, StoreError> {
+        let WriteKind::Replicated { epoch: by, version } = write.kind() else {
+            return Err(StoreError::Corrupt(
+                "a snapshot is applied only with a replicated-write permission".into(),
+            ));
+        };
+        if version != snapshot.version || snapshot.epoch > by {
+            return Err(StoreError::Corrupt(format!(
+                "the snapshot is {} but the permission is for version {version} from epoch {}",
+                stamp_text(snapshot.version, snapshot.epoch),
+                by.short()
+            )));
+        }
+        let (version, epoch) = (snapshot.version, snapshot.epoch);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let newest = newest_epoch_seen(&tx)?;
+        if by < newest {
+            return Err(StoreError::Fenced {
+                offered: by,
+                newest,
+            });
+        }
+        raise_seen(&tx, by)?;
+        let local = read_snapshot(&tx)?;
+        let conflicts = diverged(&local, snapshot, origin, found_at);
+        insert_conflicts(&tx, &conflicts)?;
+        tx.execute("DELETE FROM config_docs", [])?;
+        tx.execute("DELETE FROM devices", [])?;
+        tx.execute("DELETE FROM config_lineage", [])?;
+        for d in &snapshot.docs {
+            tx.execute(
+                "INSERT INTO config_docs (name, body, sha256, version, epoch, epoch_server, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    d.name,
+                    d.body,
+                    sha256_hex(&d.body),
+                    d.version as i64,
+                    d.epoch.number as i64,
+                    d.epoch.server.to_string(),
+                    found_at
+                ],
+            )?;
+        }
+        for d in &snapshot.devices {
+            tx.execute(
+                "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at,
+                                      approval_seq, version, epoch, epoch_server)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    d.id,
+                    d.name,
+                    d.serial,
+                    d.token_sha256,
+                    d.status,
+                    d.created_at,
+                    d.approved_at,
+                    d.approval_seq,
+                    d.version as i64,
+                    d.epoch.number as i64,
+                    d.epoch.server.to_string()
+                ],
+            )?;
+        }
+        for l in &snapshot.lineage {
+            tx.execute(
+                "INSERT INTO config_lineage (epoch, epoch_server, last_version) VALUES (?1, ?2, ?3)",
+                params![
+                    l.epoch.number as i64,
+                    l.epoch.server.to_string(),
+                    l.last_version as i64
+                ],
+            )?;
+        }
+        tx.execute(
+            "UPDATE config_meta SET version = ?1, epoch = ?2, epoch_server = ?3, updated_at = ?4,
+                 updated_by = ?5 WHERE id = 1",
+            params![
+                version as i64,
+                epoch.number as i64,
+                epoch.server.to_string(),
+                found_at,
+                format!("replicated from epoch {}", epoch.short())
+            ],
+        )?;
+        tx.commit()?;
+        Ok(conflicts)
+    }
+
+    /// A fenced server's comparison: records, without changing its own
+    /// configuration, every local row `snapshot`'s line does not contain.
+    /// Returns every conflict found (recorded before or now) and how many
+    /// of them are new.
+    pub fn compare_config(
+        &self,
+        snapshot: &ConfigSnapshot,
+        origin: &str,
+        found_at: &str,
+    ) -> Result<(Vec<Conflict>, usize), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let local = read_snapshot(&tx)?;
+        let conflicts = diverged(&local, snapshot, origin, found_at);
+        let added = insert_conflicts(&tx, &conflicts)?;
+        tx.commit()?;
+        Ok((conflicts, added))
+    }
+
+    /// Keeps conflicts the peer found (idempotent: one id is kept once).
+    pub fn record_conflicts(&self, conflicts: &[Conflict]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let added = insert_conflicts(&tx, conflicts)?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Every conflict, oldest first.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, name, version, epoch, body, origin, against, found_at, applied_at, applied_as
+             FROM config_conflicts ORDER BY found_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, String>(8)?,
+                r.get::<_, Option<String>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                id,
+                kind,
+                name,
+                version,
+                epoch,
+                body,
+                origin,
+                against,
+                found_at,
+                applied_at,
+                applied_as,
+            ) = row?;
+            out.push(Conflict {
+                id,
+                kind: match kind.as_str() {
+                    "document" => ConflictKind::Document,
+                    "device" => ConflictKind::Device,
+                    other => return Err(StoreError::Corrupt(format!("conflict kind `{other}`"))),
+                },
+                name,
+                version: version as u64,
+                epoch: epoch
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("conflict epoch `{epoch}`: {e}")))?,
+                body,
+                origin,
+                against,
+                found_at,
+                applied_at,
+                applied_as,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks a conflict as re-applied under `stamp`.
+    pub fn mark_conflict_applied(
+        &self,
+        id: &str,
+        stamp: &str,
+        at: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE config_conflicts SET applied_at = ?2, applied_as = ?3 WHERE id = ?1",
+            params![id, at, stamp],
+        )? > 0)
+    }
+
+    /// Whether a device with this id exists (for re-applying a conflict).
+    pub fn device_id_taken(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM devices WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::role::RoleSnapshot;
+    use crate::store::DeviceStatus;
+    use pair_core::ServerId;
+
+    const A: ServerId = ServerId::from_u128(0xa);
+    const B: ServerId = ServerId::from_u128(0xb);
+
+    fn primary(epoch: Epoch) -> ConfigWrite<'static> {
+        ConfigWrite::for_tests(epoch, "test")
+    }
+
+    fn replicated(s: &ConfigSnapshot) -> ConfigWrite<'static> {
+        RoleSnapshot::unlicensed(None)
+            .replicated_write(s.epoch, s.version)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_and_a_damaged_one_is_refused() {
+        let store = Store::open_in_memory().unwrap();
+        let e1 = Epoch::new(1, A);
+        store
+            .put_config_docs(&[("users", "{\"ann\":1}".into())], primary(e1))
+            .unwrap();
+        store
+            .insert_device(
+                "mfd-1",
+                Some("S1"),
+                "digest-1",
+                DeviceStatus::Approved,
+                primary(e1),
+            )
+            .unwrap();
+        let snap = store.config_snapshot().unwrap();
+        assert_eq!((snap.version, snap.epoch), (2, e1));
+        let bytes = snap.encode();
+        assert_eq!(ConfigSnapshot::decode(&bytes).unwrap(), snap);
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 2;
+        damaged[last] ^= 1;
+        assert_eq!(
+            ConfigSnapshot::decode(&damaged),
+            Err(SnapshotError::Checksum)
+        );
+        assert!(ConfigSnapshot::decode(b"no newline").is_err());
+
+        // Applied on another store it gives the same rows and stamps.
+        let other = Store::open_in_memory().unwrap();
+        let conflicts = other
+            .replace_config(&snap, replicated(&snap), "gw-b", "2026-01-01T00:00:00Z")
+            .unwrap();
+        assert!(conflicts.is_empty());
+        assert_eq!(other.config_snapshot().unwrap(), snap);
+        assert_eq!(
+            other.device_by_token("digest-1").unwrap().unwrap().name,
+            "mfd-1"
+        );
+        assert_eq!(
+            other.seat_rank(other.devices().unwrap()[0].id).unwrap(),
+            Some(1)
+        );
+    }
+
+    /// The partition story: A is primary at epoch 1 and B holds its
+    /// version 2; B is promoted (epoch 1 of B, newer) and writes; A, cut
+    /// off, writes too. A's partition-time rows are conflicts, the rows B
+    /// already had are not, and a row B changed later is not either.
+    #[test]
+    fn only_changes_outside_the_new_line_are_conflicts() {
+        let a = Store::open_in_memory().unwrap();
+        let b = Store::open_in_memory().unwrap();
+        let ea = Epoch::new(1, A);
+        a.put_config_docs(&[("users", "{\"ann\":1}".into())], primary(ea))
+            .unwrap();
+        a.put_config_docs(&[("limits", "{\"x\":1}".into())], primary(ea))
+            .unwrap();
+        let shared = a.config_snapshot().unwrap();
+        b.replace_config(&shared, replicated(&shared), "gw-b", "t0")
+            .unwrap();
+
+        // Partition: A goes on at epoch 1, B is promoted to a newer epoch.
+        a.insert_device(
+            "mfd-a",
+            None,
+            "digest-a",
+            DeviceStatus::Approved,
+            primary(ea),
+        )
+        .unwrap();
+        a.put_config_docs(&[("limits", "{\"x\":2}".into())], primary(ea))
+            .unwrap();
+        let eb = Epoch::new(2, B);
+        b.put_config_docs(&[("users", "{\"bob\":1}".into())], primary(eb))
+            .unwrap();
+        let theirs = b.config_snapshot().unwrap();
+        assert_eq!(
+            theirs.lineage,
+            vec![LineEnd {
+                epoch: ea,
+                last_version: 2
+            }]
+        );
+
+        // A compares while fenced: its two partition-time changes.
+        let (found, added) = a.compare_config(&theirs, "gw-a", "t1").unwrap();
+        assert_eq!(added, 2);
+        let mut names: Vec<_> = found.iter().map(|c| (c.kind, c.name.as_str())).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                (ConflictKind::Document, "limits"),
+                (ConflictKind::Device, "mfd-a")
+            ]
+        );
+        // Comparing again records nothing twice.
+        a.compare_config(&theirs, "gw-a", "t2").unwrap();
+        assert_eq!(a.conflicts().unwrap().len(), 2);
+        assert_eq!(
+            a.config_meta().unwrap().version,
+            4,
+            "comparing changes nothing"
+        );
+
+        // Rejoining: the snapshot replaces A's configuration, the conflicts stay.
+        let eb_seen = a.note_epoch(eb).unwrap();
+        assert_eq!(eb_seen, eb);
+        a.replace_config(&theirs, replicated(&theirs), "gw-a", "t3")
+            .unwrap();
+        assert_eq!(a.config_snapshot().unwrap(), theirs);
+        assert!(a.device_by_name("mfd-a").unwrap().is_none());
+        let kept = a.conflicts().unwrap();
+        assert_eq!(kept.len(), 2);
+        let device = kept
+            .iter()
+            .find(|c| c.kind == ConflictKind::Device)
+            .unwrap();
+        let row: SnapshotDevice = serde_json::from_str(&device.body).unwrap();
+        assert_eq!(row.token_sha256, "digest-a", "the token digest is kept");
+        assert_eq!(device.against, stamp_text(3, eb));
+
+        // The peer keeps the same conflicts under the same ids.
+        assert_eq!(b.record_conflicts(&kept).unwrap(), 2);
+        assert_eq!(b.record_conflicts(&kept).unwrap(), 0);
+        assert!(b.mark_conflict_applied(&device.id, "4@2", "t4").unwrap());
+        let applied = b.conflicts().unwrap();
+        assert!(
+            applied
+                .iter()
+                .any(|c| c.applied_as.as_deref() == Some("4@2"))
+        );
+    }
+
+    #[test]
+    fn a_snapshot_from_an_older_epoch_is_refused_and_changes_nothing() {
+        let store = Store::open_in_memory().unwrap();
+        let old = Epoch::new(1, A);
+        let new = Epoch::new(2, B);
+        let donor = Store::open_in_memory().unwrap();
+        donor
+            .put_config_docs(&[("users", "{}".into())], primary(old))
+            .unwrap();
+        let stale = donor.config_snapshot().unwrap();
+        store
+            .put_config_docs(&[("users", "{\"b\":1}".into())], primary(new))
+            .unwrap();
+        let err = store
+            .replace_config(&stale, replicated(&stale), "x", "t")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert_eq!(
+            store.config_doc("users").unwrap().unwrap().body,
+            "{\"b\":1}"
+        );
+
+        // The same configuration sent by a primary of the newest epoch (one
+        // that raised its epoch and has not written under it yet) is taken,
+        // with the stamp it carries.
+        let by_current = RoleSnapshot::unlicensed(None)
+            .replicated_write(new, stale.version)
+            .unwrap();
+        store.replace_config(&stale, by_current, "x", "t").unwrap();
+        assert_eq!(store.config_doc("users").unwrap().unwrap().body, "{}");
+        assert_eq!(store.config_meta().unwrap().epoch, old);
+        assert_eq!(store.newest_epoch().unwrap(), new);
+    }
+
+    #[test]
+    fn a_granted_stamp_must_be_the_next_version() {
+        let store = Store::open_in_memory().unwrap();
+        let e = Epoch::new(1, A);
+        store
+            .put_config_docs(&[("users", "{}".into())], primary(e))
+            .unwrap();
+        let permit = |version| ConfigWrite::stamped_for_tests(e, version);
+        let err = store
+            .put_config_docs(&[("users", "{\"a\":1}".into())], permit(3))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::OutOfLine {
+                    offered: 3,
+                    stored: 1
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            store
+                .put_config_docs(&[("users", "{\"a\":1}".into())], permit(2))
+                .unwrap(),
+            Some(2)
+        );
+    }
+}
