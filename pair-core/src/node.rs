@@ -226,6 +226,10 @@ pub struct PairNode {
     last_beat_ms: Option<u64>,
     last_pull_ms: Option<u64>,
     sync_block: Option<SyncBlock>,
+    /// A primary was asked for a snapshot while its sync was blocked: it
+    /// answers when the block lifts instead of letting the secondary wait
+    /// a whole replication period.
+    deferred_snapshot: bool,
     /// Whether the role view was published since this node started.
     announced: bool,
     stopped: bool,
@@ -248,6 +252,7 @@ impl PairNode {
             last_beat_ms: None,
             last_pull_ms: None,
             sync_block: None,
+            deferred_snapshot: false,
             announced: false,
             stopped: false,
         }
@@ -499,8 +504,14 @@ impl PairNode {
                 if self.sync_block.take().is_some() {
                     out.push(Output::Notify(Event::SyncResumed));
                     // Fixing the zone resumes sync without any other action:
-                    // the next heartbeat from the primary triggers a pull.
+                    // the next heartbeat from the primary triggers a pull,
+                    // and a primary answers a request it had to leave.
                     self.last_pull_ms = None;
+                    if std::mem::take(&mut self.deferred_snapshot) && self.role().is_primary() {
+                        out.push(Output::ServeSnapshot {
+                            stamp: self.state.config,
+                        });
+                    }
                 }
             }
             Err(block) => {
@@ -594,13 +605,14 @@ impl PairNode {
                 }
             }
             Body::SnapshotRequest { have } => {
-                if self.role().is_primary()
-                    && self.sync_block.is_none()
-                    && have != self.state.config
-                {
-                    out.push(Output::ServeSnapshot {
-                        stamp: self.state.config,
-                    });
+                if self.role().is_primary() && have != self.state.config {
+                    if self.sync_block.is_none() {
+                        out.push(Output::ServeSnapshot {
+                            stamp: self.state.config,
+                        });
+                    } else {
+                        self.deferred_snapshot = true;
+                    }
                 }
             }
             Body::ConfigSnapshot { stamp, payload } => {

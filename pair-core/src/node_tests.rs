@@ -818,3 +818,51 @@ fn a_sync_block_stops_replication_but_not_heartbeats_and_resumes_by_itself() {
         }]
     ));
 }
+
+/// The secondary may pass its clock check before the primary has: its pull
+/// meets a primary still blocked, which answers the moment its own check
+/// passes rather than leaving the secondary to wait a replication period.
+#[test]
+fn a_pull_that_meets_a_blocked_primary_is_answered_when_the_block_lifts() {
+    let e1 = Epoch::new(1, A);
+    let mut a = primary(A, e1);
+    let mut b = secondary(B, e1);
+    let not_yet = SyncBlock::NotChecked {
+        peer: "gw-b".into(),
+    };
+    a.step(1, Input::SyncChecked(Err(not_yet)));
+    a.step(2, Input::LocalConfigWrite { payload: vec![1] });
+    let hb = a.step(100, Input::Tick);
+    let pull = deliver(&mut b, 100, &hb);
+    assert!(matches!(
+        sent(&pull)[..],
+        [Message {
+            body: Body::SnapshotRequest { .. },
+            ..
+        }]
+    ));
+    let out = deliver(&mut a, 101, &pull);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::ServeSnapshot { .. })),
+        "no snapshot while blocked"
+    );
+    let out = a.step(102, Input::SyncChecked(Ok(())));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::ServeSnapshot { stamp } if stamp.version == 1)),
+        "{out:?}"
+    );
+    // Answered once.
+    a.step(
+        103,
+        Input::SyncChecked(Err(SyncBlock::NotChecked {
+            peer: "gw-b".into(),
+        })),
+    );
+    let out = a.step(104, Input::SyncChecked(Ok(())));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Output::ServeSnapshot { .. }))
+    );
+}

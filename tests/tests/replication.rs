@@ -380,6 +380,10 @@ fn a_promotion_during_a_partition_fences_the_old_primary_and_keeps_its_changes_a
         );
     }
     assert!(!names.contains(&"mfd-x".to_owned()));
+    // Its own report follows: the re-applied device is resolved there too.
+    let on_a = conflicts(&site, "gw-a");
+    let entry = on_a.iter().find(|c| c["name"] == "mfd-a").unwrap();
+    assert!(entry["applied_as"].is_string(), "{on_a:?}");
 }
 
 /// A promotion undone before the two servers meet: the original primary

@@ -797,12 +797,14 @@ impl Driver {
                 Output::ApplyConfig {
                     stamp, by, payload, ..
                 } => match sync::apply(&self.core, by, stamp, &payload).await {
-                    Ok(conflicts) => {
+                    Ok((conflicts, added)) => {
                         tracing::info!(version = stamp.version, epoch = %stamp.epoch.short(), "configuration applied from the primary");
                         self.repl.applied(self.core.clock.now());
+                        self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                        if added > 0 {
+                            self.conflicts_found(added);
+                        }
                         if !conflicts.is_empty() {
-                            self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
-                            self.conflicts_found(conflicts.len());
                             self.send_wire(&Wire::Conflicts(conflicts));
                         }
                     }

@@ -202,13 +202,14 @@ pub async fn snapshot_at(core: &Core, stamp: ConfigStamp) -> Option<Vec<u8>> {
 }
 
 /// Applies a snapshot from the primary at `stamp`, in one transaction, and
-/// loads it. Returns the conflicts it found in what it replaced.
+/// loads it. Returns the conflicts it found in what it replaced and how
+/// many of them are new.
 pub async fn apply(
     core: &Core,
     by: pair_core::Epoch,
     stamp: ConfigStamp,
     payload: &[u8],
-) -> Result<Vec<Conflict>, String> {
+) -> Result<(Vec<Conflict>, usize), String> {
     let snapshot = ConfigSnapshot::decode(payload).map_err(|e| e.to_string())?;
     if snapshot.version != stamp.version || snapshot.epoch != stamp.epoch {
         return Err(format!(

@@ -309,6 +309,44 @@ fn diverged(
     out
 }
 
+/// Marks open conflicts whose change `snapshot` holds (the same device id
+/// and token digest, or the same document body) as resolved in it.
+fn resolve_present(
+    tx: &Transaction<'_>,
+    snapshot: &ConfigSnapshot,
+    at: &str,
+) -> Result<(), StoreError> {
+    let open: Vec<(String, String, String, String)> = {
+        let mut stmt = tx.prepare(
+            "SELECT id, kind, name, body FROM config_conflicts WHERE applied_at IS NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let stamp = stamp_text(snapshot.version, snapshot.epoch);
+    for (id, kind, name, body) in open {
+        let present = match kind.as_str() {
+            "document" => snapshot
+                .docs
+                .iter()
+                .any(|d| d.name == name && d.body == body),
+            _ => serde_json::from_str::<SnapshotDevice>(&body).is_ok_and(|row| {
+                snapshot
+                    .devices
+                    .iter()
+                    .any(|d| d.id == row.id && d.token_sha256 == row.token_sha256)
+            }),
+        };
+        if present {
+            tx.execute(
+                "UPDATE config_conflicts SET applied_at = ?2, applied_as = ?3 WHERE id = ?1",
+                params![id, at, stamp],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn insert_conflicts(tx: &Transaction<'_>, conflicts: &[Conflict]) -> Result<usize, StoreError> {
     let mut added = 0;
     for c in conflicts {
@@ -347,14 +385,16 @@ impl Store {
     /// version. The epoch rule of the store applies to that sender: a
     /// primary older than the newest epoch seen is refused. The snapshot's
     /// own stamp may carry an older epoch (a primary that raised its epoch
-    /// has not written under the new one yet). Returns the conflicts found.
+    /// has not written under the new one yet). An open conflict whose
+    /// change the snapshot now holds (re-applied on the primary) is marked
+    /// resolved. Returns the conflicts found and how many are new.
     pub fn replace_config(
         &self,
         snapshot: &ConfigSnapshot,
         write: ConfigWrite<'_>,
         origin: &str,
         found_at: &str,
-    ) -> Result<Vec<Conflict>, StoreError> {
+    ) -> Result<(Vec<Conflict>, usize), StoreError> {
         let WriteKind::Replicated { epoch: by, version } = write.kind() else {
             return Err(StoreError::Corrupt(
                 "a snapshot is applied only with a replicated-write permission".into(),
@@ -380,7 +420,8 @@ impl Store {
         raise_seen(&tx, by)?;
         let local = read_snapshot(&tx)?;
         let conflicts = diverged(&local, snapshot, origin, found_at);
-        insert_conflicts(&tx, &conflicts)?;
+        let added = insert_conflicts(&tx, &conflicts)?;
+        resolve_present(&tx, snapshot, found_at)?;
         tx.execute("DELETE FROM config_docs", [])?;
         tx.execute("DELETE FROM devices", [])?;
         tx.execute("DELETE FROM config_lineage", [])?;
@@ -441,7 +482,7 @@ impl Store {
             ],
         )?;
         tx.commit()?;
-        Ok(conflicts)
+        Ok((conflicts, added))
     }
 
     /// A fenced server's comparison: records, without changing its own
@@ -606,7 +647,7 @@ mod tests {
 
         // Applied on another store it gives the same rows and stamps.
         let other = Store::open_in_memory().unwrap();
-        let conflicts = other
+        let (conflicts, _) = other
             .replace_config(&snap, replicated(&snap), "gw-b", "2026-01-01T00:00:00Z")
             .unwrap();
         assert!(conflicts.is_empty());
@@ -709,6 +750,39 @@ mod tests {
                 .iter()
                 .any(|c| c.applied_as.as_deref() == Some("4@2"))
         );
+
+        // The primary re-applies the device; when A receives that
+        // configuration, its own entry is resolved too, and nothing is new.
+        let row: SnapshotDevice = serde_json::from_str(&device.body).unwrap();
+        b.write_config(
+            &[],
+            &[crate::store::DeviceUpsert {
+                id: uuid::Uuid::parse_str(&row.id).unwrap(),
+                name: row.name.clone(),
+                serial: None,
+                token_sha256: row.token_sha256.clone(),
+                status: DeviceStatus::Approved,
+                created_at: row.created_at.clone(),
+            }],
+            primary(eb),
+        )
+        .unwrap();
+        let latest = b.config_snapshot().unwrap();
+        let (_, added) = a
+            .replace_config(&latest, replicated(&latest), "gw-a", "t5")
+            .unwrap();
+        assert_eq!(added, 0);
+        let on_a = a.conflicts().unwrap();
+        let dev = on_a
+            .iter()
+            .find(|c| c.kind == ConflictKind::Device)
+            .unwrap();
+        assert_eq!(dev.applied_as, Some(stamp_text(latest.version, eb)));
+        let doc = on_a
+            .iter()
+            .find(|c| c.kind == ConflictKind::Document)
+            .unwrap();
+        assert_eq!(doc.applied_as, None, "the limits change is still open");
     }
 
     #[test]
