@@ -182,14 +182,30 @@ peer = "127.0.0.1:{pair_a}"
                 .args(["pair", "status", "--json"]),
         )?;
         let state: serde_json::Value = serde_json::from_str(&status).map_err(|e| e.to_string())?;
-        if state["state"] == "live" {
+        let peer_state = serde_json::from_str::<serde_json::Value>(&output(
+            tools
+                .gateway(&config, "gw-secondary")
+                .args(["pair", "status", "--json"]),
+        )?)
+        .map_err(|e| e.to_string())?;
+        // Replicated: the secondary holds the primary's configuration (its
+        // devices, users and session key), the clocks and zones agree.
+        let in_sync = state["sync"] == "ok"
+            && peer_state["sync"] == "ok"
+            && state["config_version"].is_u64()
+            && state["config_version"] == peer_state["config_version"];
+        if state["state"] == "live" && in_sync {
             println!(
-                "paired: gw-primary and gw-secondary see each other LIVE over their pair link"
+                "paired: gw-primary and gw-secondary see each other LIVE over their pair link; \
+                 configuration version {} is on both (devices, users, session key)",
+                state["config_version"]
             );
             break;
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("the pair did not become LIVE: {status}"));
+            return Err(format!(
+                "the pair did not become LIVE with the configuration on both: {status}\n{peer_state}"
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
