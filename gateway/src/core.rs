@@ -124,6 +124,9 @@ pub struct Core {
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     pub admission: Admission,
+    /// The replicated acknowledgement, shared by the intake and the pair
+    /// link.
+    pub peer_acks: crate::peer_ack::PeerAcks,
     /// Wakes an idle pipeline worker when a job was committed.
     pub job_ready: Notify,
     pub certificate: PathBuf,
@@ -159,6 +162,7 @@ impl Core {
             config: ConfigCell::default(),
             metrics: Metrics::default(),
             admission: Admission::new(logins),
+            peer_acks: Default::default(),
             job_ready: Notify::new(),
             started_at: parts.clock.now(),
             server_id: watch::Sender::new(None),

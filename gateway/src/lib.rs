@@ -13,8 +13,9 @@
 //! 3. **core** — the server's state and policy: [`license`], [`data`],
 //!    [`site`], [`declared`] (the declarative configuration file),
 //!    [`changes`] (configuration changes and how they are carried out),
-//!    [`metrics`], [`admission`], and [`core`] (the `Core` value every
-//!    adapter is given);
+//!    [`metrics`], [`admission`], [`peer_ack`] (the replicated
+//!    acknowledgement between intake and pair link), and [`core`] (the
+//!    `Core` value every adapter is given);
 //! 4. **adapters** — each talks to one outside party through the core:
 //!    [`web`] (devices over HTTPS), [`workers`] (the plugin pipeline),
 //!    [`admin`] (admins over a Unix socket), [`pair`] (the other server),
@@ -45,6 +46,7 @@ pub mod data;
 pub mod declared;
 pub mod license;
 pub mod metrics;
+pub mod peer_ack;
 pub mod site;
 
 // adapters

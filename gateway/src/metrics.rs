@@ -39,6 +39,10 @@ pub struct Gauges<'a> {
     pub data_up: bool,
     pub maintenance: bool,
     pub config_version: u64,
+    /// Jobs accepted here that the peer has no copy of, and whether a job
+    /// was acknowledged without the peer's copy since the stream last
+    /// caught up; `None` without a pair link.
+    pub replication: Option<(u64, bool)>,
 }
 
 impl Metrics {
@@ -156,6 +160,20 @@ impl Metrics {
             "1 when the server is in maintenance mode.",
             u8::from(g.maintenance).to_string(),
         );
+        if let Some((unreplicated, degraded)) = g.replication {
+            line(
+                "scangw_jobs_unreplicated",
+                "gauge",
+                "Jobs accepted here that the peer has no copy of yet.",
+                unreplicated.to_string(),
+            );
+            line(
+                "scangw_replication_degraded",
+                "gauge",
+                "1 while a job acknowledged without the peer's copy waits for it.",
+                u8::from(degraded).to_string(),
+            );
+        }
         if let Some(depth) = g.queue_depth {
             line(
                 "scangw_queue_depth",
@@ -291,7 +309,10 @@ mod tests {
             data_up: true,
             maintenance: false,
             config_version: 7,
+            replication: Some((3, true)),
         });
+        assert!(text.contains("scangw_jobs_unreplicated{instance=\"gw-a\"} 3"));
+        assert!(text.contains("scangw_replication_degraded{instance=\"gw-a\"} 1"));
         assert!(text.contains("scangw_jobs_accepted_total{instance=\"gw-a\"} 2"));
         assert!(text.contains("scangw_upload_bytes_total{instance=\"gw-a\"} 1500"));
         assert!(

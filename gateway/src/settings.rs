@@ -190,6 +190,10 @@ struct RawInstance {
     pair_replication_period_secs: Option<Scalar>,
     #[serde(skip)]
     pair_max_clock_skew_ms: Option<Scalar>,
+    #[serde(skip)]
+    pair_ack: Option<Scalar>,
+    #[serde(skip)]
+    pair_peer_ack_timeout_ms: Option<Scalar>,
 }
 
 /// `[defaults.pair]` / `[instances.NAME.pair]`: this server's side of the
@@ -203,6 +207,8 @@ struct RawPair {
     dead_threshold_ms: Option<Scalar>,
     replication_period_secs: Option<Scalar>,
     max_clock_skew_ms: Option<Scalar>,
+    ack: Option<Scalar>,
+    peer_ack_timeout_ms: Option<Scalar>,
 }
 
 impl RawInstance {
@@ -216,6 +222,8 @@ impl RawInstance {
             self.pair_dead_threshold_ms = pair.dead_threshold_ms;
             self.pair_replication_period_secs = pair.replication_period_secs;
             self.pair_max_clock_skew_ms = pair.max_clock_skew_ms;
+            self.pair_ack = pair.ack;
+            self.pair_peer_ack_timeout_ms = pair.peer_ack_timeout_ms;
         }
         self
     }
@@ -445,7 +453,9 @@ fn merge(
         pair_heartbeat_interval_ms,
         pair_dead_threshold_ms,
         pair_replication_period_secs,
-        pair_max_clock_skew_ms
+        pair_max_clock_skew_ms,
+        pair_ack,
+        pair_peer_ack_timeout_ms
     );
 }
 
@@ -474,6 +484,8 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "pair_dead_threshold_ms" => &mut into.pair_dead_threshold_ms,
         "pair_replication_period_secs" => &mut into.pair_replication_period_secs,
         "pair_max_clock_skew_ms" => &mut into.pair_max_clock_skew_ms,
+        "pair_ack" => &mut into.pair_ack,
+        "pair_peer_ack_timeout_ms" => &mut into.pair_peer_ack_timeout_ms,
         other => unreachable!("ENV_VARS names unknown instance setting {other}"),
     };
     *slot = Some(value);
@@ -826,6 +838,25 @@ fn validate_pair(
         1_000,
         10..=600_000,
     )?;
+    let ack = match text(&raw.pair_ack, key, "pair_ack")?.as_deref() {
+        None | Some("peer") => PeerAck::Peer,
+        Some("local") => PeerAck::Local,
+        Some(other) => {
+            return Err(invalid(
+                key("pair_ack"),
+                format!(
+                    "`{other}` is neither \"peer\" (a job is acknowledged once the peer stored a copy) nor \"local\" (once it is durable here)"
+                ),
+            ));
+        }
+    };
+    let peer_ack_timeout_ms = number(
+        &raw.pair_peer_ack_timeout_ms,
+        key,
+        "pair_peer_ack_timeout_ms",
+        2_000,
+        10..=60_000,
+    )?;
     Ok(Some(PairLinkSettings {
         listen,
         peer,
@@ -834,6 +865,8 @@ fn validate_pair(
         replication_period_secs,
         max_clock_skew_ms,
         configured_time_zone: None,
+        ack,
+        peer_ack_timeout_ms,
     }))
 }
 

@@ -207,6 +207,7 @@ const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
             "declared",
             "license",
             "metrics",
+            "peer_ack",
             "site",
         ],
     ),

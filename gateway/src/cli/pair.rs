@@ -63,6 +63,16 @@ pub fn render_pair(status: &Value) -> String {
             status["last_sync_at"].as_str().unwrap_or("never")
         );
     }
+    if let Some(jobs) = status["replication"].as_str() {
+        out += &format!(
+            "  jobs:      replication {jobs}, {} not on the peer yet{}\n",
+            status["unreplicated_jobs"].as_u64().unwrap_or(0),
+            status["replication_error"]
+                .as_str()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(n) = status["open_conflicts"].as_u64().filter(|n| *n > 0) {
         out += &format!("  conflicts: {n} open (`gateway pair conflicts`)\n");
     }

@@ -23,11 +23,25 @@ use super::wire::Wire;
 /// How long a TLS handshake on the pair port may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the frames of one connection go. Two queues on one connection:
+/// control frames (heartbeats, protocol messages, acknowledgements) always
+/// leave before bulk frames (job pages, in chunks of at most
+/// [`BULK_CHUNK_BYTES`]), so a heartbeat waits behind at most one chunk and
+/// a large job never makes the peer judge this server DEAD.
+#[derive(Clone)]
+pub struct LinkWriter {
+    pub control: mpsc::Sender<Vec<u8>>,
+    pub bulk: mpsc::Sender<Vec<u8>>,
+}
+
+/// The largest piece of page data one bulk frame carries.
+pub const BULK_CHUNK_BYTES: usize = 256 << 10;
+
 /// What the connection tasks report to the driver.
 pub enum LinkEvent {
     Up {
         generation: u64,
-        writer: mpsc::Sender<Vec<u8>>,
+        writer: LinkWriter,
         from: SocketAddr,
     },
     Frame {
@@ -156,11 +170,14 @@ fn run_connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(tls);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (control, mut control_rx) = mpsc::channel::<Vec<u8>>(1024);
+    // A few chunks in flight: enough to keep the link busy, few enough
+    // that memory stays flat whatever the size of the jobs.
+    let (bulk, mut bulk_rx) = mpsc::channel::<Vec<u8>>(4);
     if events
         .send(LinkEvent::Up {
             generation,
-            writer: tx,
+            writer: LinkWriter { control, bulk },
             from,
         })
         .is_err()
@@ -169,7 +186,13 @@ fn run_connection<S>(
     }
     tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;
-        while let Some(bytes) = rx.recv().await {
+        loop {
+            let bytes = tokio::select! {
+                biased;
+                Some(b) = control_rx.recv() => b,
+                Some(b) = bulk_rx.recv() => b,
+                else => break,
+            };
             if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
                 break;
             }

@@ -18,9 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
-use super::connection::{HANDSHAKE_TIMEOUT, LinkEvent, accept_loop, dial_loop};
+use super::connection::{HANDSHAKE_TIMEOUT, LinkEvent, LinkWriter, accept_loop, dial_loop};
 use super::frame;
 use super::identity::{PairIdentity, fingerprint_text};
+use super::jobs;
 use super::pairing::{CODE_VALID_SECS, JoinAnswer, JoinRequest, OpenCode, PairingCode, PeerRecord};
 use super::status::PairStatus;
 use super::sync::{self, Replication};
@@ -75,13 +76,23 @@ pub struct Driver {
     trust: Arc<RwLock<ListenerTrust>>,
     open_code: Option<OpenCode>,
     /// The current connection: its generation and where frames go.
-    link: Option<(u64, mpsc::Sender<Vec<u8>>)>,
+    link: Option<(u64, LinkWriter)>,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events: mpsc::UnboundedReceiver<LinkEvent>,
     /// Whether the dialer should connect (paired, this side dials, no link).
     want_dial: watch::Sender<Option<(String, [u8; 32], ServerId)>>,
     last_liveness: Liveness,
     repl: Replication,
+    /// The job replication stream: the connection its tasks use, and what
+    /// the driver passes on to them.
+    stream_link: watch::Sender<Option<(u64, LinkWriter)>>,
+    answers: mpsc::UnboundedSender<jobs::Answer>,
+    incoming: mpsc::UnboundedSender<jobs::Incoming>,
+    stream_tasks: Option<(
+        mpsc::UnboundedReceiver<jobs::Answer>,
+        mpsc::UnboundedReceiver<jobs::Incoming>,
+    )>,
+    stream_state: Arc<RwLock<jobs::StreamState>>,
 }
 
 fn node_settings(
@@ -135,6 +146,8 @@ impl Driver {
             pairing_open: false,
         }));
         let (events_tx, events) = mpsc::unbounded_channel();
+        let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+        let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             core,
             settings,
@@ -152,6 +165,11 @@ impl Driver {
             want_dial: watch::Sender::new(None),
             last_liveness: Liveness::Unknown,
             repl: Replication::default(),
+            stream_link: watch::Sender::new(None),
+            answers: answers_tx,
+            incoming: incoming_tx,
+            stream_tasks: Some((answers_rx, incoming_rx)),
+            stream_state: Arc::default(),
         };
         driver.repl.open_conflicts = sync::open_conflicts(&driver.core).await;
         driver.refresh_dial();
@@ -181,6 +199,20 @@ impl Driver {
             Duration::from_millis(self.settings.heartbeat_interval_ms.max(50)),
             Duration::from_millis(self.settings.dead_threshold_ms),
         ));
+        if let Some((answers, incoming)) = self.stream_tasks.take() {
+            tokio::spawn(jobs::send_loop(
+                self.core.clone(),
+                self.me,
+                self.stream_link.subscribe(),
+                answers,
+                self.stream_state.clone(),
+            ));
+            tokio::spawn(jobs::receive_loop(
+                self.core.clone(),
+                self.stream_link.subscribe(),
+                incoming,
+            ));
+        }
         let start = self.node.step(0, Input::Tick);
         self.carry_out(start).await;
         loop {
@@ -226,6 +258,10 @@ impl Driver {
                             // Re-applied conflicts are marked by the admin
                             // channel; the count in status follows here.
                             self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
+                            let me = self.me;
+                            if let Ok(n) = self.core.data.run(move |s| s.count_unreplicated(me)).await {
+                                self.core.peer_acks.set_unreplicated(n);
+                            }
                             self.update_status();
                         }
                     }
@@ -237,7 +273,7 @@ impl Driver {
     /// Sends one frame on the current connection, if there is one.
     fn send_wire(&self, wire: &Wire) {
         if let Some((_, writer)) = &self.link
-            && writer.try_send(frame::encode(wire)).is_err()
+            && writer.control.try_send(frame::encode(wire)).is_err()
         {
             tracing::warn!("the pair link is not draining; a message was dropped");
         }
@@ -357,6 +393,37 @@ impl Driver {
         }
     }
 
+    /// The connection is gone: the job stream stops with it, and waiting
+    /// acknowledgements stop waiting.
+    fn drop_link(&mut self) {
+        self.link = None;
+        self.stream_link.send_replace(None);
+        let _ = self.incoming.send(jobs::Incoming::Reset);
+        self.core.peer_acks.set_link_up(false);
+    }
+
+    /// The peer stored its copy of a job this server accepted: recorded
+    /// first, then the waiting acknowledgement and the sender learn of it.
+    async fn on_job_stored(&mut self, job: uuid::Uuid) {
+        let me = self.me;
+        let marked = self
+            .core
+            .data
+            .run(move |s| {
+                s.mark_replicated(job)?;
+                s.count_unreplicated(me)
+            })
+            .await;
+        match marked {
+            Ok(left) => {
+                self.core.peer_acks.set_unreplicated(left);
+                self.core.peer_acks.stored(job);
+            }
+            Err(e) => tracing::error!(%job, error = %e, "the peer's copy could not be recorded"),
+        }
+        let _ = self.answers.send(jobs::Answer::Stored(job));
+    }
+
     /// Goes back to the durable state after an output could not be carried
     /// out (see `PairNode::restore`).
     async fn restore_node(&mut self) {
@@ -426,7 +493,7 @@ impl Driver {
                     tracing::warn!(peer = ?self.peer.as_ref().map(|p| &p.instance), "unpaired");
                     self.peer = None;
                     self.trust.write().unwrap_or_else(|p| p.into_inner()).pinned = None;
-                    self.link = None;
+                    self.drop_link();
                     self.rebuild_node().await;
                     self.refresh_dial();
                     self.update_status();
@@ -592,6 +659,10 @@ impl Driver {
                 from,
             } => {
                 tracing::info!(%from, "pair link up");
+                self.stream_link
+                    .send_replace(Some((generation, writer.clone())));
+                let _ = self.incoming.send(jobs::Incoming::Reset);
+                self.core.peer_acks.set_link_up(true);
                 self.link = Some((generation, writer));
                 self.refresh_dial();
                 // No sync on a new connection before the zones and clocks
@@ -633,12 +704,35 @@ impl Driver {
                             .await
                     }
                     Wire::Conflicts(conflicts) => self.on_conflicts(conflicts).await,
+                    Wire::JobOffer(offer) => {
+                        let _ = self.incoming.send(jobs::Incoming::Offer(offer));
+                    }
+                    Wire::JobChunk { job, page, data } => {
+                        let _ = self
+                            .incoming
+                            .send(jobs::Incoming::Chunk { job, page, data });
+                    }
+                    Wire::JobEnd { job } => {
+                        let _ = self.incoming.send(jobs::Incoming::End { job });
+                    }
+                    Wire::JobStored { job, .. } => self.on_job_stored(job).await,
+                    Wire::JobRefused {
+                        job,
+                        reason,
+                        disk_full,
+                    } => {
+                        let _ = self.answers.send(jobs::Answer::Refused {
+                            job,
+                            reason,
+                            disk_full,
+                        });
+                    }
                 }
             }
             LinkEvent::Down { generation, why } => {
                 if self.link.as_ref().is_some_and(|(g, _)| *g == generation) {
                     tracing::info!(why, "pair link down");
-                    self.link = None;
+                    self.drop_link();
                     self.refresh_dial();
                     let outputs = self.node.step(self.now_ms(), Input::LinkDown);
                     self.carry_out(outputs).await;
@@ -996,5 +1090,16 @@ impl Driver {
             self.link.is_some(),
             patience,
         );
+        if self.peer.is_some() {
+            let acks = &self.core.peer_acks;
+            status.replication.replication = Some(if acks.degraded() { "degraded" } else { "ok" });
+            status.replication.unreplicated_jobs = acks.unreplicated();
+            status.replication.replication_error = self
+                .stream_state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .last_error
+                .clone();
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::settings::PairLinkSettings;
 pub struct PairLink {
     commands: mpsc::UnboundedSender<Command>,
     status: Arc<RwLock<PairStatus>>,
+    core: Arc<Core>,
 }
 
 impl PairLink {
@@ -62,6 +63,7 @@ impl PairLink {
         let link = PairLink {
             commands,
             status: status.clone(),
+            core: core.clone(),
         };
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -103,11 +105,20 @@ impl PairLink {
         Ok(link)
     }
 
+    /// The link's state; the job replication figures are read live (the
+    /// intake changes them between the driver's updates).
     pub fn status(&self) -> PairStatus {
-        self.status
+        let mut status = self
+            .status
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        if status.peer.is_some() {
+            let acks = &self.core.peer_acks;
+            status.replication.replication = Some(if acks.degraded() { "degraded" } else { "ok" });
+            status.replication.unreplicated_jobs = acks.unreplicated();
+        }
+        status
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {

@@ -16,12 +16,14 @@
 //!   probe, conflict reports);
 //! - [`sync`]: the replication side of the driver: snapshots, applying,
 //!   conflicts, the clock check and what status shows of them;
+//! - [`jobs`]: the job replication stream (sender and receiver tasks);
 //! - [`notify`]: notifications to admins.
 
 pub mod connection;
 pub mod driver;
 pub mod frame;
 pub mod identity;
+pub mod jobs;
 pub mod link;
 pub mod notify;
 pub mod pairing;

@@ -46,6 +46,14 @@ pub struct SyncStatus {
     pub lag_ms: Option<u64>,
     /// Conflict report entries not re-applied yet.
     pub open_conflicts: u64,
+    /// Jobs: `ok`, or `degraded` while a job acknowledged without the
+    /// peer's copy waits for it; `None` while unpaired.
+    pub replication: Option<&'static str>,
+    /// Jobs accepted here that the peer has no copy of yet.
+    pub unreplicated_jobs: u64,
+    /// The peer's last refusal of a job copy (a full disk, a digest that
+    /// did not match), until it stores one again.
+    pub replication_error: Option<String>,
 }
 
 /// The driver's replication state.
@@ -141,6 +149,9 @@ impl Replication {
                     .map_or(0, |t| t.elapsed().as_millis() as u64)
             }),
             open_conflicts: self.open_conflicts,
+            replication: None,
+            unreplicated_jobs: 0,
+            replication_error: None,
         }
     }
 }

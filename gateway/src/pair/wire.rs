@@ -1,11 +1,14 @@
 //! What travels in one frame of the pair link: the protocol's messages
 //! (`pair_core::Message`, decided on by the node) and the driver's own
 //! exchanges, which the protocol does not decide on: the clock and time-zone
-//! probe that admits configuration sync (seed 002), and the conflict report
-//! a fenced server hands to the new primary.
+//! probe that admits configuration sync (seed 002), the conflict report a
+//! fenced server hands to the new primary, and the job replication stream
+//! (a job offered, its pages in chunks, the peer's answer).
 
-use pair_core::Message;
+use chrono::{DateTime, Utc};
+use pair_core::{Message, ServerId};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::store::snapshot::Conflict;
 
@@ -29,4 +32,52 @@ pub enum Wire {
     /// Configuration changes the sender made as a primary that was since
     /// replaced, for the receiver's conflict report.
     Conflicts(Vec<Conflict>),
+    /// A job the sender accepted, for the receiver's replica; its pages
+    /// follow as [`Wire::JobChunk`]s in order, then [`Wire::JobEnd`].
+    JobOffer(Box<JobOffer>),
+    /// Page data (base64), at most one bulk chunk.
+    JobChunk { job: Uuid, page: u32, data: String },
+    /// The last chunk of the offered job was sent.
+    JobEnd { job: Uuid },
+    /// The receiver stored the job durably as a replica.
+    JobStored { job: Uuid, seq: u64 },
+    /// The receiver did not store the job (a digest that does not match, a
+    /// full disk); the sender offers it again later.
+    JobRefused {
+        job: Uuid,
+        reason: String,
+        disk_full: bool,
+    },
+}
+
+/// A job as the replication stream offers it: everything its row holds
+/// and each page's size and digest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobOffer {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub user: String,
+    pub workflow: String,
+    pub manifest: String,
+    pub manifest_sha256: String,
+    pub bytes: u64,
+    pub accepted_by: String,
+    pub accepted_role: String,
+    pub accepted_epoch: u64,
+    pub client_addr: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub acceptor: ServerId,
+    /// The acceptor's sequence number (the order of the stream).
+    pub seq: u64,
+    pub pages: Vec<OfferedPage>,
+}
+
+/// One page of an offered job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OfferedPage {
+    pub seq: u32,
+    pub file_name: String,
+    pub format: String,
+    pub bytes: u64,
+    pub sha256: String,
 }

@@ -77,6 +77,11 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_PAIR_MAX_CLOCK_SKEW_MS",
         EnvTarget::Instance("pair_max_clock_skew_ms"),
     ),
+    ("SCANGW_PAIR_ACK", EnvTarget::Instance("pair_ack")),
+    (
+        "SCANGW_PAIR_PEER_ACK_TIMEOUT_MS",
+        EnvTarget::Instance("pair_peer_ack_timeout_ms"),
+    ),
 ];
 
 /// The prefix of the gateway's environment variables.

@@ -168,6 +168,21 @@ pub struct PairLinkSettings {
     /// The instance's `time_zone` when it is configured; otherwise the
     /// system's zone is read at each check.
     pub configured_time_zone: Option<String>,
+    /// When a device's job is acknowledged.
+    pub ack: PeerAck,
+    /// How long an acknowledgement waits for the peer's copy (`ack =
+    /// "peer"`) before it is given on this server's disk alone.
+    pub peer_ack_timeout_ms: u64,
+}
+
+/// When a job is acknowledged to the device (`[pair] ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerAck {
+    /// Once the peer stored a copy too (or the wait for it ran out, or the
+    /// link is down: then `"replicated": false`).
+    Peer,
+    /// Once the job is durable on this server.
+    Local,
 }
 
 /// Size and count limits on uploads (shared configuration).

@@ -215,6 +215,19 @@ impl Store {
     /// Commits a job and its pages in one transaction. Returns `false` (and
     /// changes nothing) when a job with this id already exists.
     pub fn insert_job(&self, job: &NewJob) -> Result<bool, StoreError> {
+        self.insert_job_row(job, None)
+    }
+
+    /// Stores a copy of a job the peer accepted (manifest and page rows;
+    /// the page files are already durable in the spool) under the peer's
+    /// sequence number. A replica is owned by its acceptor, so this server
+    /// does not process it. Returns `false` (and changes nothing) when a
+    /// job with this id already exists.
+    pub fn insert_replica(&self, job: &NewJob, seq: u64) -> Result<bool, StoreError> {
+        self.insert_job_row(job, Some(seq))
+    }
+
+    fn insert_job_row(&self, job: &NewJob, replica_seq: Option<u64>) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let inserted = tx.execute(
@@ -222,7 +235,8 @@ impl Store {
                                accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at,
                                acceptor_server, owner_server, seq, replica_state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13, ?14, ?14,
-                     (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?14), 'local')
+                     coalesce(?15, (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?14)),
+                     CASE WHEN ?15 IS NULL THEN 'local' ELSE 'replica' END)
              ON CONFLICT (id) DO NOTHING",
             params![
                 job.id.to_string(),
@@ -239,6 +253,7 @@ impl Store {
                 job.client_addr,
                 time_text(job.received_at),
                 job.acceptor.to_string(),
+                replica_seq.map(|s| s as i64),
             ],
         )?;
         if inserted == 0 {
@@ -261,6 +276,46 @@ impl Store {
         }
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Jobs this server accepted that the peer has no copy of yet, in the
+    /// order of their sequence number (the order of the replication stream).
+    /// A job whose pipeline finished first needs no copy any more: its
+    /// documents were delivered and its pages are gone.
+    pub fn unreplicated_jobs(
+        &self,
+        me: ServerId,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
+                 AND state <> 'done'
+             ORDER BY seq LIMIT ?2"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![me.to_string(), limit], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// How many jobs this server accepted have no copy on the peer yet (and
+    /// still need one: not done).
+    pub fn count_unreplicated(&self, me: ServerId) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
+                 AND state <> 'done'",
+            [me.to_string()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The peer stored a copy of the job this server accepted. Returns
+    /// whether the job was waiting for it.
+    pub fn mark_replicated(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET replica_state = 'replicated' WHERE id = ?1 AND replica_state = 'local'",
+            [id.to_string()],
+        )? > 0)
     }
 
     /// One job by id.

@@ -46,6 +46,12 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
         data_up: data.up,
         maintenance: core.in_maintenance(),
         config_version: core.config.current().map_or(0, |c| c.meta.version),
+        replication: core
+            .settings
+            .instance
+            .pair
+            .as_ref()
+            .map(|_| (core.peer_acks.unreplicated(), core.peer_acks.degraded())),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

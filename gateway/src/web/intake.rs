@@ -27,8 +27,9 @@ use uuid::Uuid;
 use crate::core::Core;
 use crate::manifest::Manifest;
 use crate::security::hex;
+use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
-use crate::store::{JobRecord, NewJob, NewPage, Store, StoreError};
+use crate::store::{JobRecord, NewJob, NewPage, ReplicaState, Store, StoreError};
 use crate::web::api::parse_job_id;
 use crate::web::auth::{ApprovedDevice, check_seat, verify_job_session};
 use crate::web::error::ApiError;
@@ -71,6 +72,9 @@ pub struct JobAck {
     pub pages: u32,
     pub bytes: u64,
     pub replayed: bool,
+    /// Whether the peer of a pair holds a copy (the job then survives the
+    /// loss of either server's disk).
+    pub replicated: bool,
 }
 
 impl JobAck {
@@ -85,6 +89,7 @@ impl JobAck {
             pages: job.page_count,
             bytes: job.bytes,
             replayed,
+            replicated: job.replica_state != ReplicaState::Local,
         }
     }
 }
@@ -293,7 +298,15 @@ async fn receive(
         acceptor,
         pages,
     };
-    let (inserted, record) = {
+    // Registered before the commit, so a copy stored quickly is not missed.
+    let peer_wait = core
+        .settings
+        .instance
+        .pair
+        .as_ref()
+        .filter(|p| p.ack == PeerAck::Peer)
+        .map(|p| (core.peer_acks.register(id), p.peer_ack_timeout_ms));
+    let (inserted, mut record) = {
         let job = job.clone();
         let committed = core.data.run(move |s| insert_and_read(s, &job)).await;
         match committed {
@@ -303,6 +316,9 @@ async fn receive(
                 // it now rather than at the next start, so a retry of the
                 // same id starts clean.
                 let _ = parts.spool.remove_job(id);
+                if let Some((wait, _)) = peer_wait {
+                    core.peer_acks.cancel(wait);
+                }
                 return Err(e.into());
             }
         }
@@ -312,9 +328,21 @@ async fn receive(
         // insert: answer as a replay (or a conflict), never a second 201.
         // The directory committed here is not the stored job's and goes.
         let _ = parts.spool.remove_job(id);
+        if let Some((wait, _)) = peer_wait {
+            core.peer_acks.cancel(wait);
+        }
         return replay(core, record, &job.manifest_sha256, device.id);
     }
     core.job_ready.notify_one();
+    core.peer_acks.job_committed();
+    if let Some((wait, limit_ms)) = peer_wait
+        && core
+            .peer_acks
+            .wait(wait, Duration::from_millis(limit_ms))
+            .await
+    {
+        record.replica_state = ReplicaState::Replicated;
+    }
     core.metrics.job_accepted(job.bytes, started.elapsed());
     tracing::info!(
         job = %id,

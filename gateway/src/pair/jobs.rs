@@ -1,0 +1,608 @@
+//! The job replication stream: every job this server accepted goes to the
+//! peer, which stores it durably as a replica (not processed: its acceptor
+//! owns it) and says so; the acceptor then records it as replicated and
+//! the intake's waiting acknowledgement learns of it.
+//!
+//! Rules owned here:
+//! * jobs leave in the order of the acceptor's sequence number, at most
+//!   [`WINDOW`] unanswered at a time, their pages in bulk chunks behind
+//!   every control frame (heartbeats never wait behind a job);
+//! * what has not been answered is offered again on the next connection
+//!   (the stream resumes from the first job the peer has not stored; the
+//!   peer answers an offer of a job it already holds at once);
+//! * the receiver checks every page's size and SHA-256 against the offer
+//!   before it commits anything, and a job directory and its row are made
+//!   as an accepted job's are (files fsynced, directory renamed, row
+//!   committed); a page that does not match is refused and re-sent, a full
+//!   disk is reported as such;
+//! * both tasks run apart from the driver, so disk and network waits never
+//!   delay heartbeats.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pair_core::ServerId;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::connection::{BULK_CHUNK_BYTES, LinkWriter};
+use super::frame;
+use super::wire::{JobOffer, OfferedPage, Wire};
+use crate::core::Core;
+use crate::spool::{PageWriter, SpoolUpload, SpooledPage};
+use crate::store::{JobRecord, NewJob, NewPage};
+
+/// Jobs offered and not yet answered, at most.
+pub const WINDOW: usize = 4;
+/// How often the sender looks for work it was not told about (jobs left
+/// from before a restart, jobs refused earlier).
+const RESCAN: Duration = Duration::from_secs(1);
+/// How long the sender waits after the peer said its disk is full.
+const DISK_FULL_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The current connection, as the stream's tasks see it.
+pub type LinkSlot = watch::Receiver<Option<(u64, LinkWriter)>>;
+
+/// What the driver passes to the sender.
+#[derive(Debug)]
+pub enum Answer {
+    Stored(Uuid),
+    Refused {
+        job: Uuid,
+        reason: String,
+        disk_full: bool,
+    },
+}
+
+/// What the driver passes to the receiver.
+#[derive(Debug)]
+pub enum Incoming {
+    Offer(Box<JobOffer>),
+    Chunk {
+        job: Uuid,
+        page: u32,
+        data: String,
+    },
+    End {
+        job: Uuid,
+    },
+    /// The connection changed: a job half received is dropped.
+    Reset,
+}
+
+/// What status shows of the stream.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    /// The last refusal from the peer, until a job is stored again.
+    pub last_error: Option<String>,
+}
+
+fn offer_of(job: &JobRecord, pages: Vec<NewPage>) -> JobOffer {
+    JobOffer {
+        id: job.id,
+        device_id: job.device_id,
+        user: job.user.clone(),
+        workflow: job.workflow.clone(),
+        manifest: job.manifest.clone(),
+        manifest_sha256: job.manifest_sha256.clone(),
+        bytes: job.bytes,
+        accepted_by: job.accepted_by.clone(),
+        accepted_role: job.accepted_role.clone(),
+        accepted_epoch: job.accepted_epoch,
+        client_addr: job.client_addr.clone(),
+        received_at: job.received_at,
+        acceptor: job.acceptor_server,
+        seq: job.seq,
+        pages: pages
+            .into_iter()
+            .map(|p| OfferedPage {
+                seq: p.seq,
+                file_name: p.file_name,
+                format: p.format,
+                bytes: p.bytes,
+                sha256: p.sha256,
+            })
+            .collect(),
+    }
+}
+
+/// The sending side: offers every job this server accepted that the peer
+/// has no copy of, in order, while a link is up.
+pub async fn send_loop(
+    core: Arc<Core>,
+    me: ServerId,
+    mut link: LinkSlot,
+    mut answers: mpsc::UnboundedReceiver<Answer>,
+    state: Arc<std::sync::RwLock<StreamState>>,
+) {
+    loop {
+        let Some((generation, writer)) = link.borrow_and_update().clone() else {
+            if link.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let mut sent: HashSet<Uuid> = HashSet::new();
+        let mut in_flight: VecDeque<Uuid> = VecDeque::new();
+        let mut backoff_until: Option<tokio::time::Instant> = None;
+        'connection: loop {
+            // Offer what waits, up to the window.
+            let may_send = backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
+            if may_send && in_flight.len() < WINDOW {
+                let want = (WINDOW - in_flight.len()) as u32 + sent.len() as u32;
+                let waiting = core
+                    .data
+                    .run(move |s| s.unreplicated_jobs(me, want.max(WINDOW as u32)))
+                    .await
+                    .unwrap_or_default();
+                core.peer_acks.set_unreplicated(
+                    core.data
+                        .run(move |s| s.count_unreplicated(me))
+                        .await
+                        .unwrap_or(0),
+                );
+                for job in waiting {
+                    if in_flight.len() >= WINDOW {
+                        break;
+                    }
+                    if sent.contains(&job.id) {
+                        continue;
+                    }
+                    match send_job(&core, &writer, &job).await {
+                        Ok(()) => {
+                            sent.insert(job.id);
+                            in_flight.push_back(job.id);
+                        }
+                        Err(SendError::LinkGone) => break 'connection,
+                        Err(SendError::Local(why)) => {
+                            tracing::error!(job = %job.id, why, "a job could not be read for the peer");
+                            sent.insert(job.id);
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                changed = link.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if link.borrow().as_ref().map(|(g, _)| *g) != Some(generation) {
+                        break 'connection;
+                    }
+                }
+                answer = answers.recv() => match answer {
+                    None => return,
+                    Some(Answer::Stored(id)) => {
+                        in_flight.retain(|j| *j != id);
+                        sent.remove(&id);
+                        state.write().unwrap_or_else(|p| p.into_inner()).last_error = None;
+                    }
+                    Some(Answer::Refused { job, reason, disk_full }) => {
+                        in_flight.retain(|j| *j != job);
+                        sent.remove(&job);
+                        tracing::warn!(%job, reason, disk_full, "the peer did not store a job; it is offered again");
+                        state.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(
+                            if disk_full {
+                                format!("the peer's disk is full: {reason}")
+                            } else {
+                                format!("the peer refused a job copy: {reason}")
+                            },
+                        );
+                        let wait = if disk_full { DISK_FULL_BACKOFF } else { RESCAN };
+                        backoff_until = Some(tokio::time::Instant::now() + wait);
+                    }
+                },
+                _ = core.peer_acks.wait_for_jobs() => {}
+                _ = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+}
+
+enum SendError {
+    /// The connection is gone: the job is offered again on the next one.
+    LinkGone,
+    /// The job's own files cannot be read here.
+    Local(String),
+}
+
+async fn send_bulk(writer: &LinkWriter, wire: &Wire) -> Result<(), SendError> {
+    writer
+        .bulk
+        .send(frame::encode(wire))
+        .await
+        .map_err(|_| SendError::LinkGone)
+}
+
+/// Sends one job: the offer, each page in chunks, the end.
+async fn send_job(core: &Core, writer: &LinkWriter, job: &JobRecord) -> Result<(), SendError> {
+    let id = job.id;
+    let pages = core
+        .data
+        .run(move |s| s.job_pages(id))
+        .await
+        .map_err(|e| SendError::Local(e.to_string()))?;
+    let dir = core
+        .data
+        .parts()
+        .map_err(|e| SendError::Local(e.to_string()))?
+        .spool
+        .job_dir(id);
+    send_bulk(
+        writer,
+        &Wire::JobOffer(Box::new(offer_of(job, pages.clone()))),
+    )
+    .await?;
+    let mut buf = vec![0u8; BULK_CHUNK_BYTES];
+    for page in &pages {
+        let path = dir.join(&page.file_name);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| SendError::Local(format!("{}: {e}", path.display())))?;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| SendError::Local(format!("{}: {e}", path.display())))?;
+            if n == 0 {
+                break;
+            }
+            let chunk = Wire::JobChunk {
+                job: id,
+                page: page.seq,
+                data: B64.encode(&buf[..n]),
+            };
+            send_bulk(writer, &chunk).await?;
+        }
+    }
+    send_bulk(writer, &Wire::JobEnd { job: id }).await
+}
+
+/// A job being received.
+struct Receiving {
+    offer: Box<JobOffer>,
+    upload: SpoolUpload,
+    page: Option<(u32, PageWriter)>,
+    done: Vec<SpooledPage>,
+    /// Set once something failed: the rest of the job is skipped and the
+    /// refusal sent at its end.
+    failed: Option<(String, bool)>,
+}
+
+/// The receiving side: stores offered jobs as replicas and answers each.
+pub async fn receive_loop(
+    core: Arc<Core>,
+    link: LinkSlot,
+    mut incoming: mpsc::UnboundedReceiver<Incoming>,
+) {
+    let mut current: Option<Receiving> = None;
+    // An offer of a job already held is answered at once; its chunks are
+    // skipped.
+    let mut skipping: Option<Uuid> = None;
+    while let Some(event) = incoming.recv().await {
+        match event {
+            Incoming::Reset => {
+                current = None;
+                skipping = None;
+            }
+            Incoming::Offer(offer) => {
+                current = None;
+                skipping = None;
+                let id = offer.id;
+                let existing = core.data.run(move |s| s.job(id)).await;
+                match existing {
+                    Ok(Some(job)) if job.acceptor_server == offer.acceptor => {
+                        skipping = Some(id);
+                        answer(
+                            &link,
+                            Wire::JobStored {
+                                job: id,
+                                seq: offer.seq,
+                            },
+                        );
+                    }
+                    Ok(Some(_)) => {
+                        skipping = Some(id);
+                        answer(
+                            &link,
+                            Wire::JobRefused {
+                                job: id,
+                                reason: "this server accepted a job with the same id itself".into(),
+                                disk_full: false,
+                            },
+                        );
+                    }
+                    Ok(None) => match begin(&core, id).await {
+                        Ok(upload) => {
+                            current = Some(Receiving {
+                                offer,
+                                upload,
+                                page: None,
+                                done: Vec::new(),
+                                failed: None,
+                            })
+                        }
+                        Err((reason, disk_full)) => {
+                            skipping = Some(id);
+                            answer(
+                                &link,
+                                Wire::JobRefused {
+                                    job: id,
+                                    reason,
+                                    disk_full,
+                                },
+                            );
+                        }
+                    },
+                    Err(e) => {
+                        skipping = Some(id);
+                        answer(
+                            &link,
+                            Wire::JobRefused {
+                                job: id,
+                                reason: e.to_string(),
+                                disk_full: false,
+                            },
+                        );
+                    }
+                }
+            }
+            Incoming::Chunk { job, page, data } => {
+                if skipping == Some(job) {
+                    continue;
+                }
+                let Some(r) = current.as_mut().filter(|r| r.offer.id == job) else {
+                    continue;
+                };
+                if r.failed.is_none()
+                    && let Err(failure) = write_chunk(r, page, &data).await
+                {
+                    r.failed = Some(failure);
+                }
+            }
+            Incoming::End { job } => {
+                if skipping == Some(job) {
+                    skipping = None;
+                    continue;
+                }
+                let Some(r) = current.take().filter(|r| r.offer.id == job) else {
+                    continue;
+                };
+                let seq = r.offer.seq;
+                match finish(&core, r).await {
+                    Ok(()) => answer(&link, Wire::JobStored { job, seq }),
+                    Err((reason, disk_full)) => {
+                        tracing::warn!(%job, reason, "a job copy from the peer was not stored");
+                        answer(
+                            &link,
+                            Wire::JobRefused {
+                                job,
+                                reason,
+                                disk_full,
+                            },
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn answer(link: &LinkSlot, wire: Wire) {
+    if let Some((_, writer)) = link.borrow().as_ref() {
+        let _ = writer.control.try_send(frame::encode(&wire));
+    }
+}
+
+fn io_failure(what: &str, e: &std::io::Error) -> (String, bool) {
+    let disk_full = e.raw_os_error() == Some(28);
+    (format!("{what}: {e}"), disk_full)
+}
+
+async fn begin(core: &Core, id: Uuid) -> Result<SpoolUpload, (String, bool)> {
+    let parts = core.data.parts().map_err(|e| (e.to_string(), false))?;
+    parts
+        .spool
+        .begin(id)
+        .await
+        .map_err(|e| io_failure("the spool cannot take the copy", &e))
+}
+
+async fn close_page(r: &mut Receiving) -> Result<(), (String, bool)> {
+    if let Some((seq, writer)) = r.page.take() {
+        let written = writer
+            .finish()
+            .await
+            .map_err(|e| io_failure("writing a page", &e))?;
+        let offered = r.offer.pages.iter().find(|p| p.seq == seq);
+        match offered {
+            Some(p) if p.sha256 == written.sha256 && p.bytes == written.bytes => {
+                r.done.push(written)
+            }
+            _ => {
+                return Err((
+                    format!("page {seq} does not match its size and SHA-256 in the offer"),
+                    false,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_chunk(r: &mut Receiving, page: u32, data: &str) -> Result<(), (String, bool)> {
+    let bytes = B64
+        .decode(data)
+        .map_err(|_| (format!("page {page}: a chunk is not base64"), false))?;
+    if r.page.as_ref().is_none_or(|(seq, _)| *seq != page) {
+        close_page(r).await?;
+        let Some(offered) = r.offer.pages.iter().find(|p| p.seq == page) else {
+            return Err((format!("page {page} is not in the offer"), false));
+        };
+        let extension = offered
+            .file_name
+            .rsplit_once('.')
+            .map_or("bin", |(_, e)| e)
+            .to_owned();
+        let writer = r
+            .upload
+            .page(page, &extension)
+            .await
+            .map_err(|e| io_failure("creating a page file", &e))?;
+        r.page = Some((page, writer));
+    }
+    let (_, writer) = r.page.as_mut().expect("opened above");
+    writer
+        .write(&bytes)
+        .await
+        .map_err(|e| io_failure("writing a page", &e))
+}
+
+/// Checks every page, commits the directory and the replica row.
+async fn finish(core: &Core, mut r: Receiving) -> Result<(), (String, bool)> {
+    if let Some(failure) = r.failed.take() {
+        return Err(failure);
+    }
+    close_page(&mut r).await?;
+    if r.done.len() != r.offer.pages.len() {
+        return Err((
+            format!("{} of {} pages arrived", r.done.len(), r.offer.pages.len()),
+            false,
+        ));
+    }
+    let offer = r.offer;
+    let spool = core
+        .data
+        .parts()
+        .map_err(|e| (e.to_string(), false))?
+        .spool
+        .clone();
+    let id = offer.id;
+    r.upload
+        .commit(offer.manifest.as_bytes())
+        .await
+        .map_err(|e| io_failure("committing the copy", &e))?;
+    let job = NewJob {
+        id,
+        device_id: offer.device_id,
+        user: offer.user.clone(),
+        workflow: offer.workflow.clone(),
+        manifest: offer.manifest.clone(),
+        manifest_sha256: offer.manifest_sha256.clone(),
+        bytes: offer.bytes,
+        accepted_by: offer.accepted_by.clone(),
+        accepted_role: offer.accepted_role.clone(),
+        accepted_epoch: offer.accepted_epoch,
+        client_addr: offer.client_addr.clone(),
+        received_at: offer.received_at,
+        acceptor: offer.acceptor,
+        pages: offer
+            .pages
+            .iter()
+            .map(|p| NewPage {
+                seq: p.seq,
+                file_name: p.file_name.clone(),
+                format: p.format.clone(),
+                bytes: p.bytes,
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+    };
+    let seq = offer.seq;
+    let stored = core.data.run(move |s| s.insert_replica(&job, seq)).await;
+    match stored {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = spool.remove_job(id);
+            Err((format!("storing the copy: {e}"), false))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::JobSpool;
+
+    fn offer(pages: &[(&[u8], String)]) -> Box<JobOffer> {
+        Box::new(JobOffer {
+            id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            user: "alice".into(),
+            workflow: "w".into(),
+            manifest: "{}".into(),
+            manifest_sha256: String::new(),
+            bytes: pages.iter().map(|(b, _)| b.len() as u64).sum(),
+            accepted_by: "gw-a".into(),
+            accepted_role: "primary".into(),
+            accepted_epoch: 1,
+            client_addr: None,
+            received_at: chrono::Utc::now(),
+            acceptor: ServerId::from_u128(1),
+            seq: 1,
+            pages: pages
+                .iter()
+                .enumerate()
+                .map(|(i, (b, sum))| OfferedPage {
+                    seq: i as u32 + 1,
+                    file_name: format!("page-{:04}.png", i + 1),
+                    format: "png".into(),
+                    bytes: b.len() as u64,
+                    sha256: sum.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    fn sha(b: &[u8]) -> String {
+        crate::security::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
+    }
+
+    /// Pages arrive in chunks and each is checked against its offer: a page
+    /// whose bytes do not match its digest is refused (and re-sent by the
+    /// sender), never committed.
+    #[tokio::test]
+    async fn pages_are_checked_against_the_offer_chunk_by_chunk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = JobSpool::open(tmp.path()).unwrap();
+        let good = b"page one".as_slice();
+        let other = b"page two".as_slice();
+        let o = offer(&[(good, sha(good)), (other, sha(other))]);
+        let mut r = Receiving {
+            upload: spool.begin(o.id).await.unwrap(),
+            offer: o,
+            page: None,
+            done: Vec::new(),
+            failed: None,
+        };
+        write_chunk(&mut r, 1, &B64.encode(&good[..4]))
+            .await
+            .unwrap();
+        write_chunk(&mut r, 1, &B64.encode(&good[4..]))
+            .await
+            .unwrap();
+        write_chunk(&mut r, 2, &B64.encode(other)).await.unwrap();
+        close_page(&mut r).await.unwrap();
+        assert_eq!(r.done.len(), 2);
+
+        let o = offer(&[(good, sha(b"something else"))]);
+        let mut r = Receiving {
+            upload: spool.begin(o.id).await.unwrap(),
+            offer: o,
+            page: None,
+            done: Vec::new(),
+            failed: None,
+        };
+        write_chunk(&mut r, 1, &B64.encode(good)).await.unwrap();
+        let (why, disk_full) = close_page(&mut r).await.unwrap_err();
+        assert!(why.contains("does not match"), "{why}");
+        assert!(!disk_full);
+        let (why, _) = write_chunk(&mut r, 7, &B64.encode(good)).await.unwrap_err();
+        assert!(why.contains("not in the offer"), "{why}");
+        assert!(write_chunk(&mut r, 1, "%%%").await.is_err(), "not base64");
+    }
+}

@@ -1,0 +1,169 @@
+//! The replicated acknowledgement, as the intake and the pair link share it:
+//! the intake waits here for the peer's copy of a job it just committed;
+//! the pair link says here whether its link is up, learns here that a job
+//! waits to be sent, and reports here when the peer stored one.
+//!
+//! Rules owned here:
+//! * a wait is bounded (the caller gives the limit) and never starts while
+//!   the link is down: a closed link degrades at once;
+//! * a waiter is registered before the job is committed, so an answer that
+//!   comes quickly is never missed;
+//! * this module only passes news between the two sides: whether a job is
+//!   replicated is the store's record (`replica_state`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+/// Between the intake and the pair link.
+#[derive(Default)]
+pub struct PeerAcks {
+    waiters: Mutex<HashMap<Uuid, oneshot::Sender<()>>>,
+    link_up: AtomicBool,
+    /// Jobs accepted here that the peer has no copy of (as last counted).
+    unreplicated: AtomicU64,
+    /// A job was acknowledged without the peer's copy, and the stream has
+    /// not caught up since.
+    degraded: AtomicBool,
+    /// Wakes the sender of the replication stream.
+    pending: Notify,
+}
+
+/// A registered wait for the peer's copy of one job.
+pub struct PeerWait {
+    id: Uuid,
+    rx: oneshot::Receiver<()>,
+}
+
+impl PeerAcks {
+    /// Whether the pair link is connected now.
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Ordering::Acquire)
+    }
+
+    /// The pair link reports its connection.
+    pub fn set_link_up(&self, up: bool) {
+        self.link_up.store(up, Ordering::Release);
+    }
+
+    /// Registers a wait for `id`, before the job is committed.
+    pub fn register(&self, id: Uuid) -> PeerWait {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        PeerWait { id, rx }
+    }
+
+    /// Forgets a wait that will not be needed (the commit failed, or the
+    /// id was a replay).
+    pub fn cancel(&self, wait: PeerWait) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&wait.id);
+    }
+
+    /// A job was committed: the replication stream has work (and the count
+    /// of jobs without a copy grows until the next recount says better).
+    pub fn job_committed(&self) {
+        self.unreplicated.fetch_add(1, Ordering::AcqRel);
+        self.pending.notify_one();
+    }
+
+    /// The sender of the replication stream waits here for work.
+    pub async fn wait_for_jobs(&self) {
+        self.pending.notified().await;
+    }
+
+    /// The peer stored its copy of `id`.
+    pub fn stored(&self, id: Uuid) {
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits at most `limit` for the peer's copy; `true` when it came.
+    /// Returns at once with `false` while the link is down.
+    pub async fn wait(&self, wait: PeerWait, limit: Duration) -> bool {
+        if !self.link_up() {
+            self.cancel(wait);
+            self.degraded.store(true, Ordering::Release);
+            return false;
+        }
+        let id = wait.id;
+        let stored = matches!(tokio::time::timeout(limit, wait.rx).await, Ok(Ok(())));
+        if !stored {
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            self.degraded.store(true, Ordering::Release);
+        }
+        stored
+    }
+
+    /// The pair link's latest count of jobs the peer has no copy of; at
+    /// zero the stream has caught up and replication is no longer
+    /// degraded.
+    pub fn set_unreplicated(&self, n: u64) {
+        self.unreplicated.store(n, Ordering::Release);
+        if n == 0 {
+            self.degraded.store(false, Ordering::Release);
+        }
+    }
+
+    /// Whether a job was acknowledged without the peer's copy and the
+    /// stream has not caught up since (`replication: degraded`).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    pub fn unreplicated(&self) -> u64 {
+        self.unreplicated.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_wait_ends_with_the_copy_the_limit_or_at_once_without_a_link() {
+        let acks = PeerAcks::default();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        // Link down: no wait at all.
+        let w = acks.register(a);
+        let t = std::time::Instant::now();
+        assert!(!acks.wait(w, Duration::from_secs(5)).await);
+        assert!(t.elapsed() < Duration::from_secs(1));
+
+        acks.set_link_up(true);
+        let w = acks.register(a);
+        // The answer may come before the wait starts: it is not missed.
+        acks.stored(a);
+        assert!(acks.wait(w, Duration::from_secs(5)).await);
+
+        let w = acks.register(b);
+        assert!(!acks.wait(w, Duration::from_millis(20)).await);
+        assert!(
+            acks.waiters.lock().unwrap().is_empty(),
+            "no waiter left behind"
+        );
+        assert!(acks.degraded());
+        acks.set_unreplicated(1);
+        assert!(acks.degraded(), "not caught up yet");
+        acks.set_unreplicated(0);
+        assert!(!acks.degraded());
+    }
+}

@@ -1,0 +1,154 @@
+//! Jobs across the pair, between two real `gateway` processes on loopback:
+//! with `ack = "peer"` a job acknowledged as `replicated: true` is stored on
+//! the peer, page by page with the digests the device sent, and survives
+//! the loss of the accepting server and its whole data directory; with the
+//! peer stopped a job is acknowledged at once as `replicated: false`,
+//! status and metrics say `degraded`, and the stream catches up when the
+//! peer returns.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use e2e::http::{Device, png};
+use e2e::pair::{pair_site, pair_status, pair_up, wait_in_sync};
+use e2e::{Site, eventually, request};
+use serde_json::Value;
+use uuid::Uuid;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The job directory `instance` keeps for `job` in its spool.
+fn spool_dir(site: &Site, instance: &str, job: Uuid) -> PathBuf {
+    site.data_dir(instance)
+        .join(format!("{instance}-spool"))
+        .join("jobs")
+        .join(job.to_string())
+}
+
+fn jobs_on(site: &Site, instance: &str) -> Vec<Value> {
+    let list: Value =
+        serde_json::from_str(&site.cli_ok(instance, &["job", "list", "--state", "received"]))
+            .unwrap();
+    list.as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_job_acknowledged_as_replicated_survives_the_loss_of_the_accepting_server_and_its_disk() {
+    let site = pair_site(None, "");
+    let (mut a, _b) = pair_up(&site);
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    // Held on the primary so the job is still queued when it dies.
+    site.cli_ok("gw-a", &["pipeline", "pause"]);
+    let token = site.add_device("gw-a", "mfd-1");
+    let dev = Device::new(&a.plain(), &token);
+    let session = dev.login("alice");
+    let job = Uuid::new_v4();
+    let pages = vec![png(700_000, 1), png(300_000, 2)];
+    let ack = dev.submit(&session, job, "scan-to-folder", &pages);
+    assert_eq!(ack.status, 201, "{}", String::from_utf8_lossy(&ack.body));
+    assert_eq!(ack.json()["replicated"], true, "{}", ack.json());
+
+    a.kill9();
+    std::fs::remove_dir_all(site.data_dir("gw-a")).unwrap();
+
+    // The survivor holds the copy: the row (a replica, owned by its
+    // acceptor) and every page with the digest of what the device sent.
+    let on_b = jobs_on(&site, "gw-b");
+    let copy = on_b
+        .iter()
+        .find(|j| j["id"] == job.to_string())
+        .unwrap_or_else(|| panic!("gw-b has no copy of {job}: {on_b:?}"));
+    assert_eq!(copy["replica_state"], "replica", "{copy}");
+    assert_eq!(copy["page_count"], 2);
+    assert_eq!(copy["bytes"], 1_000_000);
+    assert_eq!(copy["accepted_by"], "gw-a");
+    let dir = spool_dir(&site, "gw-b", job);
+    for (i, page) in pages.iter().enumerate() {
+        let stored = std::fs::read(dir.join(format!("page-{:04}.png", i + 1))).unwrap();
+        assert_eq!(sha256_hex(&stored), sha256_hex(page), "page {}", i + 1);
+    }
+    assert!(dir.join("manifest.json").is_file());
+}
+
+#[test]
+fn with_the_peer_stopped_a_job_is_acknowledged_at_once_and_the_stream_catches_up_later() {
+    let site = pair_site(None, "");
+    let (a, mut b) = pair_up(&site);
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    b.stop();
+    e2e::pair::wait_pair(&a, "close", Duration::from_secs(5));
+    // Held, so the job still needs its copy when the peer returns (a job
+    // delivered first needs none: see the end of the test).
+    site.cli_ok("gw-a", &["pipeline", "pause"]);
+
+    let dev = Device::new(&a.plain(), &token);
+    let session = dev.login("alice");
+    let job = Uuid::new_v4();
+    let started = Instant::now();
+    let ack = dev.submit(&session, job, "scan-to-folder", &[png(50_000, 3)]);
+    let took = started.elapsed();
+    assert_eq!(ack.status, 201, "{}", String::from_utf8_lossy(&ack.body));
+    assert_eq!(ack.json()["replicated"], false, "{}", ack.json());
+    assert!(
+        took < Duration::from_millis(1_500),
+        "a closed link does not wait for the peer ({took:?}; the wait limit is 2 s)"
+    );
+    let s = pair_status(&site, "gw-a");
+    assert_eq!(s["replication"], "degraded", "{s}");
+    let metrics = String::from_utf8(request(&a.plain(), "GET", "/metrics", &[], b"").body).unwrap();
+    assert!(
+        metrics.contains("scangw_replication_degraded{instance=\"gw-a\"} 1"),
+        "{metrics}"
+    );
+
+    // The peer returns: the stream catches up, and status says so.
+    let b = site.start("gw-b");
+    let caught_up = eventually(Duration::from_secs(15), || {
+        let s = pair_status(&site, "gw-a");
+        (s["replication"] == "ok" && s["unreplicated_jobs"] == 0).then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "gw-a never caught up: {}\n{}\n{}",
+        pair_status(&site, "gw-a"),
+        a.log_text(),
+        b.log_text()
+    );
+    let on_b = jobs_on(&site, "gw-b");
+    assert!(
+        on_b.iter()
+            .any(|j| j["id"] == job.to_string() && j["replica_state"] == "replica"),
+        "{on_b:?}"
+    );
+    // The job itself is processed by its acceptor only.
+    site.cli_ok("gw-a", &["pipeline", "resume"]);
+    dev.wait_for_state(job, "done", Duration::from_secs(30));
+    let on_b = jobs_on(&site, "gw-b");
+    assert!(
+        on_b.iter().any(|j| j["id"] == job.to_string()),
+        "the replica is not processed by gw-b: {on_b:?}"
+    );
+
+    // A job delivered before the peer could take a copy needs none: once
+    // done, it no longer keeps replication degraded.
+    let mut b = b;
+    b.stop();
+    e2e::pair::wait_pair(&a, "close", Duration::from_secs(5));
+    let quick = Uuid::new_v4();
+    let ack = dev.submit(&session, quick, "scan-to-folder", &[png(10_000, 4)]);
+    assert_eq!(ack.json()["replicated"], false);
+    dev.wait_for_state(quick, "done", Duration::from_secs(30));
+    let settled = eventually(Duration::from_secs(5), || {
+        let s = pair_status(&site, "gw-a");
+        (s["replication"] == "ok" && s["unreplicated_jobs"] == 0).then_some(())
+    });
+    assert!(settled.is_some(), "{}", pair_status(&site, "gw-a"));
+}
