@@ -194,6 +194,8 @@ struct RawInstance {
     pair_ack: Option<Scalar>,
     #[serde(skip)]
     pair_peer_ack_timeout_ms: Option<Scalar>,
+    #[serde(skip)]
+    pair_replica_retention_secs: Option<Scalar>,
 }
 
 /// `[defaults.pair]` / `[instances.NAME.pair]`: this server's side of the
@@ -209,6 +211,7 @@ struct RawPair {
     max_clock_skew_ms: Option<Scalar>,
     ack: Option<Scalar>,
     peer_ack_timeout_ms: Option<Scalar>,
+    replica_retention_secs: Option<Scalar>,
 }
 
 impl RawInstance {
@@ -224,6 +227,7 @@ impl RawInstance {
             self.pair_max_clock_skew_ms = pair.max_clock_skew_ms;
             self.pair_ack = pair.ack;
             self.pair_peer_ack_timeout_ms = pair.peer_ack_timeout_ms;
+            self.pair_replica_retention_secs = pair.replica_retention_secs;
         }
         self
     }
@@ -455,7 +459,8 @@ fn merge(
         pair_replication_period_secs,
         pair_max_clock_skew_ms,
         pair_ack,
-        pair_peer_ack_timeout_ms
+        pair_peer_ack_timeout_ms,
+        pair_replica_retention_secs
     );
 }
 
@@ -486,6 +491,7 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "pair_max_clock_skew_ms" => &mut into.pair_max_clock_skew_ms,
         "pair_ack" => &mut into.pair_ack,
         "pair_peer_ack_timeout_ms" => &mut into.pair_peer_ack_timeout_ms,
+        "pair_replica_retention_secs" => &mut into.pair_replica_retention_secs,
         other => unreachable!("ENV_VARS names unknown instance setting {other}"),
     };
     *slot = Some(value);
@@ -857,7 +863,15 @@ fn validate_pair(
         2_000,
         10..=60_000,
     )?;
+    let replica_retention_secs = number(
+        &raw.pair_replica_retention_secs,
+        key,
+        "pair_replica_retention_secs",
+        3_600,
+        0..=30 * 86_400,
+    )?;
     Ok(Some(PairLinkSettings {
+        replica_retention_secs,
         listen,
         peer,
         heartbeat_interval_ms,

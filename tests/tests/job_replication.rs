@@ -152,3 +152,51 @@ fn with_the_peer_stopped_a_job_is_acknowledged_at_once_and_the_stream_catches_up
     });
     assert!(settled.is_some(), "{}", pair_status(&site, "gw-a"));
 }
+
+#[test]
+fn the_owners_progress_reaches_the_replica_whose_pages_go_after_the_retention() {
+    let site = pair_site(None, "");
+    let a = site.start("gw-a");
+    let b = site.start_with("gw-b", &[("SCANGW_PAIR_REPLICA_RETENTION_SECS", "1")], &[]);
+    e2e::pair::pair(&site, &a, &b);
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    site.cli_ok("gw-a", &["pipeline", "pause"]);
+    let token = site.add_device("gw-a", "mfd-1");
+    let dev = Device::new(&a.plain(), &token);
+    let session = dev.login("alice");
+    let job = Uuid::new_v4();
+    let ack = dev.submit(&session, job, "scan-to-folder", &[png(40_000, 5)]);
+    assert_eq!(ack.json()["replicated"], true, "{}", ack.json());
+    let dir = spool_dir(&site, "gw-b", job);
+    assert!(dir.is_dir(), "the replica's pages are on gw-b");
+
+    // Processed by its owner; the replica follows to `done`.
+    site.cli_ok("gw-a", &["pipeline", "resume"]);
+    dev.wait_for_state(job, "done", Duration::from_secs(30));
+    let done_on_b = eventually(Duration::from_secs(10), || {
+        let list: Value =
+            serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", "done"])).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|j| j["id"] == job.to_string())
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("the replica never became done on gw-b:\n{}", b.log_text()));
+    assert_eq!(done_on_b["replica_state"], "replica");
+    assert_eq!(done_on_b["accepted_by"], "gw-a");
+
+    // After the retention its pages go; the row stays as history.
+    let removed = eventually(Duration::from_secs(15), || (!dir.exists()).then_some(()));
+    assert!(
+        removed.is_some(),
+        "the replica's pages are still on gw-b after the retention"
+    );
+    let list: Value =
+        serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", "done"])).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == job.to_string())
+    );
+}

@@ -212,6 +212,10 @@ impl Driver {
                 self.stream_link.subscribe(),
                 incoming,
             ));
+            tokio::spawn(jobs::janitor_loop(
+                self.core.clone(),
+                Duration::from_secs(self.settings.replica_retention_secs),
+            ));
         }
         let start = self.node.step(0, Input::Tick);
         self.carry_out(start).await;
@@ -716,6 +720,28 @@ impl Driver {
                         let _ = self.incoming.send(jobs::Incoming::End { job });
                     }
                     Wire::JobStored { job, .. } => self.on_job_stored(job).await,
+                    Wire::JobState {
+                        job,
+                        state,
+                        reason,
+                        updated_at,
+                    } => {
+                        let _ = self.incoming.send(jobs::Incoming::State {
+                            job,
+                            state,
+                            reason,
+                            updated_at,
+                        });
+                    }
+                    Wire::JobStateStored { job, state } => {
+                        if let Some(state) = crate::store::JobState::from_name(&state) {
+                            let _ = self
+                                .core
+                                .data
+                                .run(move |s| s.mark_peer_state(job, state))
+                                .await;
+                        }
+                    }
                     Wire::JobRefused {
                         job,
                         reason,

@@ -15,6 +15,11 @@
 //!   as an accepted job's are (files fsynced, directory renamed, row
 //!   committed); a page that does not match is refused and re-sent, a full
 //!   disk is reported as such;
+//! * a replicated job's state changes (processing, done, failed, a retry)
+//!   follow it the same way, until the peer acknowledges each (so each
+//!   server knows the other's jobs and their progress); the peer removes a
+//!   replica's pages once the owner reported it done and the retention
+//!   period passed, and keeps its row as history;
 //! * both tasks run apart from the driver, so disk and network waits never
 //!   delay heartbeats.
 
@@ -43,6 +48,10 @@ pub const WINDOW: usize = 4;
 const RESCAN: Duration = Duration::from_secs(1);
 /// How long the sender waits after the peer said its disk is full.
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(5);
+/// State changes sent per round, at most.
+const STATE_BATCH: u32 = 64;
+/// How often replicas whose retention ran out are looked for.
+const JANITOR_EVERY: Duration = Duration::from_secs(10);
 
 /// The current connection, as the stream's tasks see it.
 pub type LinkSlot = watch::Receiver<Option<(u64, LinkWriter)>>;
@@ -69,6 +78,13 @@ pub enum Incoming {
     },
     End {
         job: Uuid,
+    },
+    /// The owner's news for a replica.
+    State {
+        job: Uuid,
+        state: String,
+        reason: Option<String>,
+        updated_at: chrono::DateTime<chrono::Utc>,
     },
     /// The connection changed: a job half received is dropped.
     Reset,
@@ -165,6 +181,9 @@ pub async fn send_loop(
                     }
                 }
             }
+            if let Err(SendError::LinkGone) = send_state_news(&core, me, &writer).await {
+                break 'connection;
+            }
             tokio::select! {
                 changed = link.changed() => {
                     if changed.is_err() {
@@ -198,6 +217,54 @@ pub async fn send_loop(
                 },
                 _ = core.peer_acks.wait_for_jobs() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+}
+
+/// Sends the state changes the peer has not acknowledged yet (sent again
+/// each round until it does: the answer is idempotent).
+async fn send_state_news(core: &Core, me: ServerId, writer: &LinkWriter) -> Result<(), SendError> {
+    let news = core
+        .data
+        .run(move |s| s.replica_state_news(me, STATE_BATCH))
+        .await
+        .unwrap_or_default();
+    for (job, state, reason, updated_at) in news {
+        let wire = Wire::JobState {
+            job,
+            state: state.as_str().to_owned(),
+            reason,
+            updated_at,
+        };
+        send_bulk(writer, &wire).await?;
+    }
+    Ok(())
+}
+
+/// Removes the pages of replicas whose owner reported them done more than
+/// `retention` ago; their rows stay.
+pub async fn janitor_loop(core: Arc<Core>, retention: Duration) {
+    loop {
+        tokio::time::sleep(JANITOR_EVERY.min(retention.max(Duration::from_secs(1)))).await;
+        let Ok(parts) = core.data.parts() else {
+            continue;
+        };
+        let now = core.clock.now();
+        let before = now - chrono::Duration::from_std(retention).unwrap_or_default();
+        let due = core
+            .data
+            .run(move |s| s.replicas_done_before(before, 256))
+            .await
+            .unwrap_or_default();
+        for id in due {
+            match parts.spool.remove_job(id) {
+                Ok(()) => {
+                    let _ = core.data.run(move |s| s.mark_pages_removed(id, now)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "a replica's pages could not be removed")
+                }
             }
         }
     }
@@ -364,6 +431,39 @@ pub async fn receive_loop(
                     r.failed = Some(failure);
                 }
             }
+            Incoming::State {
+                job,
+                state,
+                reason,
+                updated_at,
+            } => {
+                let Some(parsed) = crate::store::JobState::from_name(&state) else {
+                    tracing::warn!(%job, state, "the peer sent an unknown job state");
+                    continue;
+                };
+                let Some(acceptor) = peer_of(&core) else {
+                    continue;
+                };
+                let now = core.clock.now();
+                let applied = core
+                    .data
+                    .run(move |s| {
+                        s.apply_replica_state(
+                            job,
+                            acceptor,
+                            parsed,
+                            reason.as_deref(),
+                            updated_at,
+                            now,
+                        )
+                    })
+                    .await;
+                // Answered also when there is no such replica: the owner then
+                // stops sending news this server cannot use.
+                if applied.is_ok() {
+                    answer(&link, Wire::JobStateStored { job, state });
+                }
+            }
             Incoming::End { job } => {
                 if skipping == Some(job) {
                     skipping = None;
@@ -390,6 +490,15 @@ pub async fn receive_loop(
             }
         }
     }
+}
+
+/// The paired peer's server id (the acceptor of every replica here).
+fn peer_of(core: &Core) -> Option<ServerId> {
+    core.data
+        .parts()
+        .ok()
+        .and_then(|p| super::pairing::PeerRecord::load(&p.store).ok().flatten())
+        .map(|p| p.server)
 }
 
 fn answer(link: &LinkSlot, wire: Wire) {

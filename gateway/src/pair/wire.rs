@@ -48,6 +48,16 @@ pub enum Wire {
         reason: String,
         disk_full: bool,
     },
+    /// A job the sender owns changed state (processing, done, failed, back
+    /// to received for a retry): for the receiver's replica.
+    JobState {
+        job: Uuid,
+        state: String,
+        reason: Option<String>,
+        updated_at: DateTime<Utc>,
+    },
+    /// The receiver's replica took that state.
+    JobStateStored { job: Uuid, state: String },
 }
 
 /// A job as the replication stream offers it: everything its row holds

@@ -82,6 +82,10 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_PAIR_PEER_ACK_TIMEOUT_MS",
         EnvTarget::Instance("pair_peer_ack_timeout_ms"),
     ),
+    (
+        "SCANGW_PAIR_REPLICA_RETENTION_SECS",
+        EnvTarget::Instance("pair_replica_retention_secs"),
+    ),
 ];
 
 /// The prefix of the gateway's environment variables.

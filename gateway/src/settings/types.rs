@@ -173,6 +173,9 @@ pub struct PairLinkSettings {
     /// How long an acknowledgement waits for the peer's copy (`ack =
     /// "peer"`) before it is given on this server's disk alone.
     pub peer_ack_timeout_ms: u64,
+    /// How long a replica's pages are kept after its owner reported the
+    /// job done (the row stays, as history).
+    pub replica_retention_secs: u64,
 }
 
 /// When a job is acknowledged to the device (`[pair] ack`).

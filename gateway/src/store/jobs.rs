@@ -113,6 +113,10 @@ impl ReplicaState {
     }
 }
 
+/// A job's state as its replica should take it: `(id, state, reason,
+/// updated_at)`.
+pub type StateNews = (Uuid, JobState, Option<String>, DateTime<Utc>);
+
 /// One page file of a job.
 #[derive(Debug, Clone, Serialize)]
 pub struct NewPage {
@@ -318,6 +322,101 @@ impl Store {
         )? > 0)
     }
 
+    /// Jobs this server accepted whose replica on the peer is behind: their
+    /// state changed since the peer last acknowledged one, oldest change
+    /// first.
+    pub fn replica_state_news(
+        &self,
+        me: ServerId,
+        limit: u32,
+    ) -> Result<Vec<StateNews>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, state, reason, updated_at FROM jobs
+             WHERE acceptor_server = ?1 AND replica_state = 'replicated'
+               AND state <> coalesce(peer_state, 'received')
+             ORDER BY updated_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![me.to_string(), limit], |r| {
+            Ok((
+                uuid_col(r, 0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, state, reason, updated) = row?;
+            out.push((id, JobState::parse(&state)?, reason, parse_time(&updated)?));
+        }
+        Ok(out)
+    }
+
+    /// The peer acknowledged `state` for its replica of job `id`.
+    pub fn mark_peer_state(&self, id: Uuid, state: JobState) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET peer_state = ?2 WHERE id = ?1",
+            params![id.to_string(), state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Takes the owner's news for a replica: its state, reason and time (as
+    /// the owner's clock says, for history). Only a replica of a job
+    /// `acceptor` accepted is changed; `now` (this server's clock) records
+    /// when it learned the job is done. Returns whether there was such a
+    /// replica.
+    pub fn apply_replica_state(
+        &self,
+        id: Uuid,
+        acceptor: ServerId,
+        state: JobState,
+        reason: Option<&str>,
+        updated_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = ?3, reason = ?4, updated_at = ?5,
+                 replica_done_at = CASE WHEN ?3 = 'done' THEN coalesce(replica_done_at, ?6) END
+             WHERE id = ?1 AND acceptor_server = ?2 AND replica_state = 'replica'",
+            params![
+                id.to_string(),
+                acceptor.to_string(),
+                state.as_str(),
+                reason,
+                time_text(updated_at),
+                time_text(now)
+            ],
+        )? > 0)
+    }
+
+    /// Replicas this server learned were done before `before` (its own
+    /// clock) and whose pages are still here.
+    pub fn replicas_done_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM jobs WHERE replica_state = 'replica' AND state = 'done'
+               AND pages_removed_at IS NULL AND replica_done_at < ?1
+             ORDER BY replica_done_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![time_text(before), limit], |r| uuid_col(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The replica's page files were removed.
+    pub fn mark_pages_removed(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET pages_removed_at = ?2 WHERE id = ?1",
+            params![id.to_string(), time_text(at)],
+        )?;
+        Ok(())
+    }
+
     /// One job by id.
     pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         let conn = self.conn();
@@ -381,7 +480,8 @@ impl Store {
     /// Jobs waiting for or in the pipeline.
     pub fn queue_depth(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row(
-            "SELECT count(*) FROM jobs WHERE state IN ('received', 'processing')",
+            "SELECT count(*) FROM jobs WHERE state IN ('received', 'processing')
+                 AND replica_state <> 'replica'",
             [],
             |r| r.get::<_, i64>(0),
         )? as u64)
@@ -436,7 +536,8 @@ impl Store {
     /// the pipeline resumes each at the step it was in.
     pub fn requeue_processing(&self) -> Result<u64, StoreError> {
         Ok(self.conn().execute(
-            "UPDATE jobs SET state = 'received', updated_at = ?1 WHERE state = 'processing'",
+            "UPDATE jobs SET state = 'received', updated_at = ?1
+             WHERE state = 'processing' AND replica_state <> 'replica'",
             [now_text()],
         )? as u64)
     }
@@ -653,6 +754,95 @@ mod tests {
             assert_eq!(JobState::from_name(state.as_str()), Some(state));
         }
         assert_eq!(JobState::from_name("Done"), None);
+    }
+
+    /// The replication stream's bookkeeping: jobs leave in sequence order,
+    /// a replica keeps the acceptor's number and is never this server's
+    /// work, state news follow until acknowledged, and a replica learns its
+    /// owner's progress.
+    #[test]
+    fn replication_bookkeeping_in_the_store() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for id in [a, b] {
+            store.insert_job(&sample_job(id)).unwrap();
+        }
+        let waiting: Vec<Uuid> = store
+            .unreplicated_jobs(ME, 10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(waiting, vec![a, b]);
+        assert_eq!(store.count_unreplicated(ME).unwrap(), 2);
+        assert!(store.mark_replicated(a).unwrap());
+        assert!(!store.mark_replicated(a).unwrap(), "once");
+        assert_eq!(store.count_unreplicated(ME).unwrap(), 1);
+        // A job finished before the peer took a copy needs none.
+        store.set_job_state(b, JobState::Done, None).unwrap();
+        assert_eq!(store.count_unreplicated(ME).unwrap(), 0);
+
+        // The replicated job's progress is news until the peer has it.
+        assert!(store.replica_state_news(ME, 10).unwrap().is_empty());
+        store.set_job_state(a, JobState::Processing, None).unwrap();
+        let news = store.replica_state_news(ME, 10).unwrap();
+        assert_eq!((news[0].0, news[0].1), (a, JobState::Processing));
+        store.mark_peer_state(a, JobState::Processing).unwrap();
+        assert!(store.replica_state_news(ME, 10).unwrap().is_empty());
+
+        // A replica of the peer's job: its number, not this server's work.
+        let mut theirs = sample_job(c);
+        theirs.acceptor = PEER;
+        assert!(store.insert_replica(&theirs, 41).unwrap());
+        let copy = store.job(c).unwrap().unwrap();
+        assert_eq!((copy.seq, copy.replica_state), (41, ReplicaState::Replica));
+        assert_eq!(copy.owner_server, PEER);
+        assert_eq!(
+            store.claim_next_job(ME).unwrap(),
+            None,
+            "the replica is the peer's work"
+        );
+        assert_eq!(
+            store.queue_depth().unwrap(),
+            1,
+            "a is processing; the replica is not counted"
+        );
+        let now = Utc::now();
+        assert!(
+            !store
+                .apply_replica_state(c, ME, JobState::Done, None, now, now)
+                .unwrap(),
+            "only the acceptor's news count"
+        );
+        assert!(
+            store
+                .apply_replica_state(c, PEER, JobState::Done, None, now, now)
+                .unwrap()
+        );
+        assert!(
+            store
+                .replicas_done_before(now - chrono::Duration::seconds(1), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .replicas_done_before(now + chrono::Duration::seconds(1), 10)
+                .unwrap(),
+            vec![c]
+        );
+        store.mark_pages_removed(c, now).unwrap();
+        assert!(
+            store
+                .replicas_done_before(now + chrono::Duration::seconds(1), 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.job(c).unwrap().unwrap().state,
+            JobState::Done,
+            "the row stays"
+        );
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_config_lineage_and_conflicts.sql",
         sql: include_str!("../../../migrations/0005_config_lineage_and_conflicts.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_replica_progress.sql",
+        sql: include_str!("../../../migrations/0006_replica_progress.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.
