@@ -1,7 +1,8 @@
 //! The replicated acknowledgement, as the intake and the pair link share it:
 //! the intake waits here for the peer's copy of a job it just committed;
 //! the pair link says here whether its link is up, learns here that a job
-//! waits to be sent, and reports here when the peer stored one.
+//! waits to be sent, and reports here when the peer stored one. A logout
+//! passes here on its way to the peer too (a session ends on both servers).
 //!
 //! Rules owned here:
 //! * a wait is bounded (the caller gives the limit) and never starts while
@@ -31,6 +32,18 @@ pub struct PeerAcks {
     degraded: AtomicBool,
     /// Wakes the sender of the replication stream.
     pending: Notify,
+    /// Sessions ended here, not yet handed to the pair link.
+    ended: Mutex<Vec<EndedSession>>,
+}
+
+/// A session ended by logout, as the pair exchanges it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EndedSession {
+    pub session: String,
+    /// When the session would have expired (Unix seconds, as signed in it).
+    pub expires_at: i64,
+    /// The jobs the device said it scanned in the session.
+    pub jobs_scanned: Option<u64>,
 }
 
 /// A registered wait for the peer's copy of one job.
@@ -74,6 +87,20 @@ impl PeerAcks {
     pub fn job_committed(&self) {
         self.unreplicated.fetch_add(1, Ordering::AcqRel);
         self.pending.notify_one();
+    }
+
+    /// A logout here: the pair link passes it to the peer.
+    pub fn session_ended(&self, ended: EndedSession) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ended);
+        self.pending.notify_one();
+    }
+
+    /// The logouts not yet handed to the peer.
+    pub fn take_ended_sessions(&self) -> Vec<EndedSession> {
+        std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The sender of the replication stream waits here for work.

@@ -200,3 +200,60 @@ fn the_owners_progress_reaches_the_replica_whose_pages_go_after_the_retention() 
             .any(|j| j["id"] == job.to_string())
     );
 }
+
+fn logout(dev: &Device, session: &str) {
+    let r = dev.call(
+        "DELETE",
+        "/api/v1/sessions/current",
+        &[("X-Scan-Session", session)],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// Logging out on one server ends the session on the other: at once while
+/// the link is up, and when the link comes back for a logout made while
+/// the peer was away.
+#[test]
+fn a_logout_on_either_server_ends_the_session_on_both() {
+    let site = pair_site(None, "");
+    let (a, b) = pair_up(&site);
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    let on_a = Device::new(&a.plain(), &token);
+    let on_b = Device::new(&b.plain(), &token);
+    // The answer's status and error code.
+    let answer = |r: e2e::Response| {
+        let code = r.json()["error"]["code"].as_str().map(str::to_owned);
+        (r.status, code)
+    };
+    let submit_to_b = |session: &str| {
+        answer(on_b.submit(session, Uuid::new_v4(), "scan-to-folder", &[png(2_000, 6)]))
+    };
+    let expired = (401, Some("session_expired".to_owned()));
+
+    let session = on_a.login("alice");
+    assert_eq!(submit_to_b(&session).0, 201);
+    logout(&on_a, &session);
+    let ended = eventually(Duration::from_secs(5), || {
+        (submit_to_b(&session) == expired).then_some(())
+    });
+    assert!(ended.is_some(), "gw-b still takes the session gw-a ended");
+
+    // The other way round, with the peer away during the logout.
+    let session = on_b.login("bob");
+    let mut a = a;
+    a.stop();
+    logout(&on_b, &session);
+    let a = site.start("gw-a");
+    e2e::pair::wait_pair(&a, "live", Duration::from_secs(10));
+    let on_a = Device::new(&a.plain(), &token);
+    let ended = eventually(Duration::from_secs(5), || {
+        let r = on_a.submit(&session, Uuid::new_v4(), "scan-to-folder", &[png(2_000, 7)]);
+        (answer(r) == expired).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "gw-a still takes the session gw-b ended while it was away"
+    );
+}

@@ -406,6 +406,49 @@ impl Driver {
         self.core.peer_acks.set_link_up(false);
     }
 
+    /// Every session ended here that is still remembered, to the peer: a
+    /// logout made while the link was down reaches it now.
+    async fn send_ended_sessions(&mut self) {
+        let all = self.core.data.run(|s| s.ended_sessions()).await;
+        match all {
+            Ok(all) if !all.is_empty() => {
+                let sessions = all
+                    .into_iter()
+                    .map(
+                        |(session, expires_at, jobs_scanned)| crate::peer_ack::EndedSession {
+                            session,
+                            expires_at,
+                            jobs_scanned,
+                        },
+                    )
+                    .collect();
+                self.send_wire(&Wire::SessionsEnded(sessions));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ended sessions could not be read for the peer"),
+        }
+    }
+
+    /// Sessions the peer ended: ended here too.
+    async fn on_sessions_ended(&mut self, sessions: Vec<crate::peer_ack::EndedSession>) {
+        let now = self.core.clock.now();
+        let keep = self.core.settings.instance.outbox_replay_window_secs;
+        let count = sessions.len();
+        let result = self
+            .core
+            .data
+            .run(move |s| {
+                for e in &sessions {
+                    s.end_session(&e.session, e.expires_at, e.jobs_scanned, now, keep)?;
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, count, "sessions the peer ended could not be recorded");
+        }
+    }
+
     /// The peer stored its copy of a job this server accepted: recorded
     /// first, then the waiting acknowledgement and the sender learn of it.
     async fn on_job_stored(&mut self, job: uuid::Uuid) {
@@ -682,6 +725,7 @@ impl Driver {
                 outputs.extend(self.node.step(self.now_ms(), Input::LinkUp));
                 self.carry_out(outputs).await;
                 self.probe_clock();
+                self.send_ended_sessions().await;
             }
             LinkEvent::Frame { generation, wire } => {
                 if self.link.as_ref().is_none_or(|(g, _)| *g != generation) {
@@ -733,6 +777,7 @@ impl Driver {
                             updated_at,
                         });
                     }
+                    Wire::SessionsEnded(sessions) => self.on_sessions_ended(sessions).await,
                     Wire::JobStateStored { job, state } => {
                         if let Some(state) = crate::store::JobState::from_name(&state) {
                             let _ = self

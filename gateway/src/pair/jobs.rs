@@ -184,6 +184,12 @@ pub async fn send_loop(
             if let Err(SendError::LinkGone) = send_state_news(&core, me, &writer).await {
                 break 'connection;
             }
+            let ended = core.peer_acks.take_ended_sessions();
+            if !ended.is_empty() {
+                let _ = writer
+                    .control
+                    .try_send(frame::encode(&Wire::SessionsEnded(ended)));
+            }
             tokio::select! {
                 changed = link.changed() => {
                     if changed.is_err() {

@@ -10,6 +10,7 @@ use pair_core::{Message, ServerId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::peer_ack::EndedSession;
 use crate::store::snapshot::Conflict;
 
 /// One frame's content.
@@ -58,6 +59,9 @@ pub enum Wire {
     },
     /// The receiver's replica took that state.
     JobStateStored { job: Uuid, state: String },
+    /// Sessions ended by logout on the sender: the receiver ends them too.
+    /// Sent at each logout, and all of them on every new connection.
+    SessionsEnded(Vec<EndedSession>),
 }
 
 /// A job as the replication stream offers it: everything its row holds

@@ -307,6 +307,24 @@ impl Store {
         Ok(())
     }
 
+    /// Every ended session still remembered, as `(session id, expires_at,
+    /// jobs scanned)`: what the pair exchanges so that a logout on one
+    /// server ends the session on both.
+    pub fn ended_sessions(&self) -> Result<Vec<(String, i64, Option<u64>)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT session_id, expires_at, jobs_scanned FROM ended_sessions ORDER BY expires_at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?.map(|n| n as u64),
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Whether a session was ended by logout, and if so how many jobs the
     /// device said it scanned.
     pub fn session_end(&self, session_id: &str) -> Result<Option<Option<u64>>, StoreError> {

@@ -210,9 +210,16 @@ pub async fn logout(
     let (sid, exp) = (session.id.to_string(), session.exp);
     let now = core.clock.now();
     let keep = core.settings.instance.outbox_replay_window_secs;
+    let ended = crate::peer_ack::EndedSession {
+        session: sid.clone(),
+        expires_at: exp,
+        jobs_scanned: scanned,
+    };
     core.data
         .run(move |s| s.end_session(&sid, exp, scanned, now, keep))
         .await?;
+    // The other server of a pair ends it too.
+    core.peer_acks.session_ended(ended);
     tracing::info!(device = %device.id, user = session.user, session = %session.id, "user logged out");
     Ok(StatusCode::NO_CONTENT)
 }
