@@ -2,7 +2,10 @@
 //! the intake waits here for the peer's copy of a job it just committed;
 //! the pair link says here whether its link is up, learns here that a job
 //! waits to be sent, and reports here when the peer stored one. A logout
-//! passes here on its way to the peer too (a session ends on both servers).
+//! passes here on its way to the peer too (a session ends on both servers),
+//! and so does the intake's question whether the peer already holds a job
+//! id (a device resubmitting to the other server gets the original
+//! acknowledgement).
 //!
 //! Rules owned here:
 //! * a wait is bounded (the caller gives the limit) and never starts while
@@ -34,6 +37,44 @@ pub struct PeerAcks {
     pending: Notify,
     /// Sessions ended here, not yet handed to the pair link.
     ended: Mutex<Vec<EndedSession>>,
+    /// Questions to the peer about job ids, waiting for its answer.
+    queries: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Option<KnownJob>>>>>,
+    /// How questions reach the peer (the pair link, once it runs).
+    asker: std::sync::OnceLock<Box<dyn Fn(Uuid) + Send + Sync>>,
+}
+
+/// What a server says about a job id it holds: enough to answer the
+/// device with the original acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KnownJob {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub manifest_sha256: String,
+    pub accepted_by: String,
+    pub accepted_role: String,
+    pub accepted_epoch: u64,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub pages: u32,
+    pub bytes: u64,
+    /// Whether the other server holds a copy too.
+    pub replicated: bool,
+}
+
+impl KnownJob {
+    pub fn of(job: &crate::store::JobRecord) -> KnownJob {
+        KnownJob {
+            id: job.id,
+            device_id: job.device_id,
+            manifest_sha256: job.manifest_sha256.clone(),
+            accepted_by: job.accepted_by.clone(),
+            accepted_role: job.accepted_role.clone(),
+            accepted_epoch: job.accepted_epoch,
+            received_at: job.received_at,
+            pages: job.page_count,
+            bytes: job.bytes,
+            replicated: job.replica_state != crate::store::ReplicaState::Local,
+        }
+    }
 }
 
 /// A session ended by logout, as the pair exchanges it.
@@ -101,6 +142,50 @@ impl PeerAcks {
     /// The logouts not yet handed to the peer.
     pub fn take_ended_sessions(&self) -> Vec<EndedSession> {
         std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The pair link says how a question reaches the peer. Set once.
+    pub fn set_asker(&self, asker: Box<dyn Fn(Uuid) + Send + Sync>) {
+        let _ = self.asker.set(asker);
+    }
+
+    /// Asks the peer whether it holds job `id`, waiting at most `limit`.
+    /// `None`: no answer (no link, no pair link, or too slow); `Some(None)`:
+    /// the peer does not hold it.
+    pub async fn ask(&self, id: Uuid, limit: Duration) -> Option<Option<KnownJob>> {
+        let asker = self.asker.get()?;
+        if !self.link_up() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .push(tx);
+        asker(id);
+        let answer = tokio::time::timeout(limit, rx).await.ok()?.ok();
+        if answer.is_none() {
+            self.queries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        answer
+    }
+
+    /// The peer's answer about job `id`.
+    pub fn answered(&self, id: Uuid, known: Option<KnownJob>) {
+        let waiting = self
+            .queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .unwrap_or_default();
+        for tx in waiting {
+            let _ = tx.send(known.clone());
+        }
     }
 
     /// The sender of the replication stream waits here for work.

@@ -257,3 +257,80 @@ fn a_logout_on_either_server_ends_the_session_on_both() {
         "gw-a still takes the session gw-b ended while it was away"
     );
 }
+
+/// Seed 000: a device that resubmits a job to the other server gets the
+/// original acknowledgement, and the job is stored once — also when the
+/// other server holds no copy (the job was delivered before the two could
+/// talk): it asks its peer before taking the id.
+#[test]
+fn a_job_resubmitted_to_the_other_server_gets_the_original_acknowledgement() {
+    let site = pair_site(None, "");
+    let (a, b) = pair_up(&site);
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    let on_a = Device::new(&a.plain(), &token);
+    let on_b = Device::new(&b.plain(), &token);
+    let pages = vec![png(30_000, 8)];
+
+    // Replicated: the copy on gw-b answers.
+    let session = on_a.login("alice");
+    let job = Uuid::new_v4();
+    let first = on_a.submit(&session, job, "scan-to-folder", &pages);
+    assert_eq!(first.status, 201);
+    let again = on_b.submit(&session, job, "scan-to-folder", &pages);
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.json()["accepted_by"], "gw-a");
+    assert_eq!(again.json()["received_at"], first.json()["received_at"]);
+
+    // Never copied (done on gw-a while gw-b was away): gw-b asks gw-a.
+    let mut b = b;
+    b.stop();
+    e2e::pair::wait_pair(&a, "close", Duration::from_secs(5));
+    let lone = Uuid::new_v4();
+    let first = on_a.submit(&session, lone, "scan-to-folder", &pages);
+    assert_eq!(first.json()["replicated"], false);
+    on_a.wait_for_state(lone, "done", Duration::from_secs(30));
+    let b = site.start("gw-b");
+    e2e::pair::wait_pair(&b, "live", Duration::from_secs(10));
+    let on_b = Device::new(&b.plain(), &token);
+    let again = on_b.submit(&session, lone, "scan-to-folder", &pages);
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.json()["accepted_by"], "gw-a");
+    assert_eq!(again.json()["received_at"], first.json()["received_at"]);
+    let everywhere: Vec<Value> = ["received", "processing", "done", "failed"]
+        .iter()
+        .flat_map(|state| {
+            let list: Value =
+                serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", state]))
+                    .unwrap();
+            list.as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        !everywhere.iter().any(|j| j["id"] == lone.to_string()),
+        "gw-b stored the job a second time: {everywhere:?}"
+    );
+    // Another manifest under the same id is a conflict, as on one server.
+    let other = on_b.submit(
+        &session,
+        lone,
+        "scan-to-folder",
+        &[png(1_000, 9), png(1_000, 10)],
+    );
+    assert_eq!(
+        other.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&other.body)
+    );
+}

@@ -10,6 +10,9 @@
 //! - `pair` (`bench_pair`): DEAD detection time of the pair heartbeat after
 //!   SIGSTOP and kill -9 of the peer vs. HAProxy's default health checks on
 //!   the same fault, and false DEADs while every core is saturated.
+//! - `config` (`bench_config`): how long a configuration change committed on
+//!   the primary takes until the secondary has applied it, beside the admin
+//!   command's round trip and a loopback TCP echo.
 //!
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
@@ -78,17 +81,20 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
         }
     }
     if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
-        return Err("usage: cargo xtask bench [intake|ocr|pair|all] [options]
+        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|all] [options]
   intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
   ocr:    [--pages N]
   pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
-          [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]"
-            .into());
+          [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
+{}", crate::bench_config::USAGE));
     }
     Ok((what, o))
 }
 
 pub fn run(args: &[String]) -> Result {
+    if args.first().is_some_and(|a| a == "config") {
+        return crate::bench_config::run(&args[1..]);
+    }
     let (what, opts) = parse(args)?;
     if what == "intake" || what == "all" {
         intake(&opts)?;

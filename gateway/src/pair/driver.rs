@@ -53,6 +53,8 @@ pub enum Command {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Activated(ActivationKind),
+    /// Ask the peer whether it holds a job id.
+    AskJob(uuid::Uuid),
     /// A configuration change to grant, store and replicate.
     Change {
         change: Change,
@@ -548,6 +550,7 @@ impl Driver {
                 let _ = reply.send(result);
             }
             Command::Change { change, reply } => self.on_change(change, reply).await,
+            Command::AskJob(job) => self.send_wire(&Wire::JobQuery { job }),
             Command::Activated(kind) => {
                 let outputs = self.node.step(self.now_ms(), Input::Activate(kind));
                 self.carry_out(outputs).await;
@@ -778,6 +781,20 @@ impl Driver {
                         });
                     }
                     Wire::SessionsEnded(sessions) => self.on_sessions_ended(sessions).await,
+                    Wire::JobQuery { job } => {
+                        let known = self.core.data.run(move |s| s.job(job)).await;
+                        match known {
+                            Ok(found) => self.send_wire(&Wire::JobKnown {
+                                job,
+                                known: found.as_ref().map(crate::peer_ack::KnownJob::of),
+                            }),
+                            // No answer: the asker accepts after its wait.
+                            Err(e) => {
+                                tracing::warn!(%job, error = %e, "the peer's question about a job could not be answered")
+                            }
+                        }
+                    }
+                    Wire::JobKnown { job, known } => self.core.peer_acks.answered(job, known),
                     Wire::JobStateStored { job, state } => {
                         if let Some(state) = crate::store::JobState::from_name(&state) {
                             let _ = self

@@ -101,6 +101,10 @@ impl PairLink {
         started_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("the pair link thread ended while starting"))??;
+        let asks = link.commands.clone();
+        link.core.peer_acks.set_asker(Box::new(move |job| {
+            let _ = asks.send(Command::AskJob(job));
+        }));
         tracing::info!(%listen, "pair link listening");
         Ok(link)
     }

@@ -10,7 +10,7 @@ use pair_core::{Message, ServerId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::peer_ack::EndedSession;
+use crate::peer_ack::{EndedSession, KnownJob};
 use crate::store::snapshot::Conflict;
 
 /// One frame's content.
@@ -62,6 +62,11 @@ pub enum Wire {
     /// Sessions ended by logout on the sender: the receiver ends them too.
     /// Sent at each logout, and all of them on every new connection.
     SessionsEnded(Vec<EndedSession>),
+    /// "Do you hold this job id?" (a device submits an id the sender does
+    /// not know).
+    JobQuery { job: Uuid },
+    /// The answer: what the receiver holds under that id, if anything.
+    JobKnown { job: Uuid, known: Option<KnownJob> },
 }
 
 /// A job as the replication stream offers it: everything its row holds

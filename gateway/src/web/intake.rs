@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::core::Core;
 use crate::manifest::Manifest;
+use crate::peer_ack::KnownJob;
 use crate::security::hex;
 use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
@@ -41,6 +42,10 @@ pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 /// An upload that sends nothing for this long is abandoned.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// At most this long (and at most `peer_ack_timeout_ms`) the intake waits
+/// for the peer's answer whether it holds a job id; without an answer the
+/// id is taken here.
+const PEER_QUESTION_MS: u64 = 1_000;
 
 /// Checks a manifest against the configuration in use: its workflow must
 /// exist and be runnable here, and its pages and metadata within limits.
@@ -79,6 +84,10 @@ pub struct JobAck {
 
 impl JobAck {
     fn of(job: &JobRecord, replayed: bool) -> JobAck {
+        JobAck::known(&KnownJob::of(job), replayed)
+    }
+
+    fn known(job: &KnownJob, replayed: bool) -> JobAck {
         JobAck {
             job_id: job.id,
             state: "received",
@@ -86,10 +95,10 @@ impl JobAck {
             role: job.accepted_role.clone(),
             epoch: job.accepted_epoch,
             received_at: job.received_at,
-            pages: job.page_count,
+            pages: job.pages,
             bytes: job.bytes,
             replayed,
-            replicated: job.replica_state != ReplicaState::Local,
+            replicated: job.replicated,
         }
     }
 }
@@ -178,9 +187,19 @@ async fn receive(
     let canonical = manifest.canonical();
     let manifest_sha256 = hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
 
-    // Idempotency: an accepted job id answers with its acknowledgement.
+    // Idempotency: an accepted job id answers with its acknowledgement,
+    // whichever server of the pair accepted it (seed 000: a device that
+    // resubmits to the other server is not stored twice). The peer is asked
+    // only while the link is up, and only for a bounded time.
     if let Some(existing) = core.data.run(move |s| s.job(id)).await? {
-        return replay(core, existing, &manifest_sha256, device.id);
+        return replay(core, &KnownJob::of(&existing), &manifest_sha256, device.id);
+    }
+    if let Some(pair) = &core.settings.instance.pair {
+        let limit = Duration::from_millis(pair.peer_ack_timeout_ms.min(PEER_QUESTION_MS));
+        if let Some(Some(known)) = core.peer_acks.ask(id, limit).await {
+            tracing::info!(job = %id, accepted_by = known.accepted_by, "a job the peer accepted was resubmitted here");
+            return replay(core, &known, &manifest_sha256, device.id);
+        }
     }
 
     let parts = core.data.parts()?;
@@ -331,7 +350,12 @@ async fn receive(
         if let Some((wait, _)) = peer_wait {
             core.peer_acks.cancel(wait);
         }
-        return replay(core, record, &job.manifest_sha256, device.id);
+        return replay(
+            core,
+            &KnownJob::of(&record),
+            &job.manifest_sha256,
+            device.id,
+        );
     }
     core.job_ready.notify_one();
     core.peer_acks.job_committed();
@@ -374,7 +398,7 @@ fn insert_and_read(store: &Store, job: &NewJob) -> Result<(bool, JobRecord), Sto
 /// reveals nothing about that job (reading it answers 404 likewise).
 fn replay(
     core: &Core,
-    existing: JobRecord,
+    existing: &KnownJob,
     manifest_sha256: &str,
     device: Uuid,
 ) -> Result<Response, ApiError> {
@@ -385,7 +409,7 @@ fn replay(
     if existing.manifest_sha256 == manifest_sha256 {
         core.metrics.job_replayed();
         tracing::info!(job = %existing.id, %device, "resubmitted job answered with its acknowledgement");
-        return Ok((StatusCode::OK, Json(JobAck::of(&existing, true))).into_response());
+        return Ok((StatusCode::OK, Json(JobAck::known(existing, true))).into_response());
     }
     Err(ApiError::JobIdConflict(existing.id.to_string()))
 }
