@@ -334,3 +334,81 @@ fn a_job_resubmitted_to_the_other_server_gets_the_original_acknowledgement() {
         String::from_utf8_lossy(&other.body)
     );
 }
+
+/// The same job id accepted by both servers while they were cut off (a
+/// device failed over and resubmitted): when they meet, exactly one keeps
+/// it and the other's copy is superseded, counted and never processed, so
+/// the job is delivered once.
+#[test]
+fn one_id_accepted_on_both_sides_of_a_partition_is_kept_once() {
+    let (site, link) = e2e::pair::pair_site_behind_proxies("");
+    let (a, b) = pair_up(&site);
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    for gw in ["gw-a", "gw-b"] {
+        site.cli_ok(gw, &["pipeline", "pause"]);
+    }
+    link.partition();
+    e2e::pair::wait_pair(&a, "dead", Duration::from_secs(5));
+    e2e::pair::wait_pair(&b, "dead", Duration::from_secs(5));
+
+    let on_a = Device::new(&a.plain(), &token);
+    let on_b = Device::new(&b.plain(), &token);
+    let session = on_a.login("alice");
+    let job = Uuid::new_v4();
+    let pages = vec![png(20_000, 11)];
+    assert_eq!(
+        on_a.submit(&session, job, "scan-to-folder", &pages).status,
+        201
+    );
+    let second = on_b.submit(&session, job, "scan-to-folder", &pages);
+    assert_eq!(second.status, 201, "cut off, gw-b takes the id");
+    assert_eq!(second.json()["accepted_by"], "gw-b");
+
+    link.heal();
+    let counted = eventually(Duration::from_secs(15), || {
+        let (sa, sb) = (pair_status(&site, "gw-a"), pair_status(&site, "gw-b"));
+        let superseded = sa["superseded_jobs"].as_u64()? + sb["superseded_jobs"].as_u64()?;
+        let both =
+            sa["jobs_delivered_by_both"].as_u64()? + sb["jobs_delivered_by_both"].as_u64()?;
+        (superseded == 1 && both == 0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "not exactly one copy superseded:\n{}\n{}\n{}\n{}",
+        pair_status(&site, "gw-a"),
+        pair_status(&site, "gw-b"),
+        a.log_text(),
+        b.log_text()
+    );
+
+    for gw in ["gw-a", "gw-b"] {
+        site.cli_ok(gw, &["pipeline", "resume"]);
+    }
+    // One server delivers it; the other's copy says why it never will.
+    let delivered = eventually(Duration::from_secs(30), || {
+        let done: Vec<&str> = [("gw-a", &on_a), ("gw-b", &on_b)]
+            .iter()
+            .filter(|(_, dev)| dev.job(job).json()["state"] == "done")
+            .map(|(name, _)| *name)
+            .collect();
+        (done.len() == 1).then(|| done[0])
+    })
+    .expect("the job was delivered by exactly one server");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let other = if delivered == "gw-a" { &on_b } else { &on_a };
+    let copy = other.job(job).json();
+    assert_eq!(copy["state"], "received", "{copy}");
+    assert!(
+        copy["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("superseded"),
+        "{copy}"
+    );
+    let files: usize = ["gw-a", "gw-b"]
+        .iter()
+        .map(|gw| e2e::support::files_under(&site.data_dir(gw).join("delivered")).len())
+        .sum();
+    assert_eq!(files, 1, "delivered once");
+}

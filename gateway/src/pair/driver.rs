@@ -265,8 +265,14 @@ impl Driver {
                             // channel; the count in status follows here.
                             self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
                             let me = self.me;
-                            if let Ok(n) = self.core.data.run(move |s| s.count_unreplicated(me)).await {
+                            if let Ok((n, duplicates)) = self
+                                .core
+                                .data
+                                .run(move |s| Ok((s.count_unreplicated(me)?, s.duplicate_counts()?)))
+                                .await
+                            {
                                 self.core.peer_acks.set_unreplicated(n);
+                                self.repl.duplicates = duplicates;
                             }
                             self.update_status();
                         }
@@ -795,6 +801,16 @@ impl Driver {
                         }
                     }
                     Wire::JobKnown { job, known } => self.core.peer_acks.answered(job, known),
+                    Wire::JobDuplicate { job, keeper } => {
+                        if let Some(peer) = self.peer.as_ref().map(|p| p.server) {
+                            if let Err(e) =
+                                jobs::on_duplicate(&self.core, job, self.me, peer, keeper).await
+                            {
+                                tracing::error!(%job, error = %e, "the peer's decision on a duplicate job could not be recorded");
+                            }
+                            let _ = self.answers.send(jobs::Answer::Stored(job));
+                        }
+                    }
                     Wire::JobStateStored { job, state } => {
                         if let Some(state) = crate::store::JobState::from_name(&state) {
                             let _ = self

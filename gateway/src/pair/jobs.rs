@@ -39,7 +39,7 @@ use super::frame;
 use super::wire::{JobOffer, OfferedPage, Wire};
 use crate::core::Core;
 use crate::spool::{PageWriter, SpoolUpload, SpooledPage};
-use crate::store::{JobRecord, NewJob, NewPage};
+use crate::store::{JobRecord, JobState, NewJob, NewPage};
 
 /// Jobs offered and not yet answered, at most.
 pub const WINDOW: usize = 4;
@@ -113,6 +113,7 @@ fn offer_of(job: &JobRecord, pages: Vec<NewPage>) -> JobOffer {
         received_at: job.received_at,
         acceptor: job.acceptor_server,
         seq: job.seq,
+        started: job.state != JobState::Received,
         pages: pages
             .into_iter()
             .map(|p| OfferedPage {
@@ -378,16 +379,21 @@ pub async fn receive_loop(
                             },
                         );
                     }
-                    Ok(Some(_)) => {
+                    Ok(Some(mine)) => {
                         skipping = Some(id);
-                        answer(
-                            &link,
-                            Wire::JobRefused {
-                                job: id,
-                                reason: "this server accepted a job with the same id itself".into(),
-                                disk_full: false,
-                            },
-                        );
+                        let sender = offer.acceptor;
+                        let started = offer.started;
+                        match decide_duplicate(&core, mine, sender, started).await {
+                            Ok(keeper) => answer(&link, Wire::JobDuplicate { job: id, keeper }),
+                            Err(e) => answer(
+                                &link,
+                                Wire::JobRefused {
+                                    job: id,
+                                    reason: format!("deciding which server keeps the job: {e}"),
+                                    disk_full: false,
+                                },
+                            ),
+                        }
                     }
                     Ok(None) => match begin(&core, id).await {
                         Ok(upload) => {
@@ -496,6 +502,123 @@ pub async fn receive_loop(
             }
         }
     }
+}
+
+/// Which server keeps a job id both servers accepted (`mine` is this
+/// server's copy, offered by `sender` who has or has not `started` it):
+/// the one that started delivering it, else the smaller server id; `None`
+/// when both started. The copy that does not keep it is superseded here
+/// when it is this server's; a copy a worker took in the meantime counts
+/// as started. Already decided earlier: the same answer again.
+pub async fn decide_duplicate(
+    core: &Core,
+    mine: JobRecord,
+    sender: ServerId,
+    theirs_started: bool,
+) -> Result<Option<ServerId>, crate::data::DataError> {
+    let id = mine.id;
+    let me = mine.acceptor_server;
+    if let Some(keeper) = core.data.run(move |s| s.superseded_by(id)).await? {
+        return Ok(Some(keeper));
+    }
+    let mine_started = mine.state != JobState::Received;
+    let mut keeper = match (mine_started, theirs_started) {
+        (true, true) => None,
+        (true, false) => Some(me),
+        (false, true) => Some(sender),
+        (false, false) => Some(me.min(sender)),
+    };
+    if keeper == Some(sender) {
+        let reason = superseded_reason(core, sender);
+        let superseded = core
+            .data
+            .run(move |s| s.supersede_job(id, sender, &reason))
+            .await?;
+        if !superseded {
+            // A worker took this copy after all.
+            keeper = if theirs_started { None } else { Some(me) };
+        }
+    }
+    match keeper {
+        None => {
+            core.data
+                .run(move |s| s.record_both_delivered(id, sender))
+                .await?;
+            both_delivered(core, id);
+        }
+        Some(k) if k == sender => {
+            tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
+            core.metrics.pair_event("job_superseded");
+        }
+        Some(_) => {
+            tracing::warn!(job = %id, "the same job id was accepted by both servers; this server keeps it");
+        }
+    }
+    Ok(keeper)
+}
+
+/// The sender's side of [`decide_duplicate`]: the peer says who keeps a
+/// job this server offered.
+pub async fn on_duplicate(
+    core: &Core,
+    id: Uuid,
+    me: ServerId,
+    peer: ServerId,
+    keeper: Option<ServerId>,
+) -> Result<(), crate::data::DataError> {
+    let decided = core.data.run(move |s| s.superseded_by(id)).await?;
+    if decided.is_some() {
+        // This server already superseded its copy (it decided on the peer's
+        // offer first): nothing more to do.
+        return Ok(());
+    }
+    match keeper {
+        Some(k) if k == peer => {
+            let reason = superseded_reason(core, peer);
+            let superseded = core
+                .data
+                .run(move |s| s.supersede_job(id, peer, &reason))
+                .await?;
+            if superseded {
+                tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
+                core.metrics.pair_event("job_superseded");
+            } else {
+                core.data
+                    .run(move |s| s.record_both_delivered(id, peer))
+                    .await?;
+                both_delivered(core, id);
+            }
+        }
+        Some(k) if k == me => {
+            // The peer superseded its own copy of the same id: the id is
+            // held there, and is no longer offered.
+            core.data.run(move |s| s.mark_replicated(id)).await?;
+        }
+        _ => {
+            core.data
+                .run(move |s| s.record_both_delivered(id, peer))
+                .await?;
+            both_delivered(core, id);
+        }
+    }
+    Ok(())
+}
+
+fn superseded_reason(core: &Core, keeper: ServerId) -> String {
+    format!(
+        "superseded: the same job id was also accepted by the other server of the pair ({}) while the two were cut off; that server keeps and delivers it, {} never processes this copy",
+        keeper.short(),
+        core.name()
+    )
+}
+
+fn both_delivered(core: &Core, id: Uuid) {
+    let text = format!(
+        "job {id} was accepted by both servers while they were cut off and both had started delivering it: its destinations may receive it twice, with the same idempotency key"
+    );
+    tracing::warn!(event = "job_delivered_by_both", "{text}");
+    core.metrics.pair_event("job_delivered_by_both");
+    super::notify::send(core, "job_delivered_by_both", text);
 }
 
 /// The paired peer's server id (the acceptor of every replica here).
@@ -628,9 +751,13 @@ async fn finish(core: &Core, mut r: Receiving) -> Result<(), (String, bool)> {
             .collect(),
     };
     let seq = offer.seq;
+    let bytes = offer.bytes;
     let stored = core.data.run(move |s| s.insert_replica(&job, seq)).await;
     match stored {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            tracing::info!(job = %id, seq, bytes, accepted_by = offer.accepted_by, "replica stored");
+            Ok(())
+        }
         Err(e) => {
             let _ = spool.remove_job(id);
             Err((format!("storing the copy: {e}"), false))
@@ -659,6 +786,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             acceptor: ServerId::from_u128(1),
             seq: 1,
+            started: false,
             pages: pages
                 .iter()
                 .enumerate()

@@ -4,12 +4,10 @@
 //! sending runs on the server's main runtime, never on the pair thread, so
 //! a slow mail server cannot delay a heartbeat.
 
-use std::sync::Arc;
-
 use crate::core::Core;
 
 /// Sends one notice for a pair event, if notifications are configured.
-pub fn send(core: &Arc<Core>, event: &'static str, text: String) {
+pub fn send(core: &Core, event: &'static str, text: String) {
     let Some(notifier) = core.config.current().and_then(|c| c.notifier.clone()) else {
         return;
     };

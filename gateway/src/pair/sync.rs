@@ -54,6 +54,10 @@ pub struct SyncStatus {
     /// The peer's last refusal of a job copy (a full disk, a digest that
     /// did not match), until it stores one again.
     pub replication_error: Option<String>,
+    /// Jobs accepted on both servers while cut off: copies here that the
+    /// other server keeps, and jobs both had started delivering.
+    pub superseded_jobs: u64,
+    pub jobs_delivered_by_both: u64,
 }
 
 /// The driver's replication state.
@@ -75,6 +79,8 @@ pub struct Replication {
     /// The last block admins were told of (not repeated on reconnects).
     pub reported_block: Option<String>,
     pub open_conflicts: u64,
+    /// `(superseded, delivered by both)` as last counted.
+    pub duplicates: (u64, u64),
 }
 
 impl Replication {
@@ -152,6 +158,8 @@ impl Replication {
             replication: None,
             unreplicated_jobs: 0,
             replication_error: None,
+            superseded_jobs: self.duplicates.0,
+            jobs_delivered_by_both: self.duplicates.1,
         }
     }
 }

@@ -62,6 +62,11 @@ pub enum Wire {
     /// Sessions ended by logout on the sender: the receiver ends them too.
     /// Sent at each logout, and all of them on every new connection.
     SessionsEnded(Vec<EndedSession>),
+    /// The receiver accepted the offered job id itself too (while the two
+    /// were cut off): `keeper` is the server that keeps the job, the other
+    /// one's copy is superseded; `None` when both had started delivering
+    /// it (the partition exception, reported).
+    JobDuplicate { job: Uuid, keeper: Option<ServerId> },
     /// "Do you hold this job id?" (a device submits an id the sender does
     /// not know).
     JobQuery { job: Uuid },
@@ -88,6 +93,9 @@ pub struct JobOffer {
     pub acceptor: ServerId,
     /// The acceptor's sequence number (the order of the stream).
     pub seq: u64,
+    /// Whether the acceptor has started delivering it (decides which server
+    /// keeps an id both accepted).
+    pub started: bool,
     pub pages: Vec<OfferedPage>,
 }
 

@@ -417,6 +417,65 @@ impl Store {
         Ok(())
     }
 
+    /// The other server keeps job `id` (the same id was accepted on both):
+    /// this server's copy is never processed, and no longer offered to the
+    /// peer. Done only while the copy has not started; returns `false`
+    /// (and changes nothing) when a worker took it first. Superseding again
+    /// for the same keeper is the same decision and returns `true` (the two
+    /// sides of the pair may decide at the same moment).
+    pub fn supersede_job(
+        &self,
+        id: Uuid,
+        keeper: ServerId,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET superseded_by = ?2, reason = ?3, replica_state = 'replicated', updated_at = ?4
+             WHERE id = ?1 AND replica_state <> 'replica'
+               AND ((state = 'received' AND superseded_by IS NULL) OR superseded_by = ?2)",
+            params![id.to_string(), keeper.to_string(), reason, now_text()],
+        )? > 0)
+    }
+
+    /// Both servers had started delivering job `id` (accepted on both while
+    /// cut off): recorded on this server's copy, which no longer goes to
+    /// the peer.
+    pub fn record_both_delivered(&self, id: Uuid, other: ServerId) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET both_delivered_with = ?2, replica_state = 'replicated' WHERE id = ?1",
+            params![id.to_string(), other.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Jobs whose copy here was superseded, and jobs both servers
+    /// delivered: `(superseded, both delivered)`.
+    pub fn duplicate_counts(&self) -> Result<(u64, u64), StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(superseded_by), count(both_delivered_with) FROM jobs",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Who keeps job `id` when this server's copy was superseded.
+    pub fn superseded_by(&self, id: Uuid) -> Result<Option<ServerId>, StoreError> {
+        let text: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT superseded_by FROM jobs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.flatten()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("superseded_by `{t}`: {e}")))
+            })
+            .transpose()
+    }
+
     /// One job by id.
     pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
         let conn = self.conn();
@@ -481,7 +540,7 @@ impl Store {
     pub fn queue_depth(&self) -> Result<u64, StoreError> {
         Ok(self.conn().query_row(
             "SELECT count(*) FROM jobs WHERE state IN ('received', 'processing')
-                 AND replica_state <> 'replica'",
+                 AND replica_state <> 'replica' AND superseded_by IS NULL",
             [],
             |r| r.get::<_, i64>(0),
         )? as u64)
@@ -505,6 +564,7 @@ impl Store {
             .query_row(
                 "UPDATE jobs SET state = 'processing', updated_at = ?1
                  WHERE id = (SELECT id FROM jobs WHERE owner_server = ?2 AND state = 'received'
+                                 AND superseded_by IS NULL
                              ORDER BY received_at, id LIMIT 1)
                  RETURNING id",
                 params![now_text(), owner.to_string()],
@@ -843,6 +903,42 @@ mod tests {
             JobState::Done,
             "the row stays"
         );
+    }
+
+    #[test]
+    fn a_superseded_copy_is_never_claimed_and_only_an_unstarted_one_is_superseded() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        store.insert_job(&sample_job(a)).unwrap();
+        store.insert_job(&sample_job(b)).unwrap();
+        assert!(store.supersede_job(a, PEER, "superseded: test").unwrap());
+        assert!(
+            store.supersede_job(a, PEER, "superseded: test").unwrap(),
+            "same decision again"
+        );
+        assert!(
+            !store.supersede_job(a, ME, "other keeper").unwrap(),
+            "never changed"
+        );
+        assert_eq!(store.superseded_by(a).unwrap(), Some(PEER));
+        assert_eq!(store.claim_next_job(ME).unwrap(), Some(b));
+        assert_eq!(
+            store.claim_next_job(ME).unwrap(),
+            None,
+            "a is never processed here"
+        );
+        assert!(
+            !store.supersede_job(b, PEER, "started").unwrap(),
+            "b has started"
+        );
+        store.record_both_delivered(b, PEER).unwrap();
+        assert_eq!(store.duplicate_counts().unwrap(), (1, 1));
+        assert_eq!(
+            store.count_unreplicated(ME).unwrap(),
+            0,
+            "neither is offered again"
+        );
+        assert_eq!(store.queue_depth().unwrap(), 1, "b, processing; not a");
     }
 
     #[test]

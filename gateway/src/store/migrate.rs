@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_replica_progress.sql",
         sql: include_str!("../../../migrations/0006_replica_progress.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_superseded_jobs.sql",
+        sql: include_str!("../../../migrations/0007_superseded_jobs.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.
