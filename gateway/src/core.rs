@@ -151,6 +151,11 @@ pub struct Core {
     shutdown: watch::Sender<bool>,
 }
 
+/// Beyond the pair's DEAD threshold, how long jobs found unreplicated at
+/// start-up wait for the peer to see them before they are processed anyway
+/// (the peer is unreachable: this server cannot know, and goes on).
+const UNCHECKED_JOBS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Core {
     pub fn new(parts: CoreParts) -> Arc<Core> {
         let logins = parts.settings.instance.login_failures_per_minute;
@@ -380,7 +385,7 @@ impl Core {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let (me, role, adopted, imported, (maintenance, paused)) = self
+        let (me, role, adopted, imported, (maintenance, paused, unchecked)) = self
             .data
             .run(move |store| {
                 let me = license::server_id(store)?;
@@ -394,7 +399,21 @@ impl Core {
                 }
                 let maintenance = store.local_get(MAINTENANCE_KEY)?.as_deref() == Some("on");
                 let paused = store.local_get(PIPELINE_PAUSED_KEY)?.as_deref() == Some("on");
-                Ok((me, role, adopted, imported, (maintenance, paused)))
+                // Committed here but never seen by the peer (this server
+                // died first): the peer may have accepted the same id since.
+                let unchecked: Vec<uuid::Uuid> = store
+                    .unreplicated_jobs(me, u32::MAX)?
+                    .into_iter()
+                    .filter(|j| j.state == crate::store::JobState::Received)
+                    .map(|j| j.id)
+                    .collect();
+                Ok((
+                    me,
+                    role,
+                    adopted,
+                    imported,
+                    (maintenance, paused, unchecked),
+                ))
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -403,6 +422,18 @@ impl Core {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         self.server_id.send_replace(Some(me));
+        if let Some(pair) = &self.settings.instance.pair
+            && !unchecked.is_empty()
+        {
+            let limit =
+                std::time::Duration::from_millis(pair.dead_threshold_ms) + UNCHECKED_JOBS_WAIT;
+            tracing::info!(
+                jobs = unchecked.len(),
+                wait_ms = limit.as_millis() as u64,
+                "jobs the peer has not seen wait until it has (or the wait is over) before they are processed"
+            );
+            self.peer_acks.hold(unchecked, limit);
+        }
         if adopted > 0 {
             tracing::info!(
                 jobs = adopted,

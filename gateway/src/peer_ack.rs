@@ -41,6 +41,15 @@ pub struct PeerAcks {
     queries: Mutex<HashMap<Uuid, Vec<oneshot::Sender<Option<KnownJob>>>>>,
     /// How questions reach the peer (the pair link, once it runs).
     asker: std::sync::OnceLock<Box<dyn Fn(Uuid) + Send + Sync>>,
+    /// Jobs found unreplicated at start-up: not processed until the peer
+    /// has seen them (it may hold the same id) or the deadline passed.
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    ids: std::collections::HashSet<Uuid>,
+    until: Option<std::time::Instant>,
 }
 
 /// What a server says about a job id it holds: enough to answer the
@@ -142,6 +151,43 @@ impl PeerAcks {
     /// The logouts not yet handed to the peer.
     pub fn take_ended_sessions(&self) -> Vec<EndedSession> {
         std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Holds `ids` from the pipeline until the peer has seen each (see
+    /// [`PeerAcks::release`]) or `limit` passed, whichever comes first.
+    pub fn hold(&self, ids: impl IntoIterator<Item = Uuid>, limit: Duration) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.ids.extend(ids);
+        held.until = Some(std::time::Instant::now() + limit);
+    }
+
+    /// The peer has seen job `id` (stored it, or the two decided who keeps
+    /// it): the pipeline may take it.
+    pub fn release(&self, id: Uuid) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .remove(&id);
+    }
+
+    /// Releases every held job (there is no peer to ask).
+    pub fn release_all(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ids
+            .clear();
+    }
+
+    /// The jobs the pipeline must not take now.
+    pub fn held(&self) -> Vec<Uuid> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.until.is_some_and(|t| std::time::Instant::now() >= t) {
+            held.ids.clear();
+            held.until = None;
+        }
+        held.ids.iter().copied().collect()
     }
 
     /// The pair link says how a question reaches the peer. Set once.
@@ -277,5 +323,13 @@ mod tests {
         assert!(acks.degraded(), "not caught up yet");
         acks.set_unreplicated(0);
         assert!(!acks.degraded());
+
+        // Held jobs: released one by one, or all at the deadline.
+        let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+        acks.hold([x, y], Duration::from_millis(50));
+        acks.release(x);
+        assert_eq!(acks.held(), vec![y]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(acks.held().is_empty(), "the hold is bounded");
     }
 }

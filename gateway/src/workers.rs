@@ -130,7 +130,12 @@ async fn worker(core: Arc<Core>, parts: Arc<DataParts>, runner: Arc<JobRunner>, 
             continue;
         }
         let store = parts.store.clone();
-        let claimed = tokio::task::spawn_blocking(move || store.claim_next_job(me)).await;
+        // Jobs found unreplicated at start-up wait until the peer has seen
+        // them: it may hold the same id (accepted while this server was
+        // down), and then only one of the two may deliver it.
+        let held = core.peer_acks.held();
+        let claimed =
+            tokio::task::spawn_blocking(move || store.claim_next_job_except(me, &held)).await;
         match claimed {
             Ok(Ok(Some(id))) => process(&core, &parts, &runner, id).await,
             Ok(Ok(None)) => {

@@ -412,3 +412,62 @@ fn one_id_accepted_on_both_sides_of_a_partition_is_kept_once() {
         .sum();
     assert_eq!(files, 1, "delivered once");
 }
+
+/// Seed 000 after a crash: gw-a accepted a job and died before gw-b had a
+/// copy; the device, failing over, gave the same job to gw-b, which
+/// delivered it. When gw-a comes back it does not process its own copy
+/// before asking gw-b, and gw-b's delivery stands: delivered once.
+#[test]
+fn a_restarted_server_asks_its_peer_before_processing_jobs_it_never_replicated() {
+    let (site, link) = e2e::pair::pair_site_behind_proxies("");
+    let (a, b) = pair_up(&site);
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
+    site.cli_ok("gw-a", &["pipeline", "pause"]);
+    link.partition();
+    e2e::pair::wait_pair(&a, "dead", Duration::from_secs(5));
+
+    let on_a = Device::new(&a.plain(), &token);
+    let session = on_a.login("alice");
+    let job = Uuid::new_v4();
+    let pages = vec![png(20_000, 12)];
+    let first = on_a.submit(&session, job, "scan-to-folder", &pages);
+    assert_eq!(first.json()["replicated"], false);
+    let mut a = a;
+    a.kill9();
+
+    // The device fails over: gw-b takes the id and delivers it.
+    let on_b = Device::new(&b.plain(), &token);
+    assert_eq!(
+        on_b.submit(&session, job, "scan-to-folder", &pages).status,
+        201
+    );
+    on_b.wait_for_state(job, "done", Duration::from_secs(30));
+
+    // gw-a returns with its pipeline running and the link healed.
+    site.cli_ok("gw-a", &["pipeline", "resume"]);
+    link.heal();
+    let a = site.start("gw-a");
+    let on_a = Device::new(&a.plain(), &token);
+    let superseded = eventually(Duration::from_secs(15), || {
+        let copy = on_a.job(job).json();
+        copy["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("superseded"))
+            .then_some(copy)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "gw-a's copy was not superseded: {}\n{}",
+            on_a.job(job).json(),
+            a.log_text()
+        )
+    });
+    assert_eq!(superseded["state"], "received", "never processed on gw-a");
+    std::thread::sleep(Duration::from_millis(1_000));
+    let files: usize = ["gw-a", "gw-b"]
+        .iter()
+        .map(|gw| e2e::support::files_under(&site.data_dir(gw).join("delivered")).len())
+        .sum();
+    assert_eq!(files, 1, "delivered once");
+}

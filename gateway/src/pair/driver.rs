@@ -201,6 +201,10 @@ impl Driver {
             Duration::from_millis(self.settings.heartbeat_interval_ms.max(50)),
             Duration::from_millis(self.settings.dead_threshold_ms),
         ));
+        if self.peer.is_none() {
+            // Unpaired: no peer can hold any of this server's job ids.
+            self.core.peer_acks.release_all();
+        }
         if let Some((answers, incoming)) = self.stream_tasks.take() {
             tokio::spawn(jobs::send_loop(
                 self.core.clone(),
@@ -473,6 +477,7 @@ impl Driver {
             Ok(left) => {
                 self.core.peer_acks.set_unreplicated(left);
                 self.core.peer_acks.stored(job);
+                self.core.peer_acks.release(job);
             }
             Err(e) => tracing::error!(%job, error = %e, "the peer's copy could not be recorded"),
         }
@@ -808,6 +813,7 @@ impl Driver {
                             {
                                 tracing::error!(%job, error = %e, "the peer's decision on a duplicate job could not be recorded");
                             }
+                            self.core.peer_acks.release(job);
                             let _ = self.answers.send(jobs::Answer::Stored(job));
                         }
                     }

@@ -559,15 +559,28 @@ impl Store {
     /// owned by the peer (replicas) are never taken here; a takeover moves
     /// their ownership first.
     pub fn claim_next_job(&self, owner: ServerId) -> Result<Option<Uuid>, StoreError> {
+        self.claim_next_job_except(owner, &[])
+    }
+
+    /// As [`Store::claim_next_job`], leaving the jobs in `except` (held from
+    /// the pipeline until the peer has seen them).
+    pub fn claim_next_job_except(
+        &self,
+        owner: ServerId,
+        except: &[Uuid],
+    ) -> Result<Option<Uuid>, StoreError> {
+        let except = serde_json::to_string(&except.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .expect("ids serialise");
         let conn = self.conn();
         let id: Option<String> = conn
             .query_row(
                 "UPDATE jobs SET state = 'processing', updated_at = ?1
                  WHERE id = (SELECT id FROM jobs WHERE owner_server = ?2 AND state = 'received'
                                  AND superseded_by IS NULL
+                                 AND id NOT IN (SELECT value FROM json_each(?3))
                              ORDER BY received_at, id LIMIT 1)
                  RETURNING id",
-                params![now_text(), owner.to_string()],
+                params![now_text(), owner.to_string(), except],
                 |r| r.get(0),
             )
             .optional()?;
@@ -921,6 +934,11 @@ mod tests {
             "never changed"
         );
         assert_eq!(store.superseded_by(a).unwrap(), Some(PEER));
+        assert_eq!(
+            store.claim_next_job_except(ME, &[b]).unwrap(),
+            None,
+            "b is held"
+        );
         assert_eq!(store.claim_next_job(ME).unwrap(), Some(b));
         assert_eq!(
             store.claim_next_job(ME).unwrap(),
