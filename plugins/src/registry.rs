@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::assemble::AssembleStep;
 use crate::deliver::{FolderStep, MailStep, WebhookStep};
-use crate::ocr::{OcrStep, Probe, Tool};
+use crate::ocr::{OcrStep, Probe, RemoteOcr, RemoteSlot, Tool};
 use crate::plugin::Plugin;
 use crate::settings::SettingsError;
 use crate::workflow::{ConfigError, ConfigProblem, Workflow, WorkflowSpec};
@@ -64,6 +64,8 @@ pub struct Registry {
     ocr: Probe,
     rasteriser: Probe,
     ocr_slots: Arc<Semaphore>,
+    /// Where OCR runs when the engine is missing here.
+    remote_ocr: RemoteSlot,
 }
 
 impl std::fmt::Debug for Registry {
@@ -97,6 +99,7 @@ impl Registry {
             ocr,
             rasteriser,
             ocr_slots: Arc::new(Semaphore::new(permits)),
+            remote_ocr: RemoteSlot::default(),
         }
     }
 
@@ -111,6 +114,7 @@ impl Registry {
             ocr: absent(),
             rasteriser: absent(),
             ocr_slots: Arc::new(Semaphore::new(1)),
+            remote_ocr: RemoteSlot::default(),
         }
     }
 
@@ -124,6 +128,23 @@ impl Registry {
         match &self.ocr {
             Probe::Present(tool) => Some(tool),
             Probe::Absent(_) => None,
+        }
+    }
+
+    /// Sets the engine OCR steps use when the engine is missing here (the
+    /// other server of a pair); workflows built before pick it up too.
+    pub fn set_remote_ocr(&self, remote: Arc<dyn RemoteOcr>) {
+        self.remote_ocr.set(remote);
+    }
+
+    /// Where OCR runs: `this server`, the remote engine's description, or
+    /// `None` when nowhere.
+    pub fn ocr_runs_on(&self) -> Option<String> {
+        match (&self.ocr, self.remote_ocr.get()) {
+            (Probe::Present(_), _) => Some("this server".to_owned()),
+            (Probe::Absent(_), Some(remote)) if remote.available() => Some(remote.describe()),
+            (Probe::Absent(_), Some(_)) => None,
+            (Probe::Absent(_), None) => None,
         }
     }
 
@@ -193,6 +214,7 @@ impl Registry {
                             &self.ocr,
                             &self.rasteriser,
                             self.ocr_slots(),
+                            self.remote_ocr.clone(),
                         )
                         .map_err(settings_error)?,
                     )

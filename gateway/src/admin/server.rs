@@ -293,6 +293,7 @@ async fn status_value(core: &Core, web: &dyn WebSwitch, pair: &PairSlot) -> Valu
             "users": c.users.len(),
         })),
         "capabilities": core.registry.capabilities(),
+        "ocr_runs_on": core.registry.ocr_runs_on(),
         "pair": pair,
         "time_zone": core.settings.instance.time_zone.name(),
         "data_dir": core.paths.data_dir,

@@ -130,6 +130,12 @@ pub fn render_status(s: &Value) -> String {
             cap["detail"].as_str().unwrap_or("")
         );
     }
+    out += &format!(
+        "ocr runs on: {}\n",
+        s["ocr_runs_on"]
+            .as_str()
+            .unwrap_or("nowhere: install tesseract-ocr here or on the paired server")
+    );
     if !s["pair"].is_null() {
         out += &super::pair::render_pair(&s["pair"]);
     }

@@ -22,6 +22,7 @@ use super::connection::{HANDSHAKE_TIMEOUT, LinkEvent, LinkWriter, accept_loop, d
 use super::frame;
 use super::identity::{PairIdentity, fingerprint_text};
 use super::jobs;
+use super::ocr;
 use super::pairing::{CODE_VALID_SECS, JoinAnswer, JoinRequest, OpenCode, PairingCode, PeerRecord};
 use super::status::PairStatus;
 use super::sync::{self, Replication};
@@ -95,6 +96,8 @@ pub struct Driver {
         mpsc::UnboundedReceiver<jobs::Incoming>,
     )>,
     stream_state: Arc<RwLock<jobs::StreamState>>,
+    /// The peer as this server's OCR engine when it has none.
+    peer_ocr: ocr::PeerOcr,
 }
 
 fn node_settings(
@@ -149,6 +152,8 @@ impl Driver {
         }));
         let (events_tx, events) = mpsc::unbounded_channel();
         let (answers_tx, answers_rx) = mpsc::unbounded_channel();
+        let stream_link = watch::Sender::new(None);
+        let peer_ocr = ocr::PeerOcr::new(core.name(), stream_link.subscribe());
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             core,
@@ -167,11 +172,12 @@ impl Driver {
             want_dial: watch::Sender::new(None),
             last_liveness: Liveness::Unknown,
             repl: Replication::default(),
-            stream_link: watch::Sender::new(None),
+            stream_link,
             answers: answers_tx,
             incoming: incoming_tx,
             stream_tasks: Some((answers_rx, incoming_rx)),
             stream_state: Arc::default(),
+            peer_ocr,
         };
         driver.repl.open_conflicts = sync::open_conflicts(&driver.core).await;
         driver.refresh_dial();
@@ -205,6 +211,9 @@ impl Driver {
             // Unpaired: no peer can hold any of this server's job ids.
             self.core.peer_acks.release_all();
         }
+        self.core
+            .registry
+            .set_remote_ocr(Arc::new(self.peer_ocr.clone()));
         if let Some((answers, incoming)) = self.stream_tasks.take() {
             tokio::spawn(jobs::send_loop(
                 self.core.clone(),
@@ -806,6 +815,27 @@ impl Driver {
                         }
                     }
                     Wire::JobKnown { job, known } => self.core.peer_acks.answered(job, known),
+                    Wire::OcrRequest {
+                        id,
+                        languages,
+                        dpi,
+                        image,
+                    } => {
+                        let asker = self
+                            .peer
+                            .as_ref()
+                            .map_or_else(|| "the peer".to_owned(), |p| p.instance.clone());
+                        tokio::spawn(ocr::serve(
+                            self.core.clone(),
+                            self.stream_link.subscribe(),
+                            asker,
+                            id,
+                            languages,
+                            dpi,
+                            image,
+                        ));
+                    }
+                    Wire::OcrAnswer { id, answer } => self.peer_ocr.answered(id, answer),
                     Wire::JobDuplicate { job, keeper } => {
                         if let Some(peer) = self.peer.as_ref().map(|p| p.server) {
                             if let Err(e) =
@@ -1192,6 +1222,8 @@ impl Driver {
         status.peer_fingerprint = self.peer.as_ref().map(|p| p.fingerprint.clone());
         status.pairing_open = self.open_code.is_some();
         status.role = self.node.role().word();
+        self.peer_ocr
+            .set_peer(self.peer.as_ref().map(|p| p.instance.clone()));
         let patience = Duration::from_secs(self.settings.replication_period_secs.saturating_mul(2))
             .max(Duration::from_secs(5));
         status.replication = self.repl.status(

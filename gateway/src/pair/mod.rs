@@ -17,6 +17,7 @@
 //! - [`sync`]: the replication side of the driver: snapshots, applying,
 //!   conflicts, the clock check and what status shows of them;
 //! - [`jobs`]: the job replication stream (sender and receiver tasks);
+//! - [`ocr`]: the peer as an OCR engine, and OCR for the peer;
 //! - [`notify`]: notifications to admins.
 
 pub mod connection;
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod jobs;
 pub mod link;
 pub mod notify;
+pub mod ocr;
 pub mod pairing;
 pub mod status;
 pub mod sync;

@@ -67,6 +67,16 @@ pub enum Wire {
     /// one's copy is superseded; `None` when both had started delivering
     /// it (the partition exception, reported).
     JobDuplicate { job: Uuid, keeper: Option<ServerId> },
+    /// A page for the receiver's OCR engine (the sender has none).
+    OcrRequest {
+        id: Uuid,
+        languages: String,
+        dpi: Option<u32>,
+        /// The page image, base64.
+        image: String,
+    },
+    /// The recognised page, or why not.
+    OcrAnswer { id: Uuid, answer: PageAnswer },
     /// "Do you hold this job id?" (a device submits an id the sender does
     /// not know).
     JobQuery { job: Uuid },
@@ -107,4 +117,18 @@ pub struct OfferedPage {
     pub format: String,
     pub bytes: u64,
     pub sha256: String,
+}
+
+/// The peer's answer to one page sent for OCR.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PageAnswer {
+    /// The page's searchable PDF (base64) and its text.
+    Done {
+        pdf: String,
+        text: String,
+    },
+    Failed {
+        why: String,
+        permanent: bool,
+    },
 }

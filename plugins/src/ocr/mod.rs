@@ -8,8 +8,13 @@
 //! (splitting a TIFF, rasterising a PDF page) and recognition. Pages whose
 //! outputs already exist are skipped, so a job resumed after a crash only
 //! redoes the pages that were not finished.
+//!
+//! A server without the engine sends each prepared page to a remote engine
+//! when one is set ([`remote`]); without either the job fails with a reason
+//! that says what to install where.
 
 mod engine;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +25,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use engine::{Probe, Tool};
+pub use engine::{Probe, Tool, recognise};
+pub use remote::{OcrOutput, OcrRequest, RemoteError, RemoteFuture, RemoteOcr, RemoteSlot};
 
 use crate::fsutil;
 use crate::job::JobContext;
@@ -67,8 +73,17 @@ pub struct OcrStep {
     timeout: Option<Duration>,
     max_page_pixels: u64,
     engine: Result<PathBuf, String>,
+    /// Used when `engine` is missing here.
+    remote: RemoteSlot,
     pdftoppm: PathBuf,
     slots: Arc<Semaphore>,
+}
+
+/// Where one page is recognised.
+#[derive(Clone)]
+enum PageEngine {
+    Local(PathBuf),
+    Remote(Arc<dyn RemoteOcr>),
 }
 
 impl OcrStep {
@@ -77,6 +92,7 @@ impl OcrStep {
         engine: &Probe,
         rasteriser: &Probe,
         slots: Arc<Semaphore>,
+        remote: RemoteSlot,
     ) -> Result<OcrStep, SettingsError> {
         let parsed: OcrSettings = settings::parse(table)?;
         if parsed.languages.is_empty() {
@@ -132,16 +148,18 @@ impl OcrStep {
                 Probe::Present(tool) => Ok(tool.path.clone()),
                 Probe::Absent(why) => Err(why.clone()),
             },
+            remote,
             pdftoppm,
             slots,
         })
     }
 
     async fn run_job(&self, job: &JobContext) -> Result<(), StepError> {
-        let engine = self
-            .engine
-            .as_ref()
-            .map_err(|why| engine::engine_missing(why))?;
+        let engine = match (&self.engine, self.remote.get()) {
+            (Ok(path), _) => PageEngine::Local(path.clone()),
+            (Err(_), Some(remote)) => PageEngine::Remote(remote),
+            (Err(why), None) => return Err(engine::engine_missing(why)),
+        };
         let files = job.pages.clone();
         let pages = blocking("reading the job's pages", move || {
             page::enumerate_pages(&files).map_err(StepError::unreadable_page)
@@ -230,7 +248,7 @@ impl Plugin for OcrStep {
 /// Everything one page's task needs, owned, because tasks outlive borrows.
 struct PageWork {
     page: PageRef,
-    engine: PathBuf,
+    engine: PageEngine,
     pdftoppm: PathBuf,
     languages: String,
     dpi: u32,
@@ -247,8 +265,22 @@ impl PageWork {
         let temp_input = self.dir.join(format!("{stem}-src"));
         let (input, dpi) = self.prepare(&what, &temp_input).await?;
         let out_base = self.dir.join(format!("{stem}-out"));
-        let result =
-            engine::recognise(&self.engine, &input, &out_base, &self.languages, dpi, &what).await;
+        let result = match &self.engine {
+            PageEngine::Local(path) => {
+                engine::recognise(path, &input, &out_base, &self.languages, dpi, &what).await
+            }
+            PageEngine::Remote(remote) => {
+                recognise_remotely(
+                    remote.as_ref(),
+                    &input,
+                    &out_base,
+                    &self.languages,
+                    dpi,
+                    &what,
+                )
+                .await
+            }
+        };
         if input != self.page.path {
             let _ = tokio::fs::remove_file(&input).await;
         }
@@ -334,9 +366,51 @@ impl PageWork {
     }
 }
 
+/// Sends one prepared page to the remote engine and writes what comes back
+/// where the local engine would have (`out_base.pdf`, `out_base.txt`).
+async fn recognise_remotely(
+    remote: &dyn RemoteOcr,
+    input: &Path,
+    out_base: &Path,
+    languages: &str,
+    dpi: Option<u32>,
+    what: &str,
+) -> Result<(), StepError> {
+    let image = tokio::fs::read(input)
+        .await
+        .map_err(|e| StepError::from_io(format!("reading {}", input.display()), &e))?;
+    let output = remote
+        .recognise(OcrRequest {
+            image,
+            languages: languages.to_owned(),
+            dpi,
+        })
+        .await
+        .map_err(|e| {
+            let text = format!("OCR of {what} by {} failed: {}", remote.describe(), e.why);
+            if e.permanent {
+                StepError::permanent(text)
+            } else {
+                StepError::transient(text)
+            }
+        })?;
+    let (pdf, text) = (with_suffix(out_base, ".pdf"), with_suffix(out_base, ".txt"));
+    blocking("writing the recognised page", move || {
+        for (path, bytes) in [
+            (&text, output.text.as_bytes()),
+            (&pdf, output.pdf.as_slice()),
+        ] {
+            fsutil::write_atomic(path, bytes, "ocr")
+                .map_err(|e| StepError::from_io(format!("writing {}", path.display()), &e))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// `path` with `suffix` appended to its last component, the way tesseract
 /// and pdftoppm name their outputs (`base` becomes `base.pdf`).
-pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
