@@ -191,13 +191,12 @@ impl Site {
 
     /// Starts `instance` and waits until it listens.
     pub fn start(&self, instance: &str) -> Instance {
-        Instance::start(self, instance, &[], &[])
+        Instance::start(self, instance, &[])
     }
 
-    /// Starts `instance` with extra environment variables, its command line
-    /// prefixed by `wrapper` (e.g. `["faketime", "-f", "+5s"]`).
-    pub fn start_with(&self, instance: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Instance {
-        Instance::start(self, instance, env, wrapper)
+    /// Starts `instance` with extra environment variables.
+    pub fn start_with(&self, instance: &str, env: &[(&str, &str)]) -> Instance {
+        Instance::start(self, instance, env)
     }
 }
 
@@ -212,7 +211,7 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn start(site: &Site, name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Instance {
+    fn start(site: &Site, name: &str, env: &[(&str, &str)]) -> Instance {
         let data_dir = site.data_dir(name);
         let run_file = data_dir.join(format!("{name}.run.json"));
         let _ = std::fs::remove_file(&run_file);
@@ -225,15 +224,7 @@ impl Instance {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = match wrapper.split_first() {
-            None => Command::new(bin("gateway")),
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin("gateway"));
-                c
-            }
-        };
-        let child = command
+        let child = Command::new(bin("gateway"))
             .arg("--config")
             .arg(&site.config)
             .args(["--instance", name, "serve"])

@@ -157,7 +157,7 @@ fn with_the_peer_stopped_a_job_is_acknowledged_at_once_and_the_stream_catches_up
 fn the_owners_progress_reaches_the_replica_whose_pages_go_after_the_retention() {
     let site = pair_site(None, "");
     let a = site.start("gw-a");
-    let b = site.start_with("gw-b", &[("SCANGW_PAIR_REPLICA_RETENTION_SECS", "1")], &[]);
+    let b = site.start_with("gw-b", &[("SCANGW_PAIR_REPLICA_RETENTION_SECS", "1")]);
     e2e::pair::pair(&site, &a, &b);
     wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
     site.cli_ok("gw-a", &["pipeline", "pause"]);

@@ -36,7 +36,7 @@ fn a_server_without_the_ocr_engine_has_its_pages_recognised_by_its_peer() {
     let site = pair_site(None, WORKFLOW);
     // gw-a has no OCR engine; gw-b has one.
     let no_engine = [("SCANGW_TESSERACT", "/nonexistent/tesseract")];
-    let a = site.start_with("gw-a", &no_engine, &[]);
+    let a = site.start_with("gw-a", &no_engine);
     let b = site.start("gw-b");
     pair(&site, &a, &b);
     let token = site.add_device("gw-a", "mfd-1");

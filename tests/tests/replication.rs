@@ -199,8 +199,8 @@ fn wait_blocked(site: &Site, instance: &str, needle: &str) -> String {
 #[test]
 fn different_time_zones_block_sync_on_both_servers_and_fixing_the_zone_resumes_it() {
     let site = pair_site(None, "");
-    let a = site.start_with("gw-a", &[("SCANGW_TIME_ZONE", "Europe/Berlin")], &[]);
-    let mut b = site.start_with("gw-b", &[("SCANGW_TIME_ZONE", "America/New_York")], &[]);
+    let a = site.start_with("gw-a", &[("SCANGW_TIME_ZONE", "Europe/Berlin")]);
+    let mut b = site.start_with("gw-b", &[("SCANGW_TIME_ZONE", "America/New_York")]);
     pair(&site, &a, &b);
     let expected = "time zone differs: primary gw-a Europe/Berlin, secondary gw-b America/New_York; set both to the same zone";
     assert_eq!(wait_blocked(&site, "gw-a", "time zone differs"), expected);
@@ -220,23 +220,33 @@ fn different_time_zones_block_sync_on_both_servers_and_fixing_the_zone_resumes_i
 
     // Fixing the zone (a restart with the right one) resumes sync.
     b.stop();
-    let _b = site.start_with("gw-b", &[("SCANGW_TIME_ZONE", "Europe/Berlin")], &[]);
+    let _b = site.start_with("gw-b", &[("SCANGW_TIME_ZONE", "Europe/Berlin")]);
     wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(15));
     assert!(device_names(&site, "gw-b").contains(&"mfd-1".to_owned()));
 }
 
 #[test]
 fn a_shifted_clock_blocks_sync_with_the_skew_in_the_reason() {
-    assert!(
-        std::process::Command::new("faketime")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "this test needs `faketime` (apt-get install faketime; `cargo xtask setup` installs it)"
-    );
+    // libfaketime shifts gw-b's clock 30 s ahead (preloaded into the
+    // gateway itself, so the process the test holds is the gateway).
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("this test needs libfaketime (apt-get install faketime; `cargo xtask setup` installs it)")
+        });
     let site = pair_site(None, "");
     let a = site.start("gw-a");
-    let b = site.start_with("gw-b", &[], &["faketime", "-f", "+30s"]);
+    let b = site.start_with(
+        "gw-b",
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME", "+30s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
     pair(&site, &a, &b);
     let reason = wait_blocked(&site, "gw-a", "clock skew");
     assert!(reason.contains("exceeds 1000 ms"), "{reason}");
