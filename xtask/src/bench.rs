@@ -13,6 +13,9 @@
 //! - `config` (`bench_config`): how long a configuration change committed on
 //!   the primary takes until the secondary has applied it, beside the admin
 //!   command's round trip and a loopback TCP echo.
+//! - `replication` (`bench_replication`): job intake into a pair that
+//!   acknowledges after the peer's copy vs. after the local commit vs.
+//!   nginx (same load client and bodies), and the lag of the peer's copy.
 //!
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
@@ -81,12 +84,13 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
         }
     }
     if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
-        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|all] [options]
+        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|all] [options]
   intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
   ocr:    [--pages N]
   pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
           [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
-{}", crate::bench_config::USAGE));
+{}
+{}", crate::bench_config::USAGE, crate::bench_replication::USAGE));
     }
     Ok((what, o))
 }
@@ -94,6 +98,9 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
 pub fn run(args: &[String]) -> Result {
     if args.first().is_some_and(|a| a == "config") {
         return crate::bench_config::run(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "replication") {
+        return crate::bench_replication::run(&args[1..]);
     }
     let (what, opts) = parse(args)?;
     if what == "intake" || what == "all" {
@@ -229,9 +236,9 @@ log_level = "warn"
     })
 }
 
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    plain: String,
+    pub(crate) plain: String,
     https: String,
 }
 
@@ -244,7 +251,7 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> Result<Nginx> {
+pub(crate) fn start_nginx(dir: &Path, cert: &Path, key: &Path) -> Result<Nginx> {
     let (p1, p2) = (free_port()?, free_port()?);
     for d in ["www", "body", "logs"] {
         std::fs::create_dir_all(dir.join(d)).map_err(|e| e.to_string())?;
@@ -301,7 +308,7 @@ http {{
     })
 }
 
-fn load(
+pub(crate) fn load(
     tools: &Tools,
     url: &str,
     cert: &Path,
