@@ -3,7 +3,10 @@
 //! primary, `04` for the secondary), writes one shared configuration file
 //! for both instances, starts them on free loopback ports, provisions
 //! simulated devices on the primary and lets them scan text pages through
-//! OCR into searchable PDFs. Everything lives under `target/demo/`.
+//! OCR into searchable PDFs. Then the primary goes into maintenance: the
+//! devices, through their failover client and outbox, fail over to the
+//! secondary with the same tokens and sessions, and the secondary scans the
+//! next round into PDFs of its own. Everything lives under `target/demo/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -239,6 +242,15 @@ peer = "127.0.0.1:{pair_a}"
             .args(["--page-source", "text", "--wait"]),
     );
 
+    // Failover: the primary goes into maintenance (failover cause 4); the
+    // devices, each through the failover client with its durable outbox,
+    // move to the secondary, which holds the primary's configuration.
+    let failover = if sim.is_ok() {
+        failover_round(&tools, &config, &dir, &urls, &opts)
+    } else {
+        Ok(())
+    };
+
     println!();
     for instance in ["gw-primary", "gw-secondary"] {
         let _ = tools.gateway(&config, instance).arg("status").status();
@@ -276,7 +288,7 @@ peer = "127.0.0.1:{pair_a}"
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        return sim;
+        return sim.and(failover);
     }
     for child in &mut children {
         let _ = Command::new("kill").arg(child.id().to_string()).status();
@@ -286,7 +298,84 @@ peer = "127.0.0.1:{pair_a}"
         "\nthe pair was stopped; everything it wrote is in {}",
         dir.display()
     );
-    sim
+    sim.and(failover)
+}
+
+/// One round of scans while the primary is in maintenance: the devices'
+/// failover client moves each to the secondary, which accepts and delivers
+/// the jobs; then maintenance ends.
+fn failover_round(
+    tools: &Tools,
+    config: &Path,
+    dir: &Path,
+    urls: &[(String, String)],
+    opts: &Options,
+) -> Result {
+    output(
+        tools
+            .gateway(config, "gw-primary")
+            .args(["maintenance", "on"]),
+    )?;
+    println!(
+        "\ngw-primary is in maintenance: the devices fail over to gw-secondary, with the same tokens and sessions.\n"
+    );
+    // One trust file for both servers' self-signed certificates.
+    let mut trust = Vec::new();
+    for (_, cert) in urls {
+        trust.extend(std::fs::read(cert).map_err(|e| format!("reading {cert}: {e}"))?);
+    }
+    let trust_file = dir.join("gateways-trust.pem");
+    std::fs::write(&trust_file, trust).map_err(|e| e.to_string())?;
+    let jobs = opts.devices;
+    let run = exec(
+        Command::new(tools.bin("mfd-sim"))
+            .arg("run")
+            .args(["--server", &urls[0].0, "--server", &urls[1].0])
+            .arg("--ca")
+            .arg(&trust_file)
+            .arg("--devices-file")
+            .arg(dir.join("devices.json"))
+            .args([
+                "--user",
+                "demo",
+                "--password",
+                "demo",
+                "--workflow",
+                "scan-to-searchable-pdf",
+            ])
+            .args(["--jobs", &jobs.to_string(), "--pages", &opts.pages.to_string()])
+            .args(["--page-source", "text"])
+            .arg("--outbox")
+            .arg(dir.join("outbox"))
+            .arg("--report")
+            .arg(dir.join("failover-report.json")),
+    );
+    let _ = output(
+        tools
+            .gateway(config, "gw-primary")
+            .args(["maintenance", "off"]),
+    );
+    run?;
+    // The secondary owns the jobs it accepted and delivers them itself.
+    let delivered = dir.join("data/gw-secondary/delivered");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let count = loop {
+        let n = walk(&delivered).len();
+        if n >= jobs as usize || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!(
+        "failover: {count} of {jobs} jobs scanned during the maintenance were accepted and delivered by gw-secondary (under {})",
+        delivered.display()
+    );
+    if count < jobs as usize {
+        return Err(format!(
+            "only {count} of {jobs} jobs were delivered by gw-secondary within 300 s; see target/demo/gw-secondary.log"
+        ));
+    }
+    Ok(())
 }
 
 /// A free loopback port for a pair listener (the gateway binds it at once).
