@@ -343,7 +343,12 @@ fn failover_round(
                 "--workflow",
                 "scan-to-searchable-pdf",
             ])
-            .args(["--jobs", &jobs.to_string(), "--pages", &opts.pages.to_string()])
+            .args([
+                "--jobs",
+                &jobs.to_string(),
+                "--pages",
+                &opts.pages.to_string(),
+            ])
             .args(["--page-source", "text"])
             .arg("--outbox")
             .arg(dir.join("outbox"))
