@@ -5,8 +5,9 @@
 //!
 //! Rules owned here:
 //! * jobs leave in the order of the acceptor's sequence number, at most
-//!   [`WINDOW`] unanswered at a time, their pages in bulk chunks behind
-//!   every control frame (heartbeats never wait behind a job);
+//!   [`WINDOW`] jobs and [`WINDOW_BYTES`] unanswered at a time (one job of
+//!   any size always), their pages in bulk chunks behind every control
+//!   frame (heartbeats never wait behind a job);
 //! * what has not been answered is offered again on the next connection
 //!   (the stream resumes from the first job the peer has not stored; the
 //!   peer answers an offer of a job it already holds at once);
@@ -43,6 +44,10 @@ use crate::store::{JobRecord, JobState, NewJob, NewPage};
 
 /// Jobs offered and not yet answered, at most.
 pub const WINDOW: usize = 4;
+/// Bytes of page data offered and not yet answered, at most (one job is
+/// always allowed, whatever its size): what the receiver may have to hold
+/// while its disk catches up.
+pub const WINDOW_BYTES: u64 = 16 << 20;
 /// How often the sender looks for work it was not told about (jobs left
 /// from before a restart, jobs refused earlier).
 const RESCAN: Duration = Duration::from_secs(1);
@@ -144,7 +149,11 @@ pub async fn send_loop(
             continue;
         };
         let mut sent: HashSet<Uuid> = HashSet::new();
-        let mut in_flight: VecDeque<Uuid> = VecDeque::new();
+        let mut in_flight: VecDeque<(Uuid, u64)> = VecDeque::new();
+        let room = |in_flight: &VecDeque<(Uuid, u64)>, next: u64| {
+            let bytes: u64 = in_flight.iter().map(|(_, b)| b).sum();
+            in_flight.is_empty() || (in_flight.len() < WINDOW && bytes + next <= WINDOW_BYTES)
+        };
         let mut backoff_until: Option<tokio::time::Instant> = None;
         'connection: loop {
             // Offer what waits, up to the window.
@@ -163,7 +172,7 @@ pub async fn send_loop(
                         .unwrap_or(0),
                 );
                 for job in waiting {
-                    if in_flight.len() >= WINDOW {
+                    if !room(&in_flight, job.bytes) {
                         break;
                     }
                     if sent.contains(&job.id) {
@@ -172,7 +181,7 @@ pub async fn send_loop(
                     match send_job(&core, &writer, &job).await {
                         Ok(()) => {
                             sent.insert(job.id);
-                            in_flight.push_back(job.id);
+                            in_flight.push_back((job.id, job.bytes));
                         }
                         Err(SendError::LinkGone) => break 'connection,
                         Err(SendError::Local(why)) => {
@@ -203,12 +212,12 @@ pub async fn send_loop(
                 answer = answers.recv() => match answer {
                     None => return,
                     Some(Answer::Stored(id)) => {
-                        in_flight.retain(|j| *j != id);
+                        in_flight.retain(|(j, _)| *j != id);
                         sent.remove(&id);
                         state.write().unwrap_or_else(|p| p.into_inner()).last_error = None;
                     }
                     Some(Answer::Refused { job, reason, disk_full }) => {
-                        in_flight.retain(|j| *j != job);
+                        in_flight.retain(|(j, _)| *j != job);
                         sent.remove(&job);
                         tracing::warn!(%job, reason, disk_full, "the peer did not store a job; it is offered again");
                         state.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(
