@@ -425,6 +425,7 @@ impl Driver {
         self.stream_link.send_replace(None);
         let _ = self.incoming.send(jobs::Incoming::Reset);
         self.core.peer_acks.set_link_up(false);
+        self.peer_ocr.link_closed();
     }
 
     /// Every session ended here that is still remembered, to the peer: a

@@ -60,6 +60,24 @@ impl PeerOcr {
         self.peer.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The link closed: pages waiting for the peer's answer are retried
+    /// later rather than waiting for their timeout.
+    pub fn link_closed(&self) {
+        let waiting: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, tx) in waiting {
+            let _ = tx.send(PageAnswer::Failed {
+                why: "the pair link closed while the peer had the page; the step is tried again"
+                    .into(),
+                permanent: false,
+            });
+        }
+    }
+
     /// The peer's answer for page `id`.
     pub fn answered(&self, id: Uuid, answer: PageAnswer) {
         let waiting = self
