@@ -1081,11 +1081,12 @@ impl Driver {
     }
 
     /// Sends a protocol message. A pushed change leaves the node without a
-    /// payload: it becomes the whole configuration at the change's stamp,
-    /// read now (the write before it in the same step is committed).
+    /// payload: it becomes the rows the change wrote, with the stamp it was
+    /// made on, read now (the write before it in the same step is
+    /// committed).
     async fn send_message(&mut self, mut message: Message) {
         if let Body::ConfigChange(change) = &mut message.body {
-            match sync::snapshot_at(&self.core, change.stamp).await {
+            match sync::change_at(&self.core, change.stamp, change.prev).await {
                 Some(payload) => change.payload = payload,
                 // The store holds another version: the secondary pulls.
                 None => return,

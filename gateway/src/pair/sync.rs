@@ -220,6 +220,21 @@ pub async fn snapshot_at(core: &Core, stamp: ConfigStamp) -> Option<Vec<u8>> {
     }
 }
 
+/// The change that made the configuration at `stamp` out of `prev` (only
+/// the rows it wrote), encoded, or `None` when the store holds another.
+pub async fn change_at(core: &Core, stamp: ConfigStamp, prev: ConfigStamp) -> Option<Vec<u8>> {
+    let base = (prev.version, prev.epoch);
+    let read = core.data.run(move |store| store.config_change(base)).await;
+    match read {
+        Ok(c) if c.version == stamp.version && c.epoch == stamp.epoch => Some(c.encode()),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "the configuration change could not be read");
+            None
+        }
+    }
+}
+
 /// Applies a snapshot from the primary at `stamp`, in one transaction, and
 /// loads it. Returns the conflicts it found in what it replaced and how
 /// many of them are new.
@@ -246,7 +261,16 @@ pub async fn apply(
     let now = time_text(core.clock.now());
     let conflicts = core
         .data
-        .run(move |store| store.replace_config(&snapshot, write, &origin, &now))
+        .run(move |store| {
+            if snapshot.base.is_some() {
+                // One change on top of what this server holds: nothing of
+                // this server's can be missing from the primary's line.
+                store.apply_config_change(&snapshot, write, &now)?;
+                Ok((Vec::new(), 0))
+            } else {
+                store.replace_config(&snapshot, write, &origin, &now)
+            }
+        })
         .await
         .map_err(|e| format!("the configuration could not be stored: {e}"))?;
     core.reload_config().await?;

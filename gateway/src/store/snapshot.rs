@@ -31,6 +31,12 @@ pub struct ConfigSnapshot {
     pub docs: Vec<SnapshotDoc>,
     pub devices: Vec<SnapshotDevice>,
     pub lineage: Vec<LineEnd>,
+    /// `None`: the whole configuration. `Some((version, epoch))`: one
+    /// change, made on top of that stamp: only the rows it wrote (rows are
+    /// never deleted by a change, only written), applied by a server that
+    /// holds exactly that stamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<(u64, Epoch)>,
 }
 
 /// One configuration document with its stamp.
@@ -166,17 +172,26 @@ pub fn stamp_text(version: u64, epoch: Epoch) -> String {
 }
 
 fn read_snapshot(tx: &Transaction<'_>) -> Result<ConfigSnapshot, StoreError> {
+    read_rows(tx, false)
+}
+
+/// The configuration's stamp and lineage with its rows: all of them, or
+/// (`only_latest`) the rows written under the configuration's own stamp.
+fn read_rows(tx: &Transaction<'_>, only_latest: bool) -> Result<ConfigSnapshot, StoreError> {
     let (version, number, server): (i64, i64, String) = tx.query_row(
         "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
+    // `?1 = 0` reads every row; otherwise only the rows of this stamp.
+    let filter = (i64::from(only_latest), version, number, server.clone());
+    let where_latest = "WHERE ?1 = 0 OR (version = ?2 AND epoch = ?3 AND epoch_server = ?4)";
     let mut docs = Vec::new();
     {
-        let mut stmt = tx.prepare(
-            "SELECT name, body, version, epoch, epoch_server FROM config_docs ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT name, body, version, epoch, epoch_server FROM config_docs {where_latest} ORDER BY name"
+        ))?;
+        let rows = stmt.query_map(params![filter.0, filter.1, filter.2, filter.3], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -197,12 +212,12 @@ fn read_snapshot(tx: &Transaction<'_>) -> Result<ConfigSnapshot, StoreError> {
     }
     let mut devices = Vec::new();
     {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare(&format!(
             "SELECT id, name, serial, token_sha256, status, created_at, approved_at, approval_seq,
                     version, epoch, epoch_server
-             FROM devices ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
+             FROM devices {where_latest} ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![filter.0, filter.1, filter.2, filter.3], |r| {
             Ok((
                 SnapshotDevice {
                     id: r.get(0)?,
@@ -252,7 +267,77 @@ fn read_snapshot(tx: &Transaction<'_>) -> Result<ConfigSnapshot, StoreError> {
         docs,
         devices,
         lineage,
+        base: None,
     })
+}
+
+fn upsert_rows(tx: &Transaction<'_>, rows: &ConfigSnapshot, at: &str) -> Result<(), StoreError> {
+    for d in &rows.docs {
+        tx.execute(
+            "INSERT INTO config_docs (name, body, sha256, version, epoch, epoch_server, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (name) DO UPDATE SET body = excluded.body, sha256 = excluded.sha256,
+                 version = excluded.version, epoch = excluded.epoch,
+                 epoch_server = excluded.epoch_server, updated_at = excluded.updated_at",
+            params![
+                d.name,
+                d.body,
+                sha256_hex(&d.body),
+                d.version as i64,
+                d.epoch.number as i64,
+                d.epoch.server.to_string(),
+                at
+            ],
+        )?;
+    }
+    for d in &rows.devices {
+        tx.execute(
+            "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at,
+                                  approval_seq, version, epoch, epoch_server)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, serial = excluded.serial,
+                 token_sha256 = excluded.token_sha256, status = excluded.status,
+                 created_at = excluded.created_at, approved_at = excluded.approved_at,
+                 approval_seq = excluded.approval_seq, version = excluded.version,
+                 epoch = excluded.epoch, epoch_server = excluded.epoch_server",
+            params![
+                d.id,
+                d.name,
+                d.serial,
+                d.token_sha256,
+                d.status,
+                d.created_at,
+                d.approved_at,
+                d.approval_seq,
+                d.version as i64,
+                d.epoch.number as i64,
+                d.epoch.server.to_string()
+            ],
+        )?;
+    }
+    tx.execute("DELETE FROM config_lineage", [])?;
+    for l in &rows.lineage {
+        tx.execute(
+            "INSERT INTO config_lineage (epoch, epoch_server, last_version) VALUES (?1, ?2, ?3)",
+            params![
+                l.epoch.number as i64,
+                l.epoch.server.to_string(),
+                l.last_version as i64
+            ],
+        )?;
+    }
+    tx.execute(
+        "UPDATE config_meta SET version = ?1, epoch = ?2, epoch_server = ?3, updated_at = ?4,
+             updated_by = ?5 WHERE id = 1",
+        params![
+            rows.version as i64,
+            rows.epoch.number as i64,
+            rows.epoch.server.to_string(),
+            at,
+            format!("replicated from epoch {}", rows.epoch.short())
+        ],
+    )?;
+    Ok(())
 }
 
 /// The local rows `theirs` does not contain, as conflicts (not stored).
@@ -407,7 +492,6 @@ impl Store {
                 by.short()
             )));
         }
-        let (version, epoch) = (snapshot.version, snapshot.epoch);
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let newest = newest_epoch_seen(&tx)?;
@@ -424,65 +508,74 @@ impl Store {
         resolve_present(&tx, snapshot, found_at)?;
         tx.execute("DELETE FROM config_docs", [])?;
         tx.execute("DELETE FROM devices", [])?;
-        tx.execute("DELETE FROM config_lineage", [])?;
-        for d in &snapshot.docs {
-            tx.execute(
-                "INSERT INTO config_docs (name, body, sha256, version, epoch, epoch_server, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    d.name,
-                    d.body,
-                    sha256_hex(&d.body),
-                    d.version as i64,
-                    d.epoch.number as i64,
-                    d.epoch.server.to_string(),
-                    found_at
-                ],
-            )?;
-        }
-        for d in &snapshot.devices {
-            tx.execute(
-                "INSERT INTO devices (id, name, serial, token_sha256, status, created_at, approved_at,
-                                      approval_seq, version, epoch, epoch_server)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                params![
-                    d.id,
-                    d.name,
-                    d.serial,
-                    d.token_sha256,
-                    d.status,
-                    d.created_at,
-                    d.approved_at,
-                    d.approval_seq,
-                    d.version as i64,
-                    d.epoch.number as i64,
-                    d.epoch.server.to_string()
-                ],
-            )?;
-        }
-        for l in &snapshot.lineage {
-            tx.execute(
-                "INSERT INTO config_lineage (epoch, epoch_server, last_version) VALUES (?1, ?2, ?3)",
-                params![
-                    l.epoch.number as i64,
-                    l.epoch.server.to_string(),
-                    l.last_version as i64
-                ],
-            )?;
-        }
-        tx.execute(
-            "UPDATE config_meta SET version = ?1, epoch = ?2, epoch_server = ?3, updated_at = ?4,
-                 updated_by = ?5 WHERE id = 1",
-            params![
-                version as i64,
-                epoch.number as i64,
-                epoch.server.to_string(),
-                found_at,
-                format!("replicated from epoch {}", epoch.short())
-            ],
-        )?;
+        upsert_rows(&tx, snapshot, found_at)?;
         tx.commit()?;
         Ok((conflicts, added))
+    }
+
+    /// The change that made the current configuration out of `base`: the
+    /// rows written under the current stamp, the lineage and the stamp
+    /// (what the primary pushes; the whole configuration is sent only when
+    /// a server asks for it).
+    pub fn config_change(&self, base: (u64, Epoch)) -> Result<ConfigSnapshot, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut change = read_rows(&tx, true)?;
+        change.base = Some(base);
+        Ok(change)
+    }
+
+    /// Applies one change from the primary in one transaction: only on top
+    /// of exactly its base stamp (otherwise [`StoreError::OutOfLine`]: the
+    /// caller asks for the whole configuration), under the store's epoch
+    /// rule for the sender, as [`Store::replace_config`].
+    pub fn apply_config_change(
+        &self,
+        change: &ConfigSnapshot,
+        write: ConfigWrite<'_>,
+        at: &str,
+    ) -> Result<(), StoreError> {
+        let WriteKind::Replicated { epoch: by, version } = write.kind() else {
+            return Err(StoreError::Corrupt(
+                "a change is applied only with a replicated-write permission".into(),
+            ));
+        };
+        let Some((base_version, base_epoch)) = change.base else {
+            return Err(StoreError::Corrupt(
+                "a whole configuration is not a change".into(),
+            ));
+        };
+        if version != change.version || change.epoch > by {
+            return Err(StoreError::Corrupt(format!(
+                "the change is {} but the permission is for version {version} from epoch {}",
+                stamp_text(change.version, change.epoch),
+                by.short()
+            )));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let newest = newest_epoch_seen(&tx)?;
+        if by < newest {
+            return Err(StoreError::Fenced {
+                offered: by,
+                newest,
+            });
+        }
+        let (held_version, number, server): (i64, i64, String) = tx.query_row(
+            "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if (held_version as u64, epoch_from(number, &server)?) != (base_version, base_epoch) {
+            return Err(StoreError::OutOfLine {
+                offered: change.version,
+                stored: held_version as u64,
+            });
+        }
+        raise_seen(&tx, by)?;
+        upsert_rows(&tx, change, at)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A fenced server's comparison: records, without changing its own
@@ -783,6 +876,63 @@ mod tests {
             .find(|c| c.kind == ConflictKind::Document)
             .unwrap();
         assert_eq!(doc.applied_as, None, "the limits change is still open");
+    }
+
+    /// A pushed change carries only the rows it wrote; applied on the
+    /// configuration it was made on, it gives exactly the primary's; on any
+    /// other it is refused, changing nothing.
+    #[test]
+    fn a_change_carries_its_rows_and_applies_only_on_its_base() {
+        let primary_store = Store::open_in_memory().unwrap();
+        let replica = Store::open_in_memory().unwrap();
+        let e = Epoch::new(1, A);
+        for i in 0..20 {
+            primary_store
+                .insert_device(
+                    &format!("mfd-{i}"),
+                    None,
+                    &format!("d{i}"),
+                    DeviceStatus::Approved,
+                    primary(e),
+                )
+                .unwrap();
+        }
+        primary_store
+            .put_config_docs(&[("users", "{\"ann\":1}".into())], primary(e))
+            .unwrap();
+        let full = primary_store.config_snapshot().unwrap();
+        replica
+            .replace_config(&full, replicated(&full), "gw-b", "t")
+            .unwrap();
+        let base = (full.version, full.epoch);
+        primary_store
+            .insert_device("mfd-new", None, "dnew", DeviceStatus::Pending, primary(e))
+            .unwrap();
+        let change = primary_store.config_change(base).unwrap();
+        assert_eq!(change.devices.len(), 1, "only the row the change wrote");
+        assert!(change.docs.is_empty());
+        let decoded = ConfigSnapshot::decode(&change.encode()).unwrap();
+        assert_eq!(decoded.base, Some(base));
+        replica
+            .apply_config_change(&decoded, replicated(&decoded), "t2")
+            .unwrap();
+        assert_eq!(
+            replica.config_snapshot().unwrap(),
+            primary_store.config_snapshot().unwrap()
+        );
+
+        // Not on its base: refused whole.
+        let err = replica
+            .apply_config_change(&decoded, replicated(&decoded), "t3")
+            .unwrap_err();
+        assert!(matches!(err, StoreError::OutOfLine { .. }), "{err}");
+        let whole = primary_store.config_snapshot().unwrap();
+        assert!(
+            replica
+                .apply_config_change(&whole, replicated(&whole), "t4")
+                .is_err(),
+            "a whole configuration is not a change"
+        );
     }
 
     #[test]
