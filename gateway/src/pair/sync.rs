@@ -7,8 +7,9 @@
 //!
 //! Rules owned here:
 //! * a granted write is stored under exactly the granted stamp; the change
-//!   pushed to the secondary is the whole configuration at that stamp
-//!   (small, and the secondary never has to combine pieces);
+//!   pushed to the secondary is the rows it wrote plus the stamp it was
+//!   made on, applied only on exactly that stamp (anything else asks for
+//!   the whole configuration);
 //! * a received snapshot must carry the stamp the node applies it under
 //!   and a matching checksum, or nothing of it is applied;
 //! * the zone compared is the configured `time_zone`, else the system's,

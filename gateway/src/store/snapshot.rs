@@ -3,9 +3,13 @@
 //! stamp it was written under, the configuration's own stamp, and the
 //! lineage (where each earlier primary's line ended, migration 0005).
 //!
+//! A change the primary pushes has the same shape with only the rows it
+//! wrote and the stamp it was made on (`base`).
+//!
 //! Rules owned here:
-//! * a snapshot is read in one transaction and applied in one transaction:
-//!   the receiver holds either all of it or none of it;
+//! * a snapshot or a change is read in one transaction and applied in one
+//!   transaction: the receiver holds either all of it or none of it; a
+//!   change is applied only on exactly its base;
 //! * rows keep the stamps the primary gave them, so the lineage can tell,
 //!   row by row, what belongs to the sender's line;
 //! * before a snapshot replaces this server's configuration (or when a
