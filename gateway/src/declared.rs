@@ -573,6 +573,19 @@ fn short_digest(digest: &str) -> String {
 
 // ----- the diff ---------------------------------------------------------------
 
+/// What replacing the stored document `name` (`current`, JSON text, if
+/// any) by `proposed` would change, one line per changed leaf, secrets
+/// never in the clear: how an admin reviews a conflict before re-applying
+/// it (a document is re-applied whole).
+pub fn document_diff(name: &str, current: Option<&str>, proposed: &str) -> Vec<String> {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).ok();
+    let current = current.and_then(parse).and_then(|v| without_nulls(&v));
+    let proposed = parse(proposed).and_then(|v| without_nulls(&v));
+    let mut out = Vec::new();
+    diff_value(name, current.as_ref(), proposed.as_ref(), false, &mut out);
+    out
+}
+
 /// The value as an export would see it: nulls dropped (TOML has none, and
 /// an absent key means the same), in objects and arrays alike.
 fn without_nulls(value: &Value) -> Option<Value> {
@@ -777,6 +790,21 @@ mod tests {
     use crate::security::passwords::MIN_ITERATIONS;
     use crate::security::tokens;
     use pair_core::{Epoch, ServerId};
+
+    #[test]
+    fn a_document_diff_shows_what_re_applying_would_change_without_secrets() {
+        let current = r#"{"ann":{"password_hash":"x"},"bob":{"password_hash":"y"}}"#;
+        let proposed = r#"{"ann":{"password_hash":"x"},"cid":{"password_hash":"z"}}"#;
+        let diff = super::document_diff("users", Some(current), proposed);
+        assert_eq!(diff, vec!["- users.bob", "+ users.cid"]);
+        let hooks = super::document_diff(
+            "workflows",
+            Some(r#"{"w":{"secret":"old"}}"#),
+            r#"{"w":{"secret":"new"}}"#,
+        );
+        assert_eq!(hooks, vec!["~ workflows.w.secret (secret changed)"]);
+        assert!(super::document_diff("limits", Some("{}"), "{}").is_empty());
+    }
 
     const HOOK_SECRET: &str = "hook-secret-123";
     const NOTIFY_SECRET: &str = "notify-secret-456";

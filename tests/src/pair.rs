@@ -142,18 +142,22 @@ pub fn pair_status(site: &Site, instance: &str) -> Value {
     status["pair"].clone()
 }
 
-/// Waits until both servers report the same configuration version with
-/// sync `ok`; returns that version.
+/// Waits until both servers report the same configuration (version and
+/// epoch: no lag) with sync `ok`; returns the version.
 pub fn wait_in_sync(site: &Site, a: &str, b: &str, within: Duration) -> u64 {
     let mut last = (Value::Null, Value::Null);
     let synced = eventually(within, || {
         let (sa, sb) = (pair_status(site, a), pair_status(site, b));
         let v = sa["config_version"].as_u64()?;
+        // The same version number is not enough (two epochs can reach the
+        // same number): lag 0 means both hold the same (version, epoch).
         let same = sb["config_version"].as_u64() == Some(v)
             && sa["sync"] == "ok"
             && sb["sync"] == "ok"
             && sa["peer_config_version"].as_u64() == Some(v)
-            && sb["peer_config_version"].as_u64() == Some(v);
+            && sb["peer_config_version"].as_u64() == Some(v)
+            && sa["lag_ms"] == 0
+            && sb["lag_ms"] == 0;
         last = (sa, sb);
         same.then_some(v)
     });

@@ -301,6 +301,14 @@ fn a_promotion_during_a_partition_fences_the_old_primary_and_keeps_its_changes_a
     assert_eq!(role(&a), "primary", "cut off, gw-a does not know yet");
     // Both write while cut off; no two changes share an (epoch, version).
     let a_token = site.add_device("gw-a", "mfd-a");
+    let file = site.dir.path().join("partition-time.toml");
+    site.cli_ok(
+        "gw-a",
+        &["config", "export", "--out", file.to_str().unwrap()],
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("max_pages = 500", "max_pages = 9")).unwrap();
+    site.cli_ok("gw-a", &["config", "apply", file.to_str().unwrap()]);
     site.add_device("gw-b", "mfd-b");
     let (sa, sb) = (pair_status(&site, "gw-a"), pair_status(&site, "gw-b"));
     assert!(sb["epoch"].as_u64().unwrap() > epoch_before, "{sb}");
@@ -336,6 +344,24 @@ fn a_promotion_during_a_partition_fences_the_old_primary_and_keeps_its_changes_a
     assert!(
         !reported.iter().any(|c| c["name"] == "mfd-shared"),
         "a change both servers hold is no conflict: {reported:?}"
+    );
+    // The partition-time limits change is a document conflict; the report
+    // shows what re-applying it would change on the new primary.
+    let limits = eventually(Duration::from_secs(10), || {
+        conflicts(&site, "gw-b")
+            .into_iter()
+            .find(|c| c["kind"] == "document" && c["name"] == "limits")
+    })
+    .expect("the limits change is in the report");
+    assert_eq!(
+        limits["diff_if_applied"],
+        json!(["~ limits.max_pages: 500 → 9"]),
+        "{limits}"
+    );
+    let text = site.cli_ok("gw-b", &["pair", "conflicts"]);
+    assert!(
+        text.contains("re-applying it replaces the whole document here"),
+        "{text}"
     );
     let text = site.cli_ok("gw-a", &["status"]);
     assert!(text.contains("conflicts: "), "{text}");

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::ops::AdminError;
 use crate::changes::Change;
 use crate::core::Core;
-use crate::store::snapshot::{Conflict, stamp_text};
+use crate::store::snapshot::{Conflict, ConflictKind, stamp_text};
 use crate::store::{Store, time_text};
 
 async fn on_data<T, F>(core: &Core, f: F) -> Result<T, AdminError>
@@ -57,10 +57,34 @@ pub async fn apply(core: &Core, toml: String, dry_run: bool) -> Result<Value, Ad
     }))
 }
 
-/// Every entry of the conflict report.
+/// Every entry of the conflict report. An open document conflict comes
+/// with what re-applying it would change in this server's document (a
+/// document is re-applied whole).
 pub async fn conflicts(core: &Core) -> Result<Value, AdminError> {
-    let all = on_data(core, |store| Ok(store.conflicts()?)).await?;
-    Ok(json!({ "conflicts": all }))
+    let entries = on_data(core, |store| {
+        let mut entries = Vec::new();
+        for c in store.conflicts()? {
+            let diff = match (c.kind, &c.applied_at) {
+                (ConflictKind::Document, None) => {
+                    let current = store.config_doc(&c.name)?.map(|d| d.body);
+                    Some(crate::declared::document_diff(
+                        &c.name,
+                        current.as_deref(),
+                        &c.body,
+                    ))
+                }
+                _ => None,
+            };
+            let mut entry = serde_json::to_value(&c).expect("conflicts serialise");
+            if let Some(diff) = diff {
+                entry["diff_if_applied"] = json!(diff);
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    })
+    .await?;
+    Ok(json!({ "conflicts": entries }))
 }
 
 /// Finds a conflict by its id (or an unambiguous prefix of at least 4).

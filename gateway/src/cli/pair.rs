@@ -103,6 +103,17 @@ pub fn render_conflicts(all: &[Value]) -> String {
             s("against"),
             state
         );
+        if let Some(diff) = c["diff_if_applied"].as_array() {
+            out += "      re-applying it replaces the whole document here:";
+            if diff.is_empty() {
+                out += " no change\n";
+            } else {
+                out.push('\n');
+                for line in diff {
+                    out += &format!("        {}\n", line.as_str().unwrap_or_default());
+                }
+            }
+        }
     }
     out += "re-apply one on the primary with `gateway pair conflicts apply ID`\n";
     out
