@@ -237,33 +237,39 @@ fn bump(tx: &Transaction<'_>, write: ConfigWrite<'_>) -> Result<(u64, Epoch), St
 /// A primary's first write under a new epoch ends the line of the epoch
 /// before it at the version held until then (see migration 0005).
 fn end_line_before(tx: &Transaction<'_>, epoch: Epoch) -> Result<(), StoreError> {
-    let (version, number, server): (i64, i64, String) = tx.query_row(
-        "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    if version > 0 && epoch_from(number, &server)? != epoch {
+    let held = held_meta(tx)?;
+    if held.version > 0 && held.epoch != epoch {
         tx.execute(
             "INSERT INTO config_lineage (epoch, epoch_server, last_version) VALUES (?1, ?2, ?3)
              ON CONFLICT (epoch, epoch_server) DO UPDATE SET last_version = excluded.last_version",
-            params![number, server, version],
+            params![
+                held.epoch.number as i64,
+                held.epoch.server.to_string(),
+                held.version as i64
+            ],
         )?;
     }
     Ok(())
 }
 
+/// The version and epoch of the configuration held (in `conn`'s
+/// transaction, when it has one).
+pub(super) fn held_meta(conn: &Connection) -> Result<ConfigMeta, StoreError> {
+    let (version, number, server): (i64, i64, String) = conn.query_row(
+        "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(ConfigMeta {
+        version: version as u64,
+        epoch: epoch_from(number, &server)?,
+    })
+}
+
 impl Store {
     /// The configuration set's version and epoch.
     pub fn config_meta(&self) -> Result<ConfigMeta, StoreError> {
-        let (version, number, server): (i64, i64, String) = self.conn().query_row(
-            "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        Ok(ConfigMeta {
-            version: version as u64,
-            epoch: epoch_from(number, &server)?,
-        })
+        held_meta(&self.conn())
     }
 
     /// The newest epoch this server has seen: its own, a peer's, or the one

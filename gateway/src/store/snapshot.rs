@@ -23,7 +23,9 @@ use pair_core::Epoch;
 use rusqlite::{OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::config::{epoch_from, newest_epoch as newest_epoch_seen, raise_seen, sha256_hex};
+use super::config::{
+    epoch_from, held_meta, newest_epoch as newest_epoch_seen, raise_seen, sha256_hex,
+};
 use super::{Store, StoreError};
 use crate::role::{ConfigWrite, WriteKind};
 
@@ -182,13 +184,14 @@ fn read_snapshot(tx: &Transaction<'_>) -> Result<ConfigSnapshot, StoreError> {
 /// The configuration's stamp and lineage with its rows: all of them, or
 /// (`only_latest`) the rows written under the configuration's own stamp.
 fn read_rows(tx: &Transaction<'_>, only_latest: bool) -> Result<ConfigSnapshot, StoreError> {
-    let (version, number, server): (i64, i64, String) = tx.query_row(
-        "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let held = held_meta(tx)?;
     // `?1 = 0` reads every row; otherwise only the rows of this stamp.
-    let filter = (i64::from(only_latest), version, number, server.clone());
+    let filter = (
+        i64::from(only_latest),
+        held.version as i64,
+        held.epoch.number as i64,
+        held.epoch.server.to_string(),
+    );
     let where_latest = "WHERE ?1 = 0 OR (version = ?2 AND epoch = ?3 AND epoch_server = ?4)";
     let mut docs = Vec::new();
     {
@@ -266,13 +269,47 @@ fn read_rows(tx: &Transaction<'_>, only_latest: bool) -> Result<ConfigSnapshot, 
         }
     }
     Ok(ConfigSnapshot {
-        version: version as u64,
-        epoch: epoch_from(number, &server)?,
+        version: held.version,
+        epoch: held.epoch,
         docs,
         devices,
         lineage,
         base: None,
     })
+}
+
+/// The sender's epoch from the permission to apply `rows`, which must be a
+/// replicated write at exactly their version, from a primary at least as
+/// new as the epoch they carry.
+fn sender_of(rows: &ConfigSnapshot, write: ConfigWrite<'_>) -> Result<Epoch, StoreError> {
+    let WriteKind::Replicated { epoch: by, version } = write.kind() else {
+        return Err(StoreError::Corrupt(
+            "configuration from the primary is applied only with a replicated-write permission"
+                .into(),
+        ));
+    };
+    if version != rows.version || rows.epoch > by {
+        return Err(StoreError::Corrupt(format!(
+            "the configuration is {} but the permission is for version {version} from epoch {}",
+            stamp_text(rows.version, rows.epoch),
+            by.short()
+        )));
+    }
+    Ok(by)
+}
+
+/// The store's epoch rule for a sender: a primary older than the newest
+/// epoch seen is refused; a newer one is remembered.
+fn admit_sender(tx: &Transaction<'_>, by: Epoch) -> Result<(), StoreError> {
+    let newest = newest_epoch_seen(tx)?;
+    if by < newest {
+        return Err(StoreError::Fenced {
+            offered: by,
+            newest,
+        });
+    }
+    raise_seen(tx, by)?;
+    Ok(())
 }
 
 fn upsert_rows(tx: &Transaction<'_>, rows: &ConfigSnapshot, at: &str) -> Result<(), StoreError> {
@@ -484,28 +521,10 @@ impl Store {
         origin: &str,
         found_at: &str,
     ) -> Result<(Vec<Conflict>, usize), StoreError> {
-        let WriteKind::Replicated { epoch: by, version } = write.kind() else {
-            return Err(StoreError::Corrupt(
-                "a snapshot is applied only with a replicated-write permission".into(),
-            ));
-        };
-        if version != snapshot.version || snapshot.epoch > by {
-            return Err(StoreError::Corrupt(format!(
-                "the snapshot is {} but the permission is for version {version} from epoch {}",
-                stamp_text(snapshot.version, snapshot.epoch),
-                by.short()
-            )));
-        }
+        let by = sender_of(snapshot, write)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let newest = newest_epoch_seen(&tx)?;
-        if by < newest {
-            return Err(StoreError::Fenced {
-                offered: by,
-                newest,
-            });
-        }
-        raise_seen(&tx, by)?;
+        admit_sender(&tx, by)?;
         let local = read_snapshot(&tx)?;
         let conflicts = diverged(&local, snapshot, origin, found_at);
         let added = insert_conflicts(&tx, &conflicts)?;
@@ -539,44 +558,22 @@ impl Store {
         write: ConfigWrite<'_>,
         at: &str,
     ) -> Result<(), StoreError> {
-        let WriteKind::Replicated { epoch: by, version } = write.kind() else {
-            return Err(StoreError::Corrupt(
-                "a change is applied only with a replicated-write permission".into(),
-            ));
-        };
         let Some((base_version, base_epoch)) = change.base else {
             return Err(StoreError::Corrupt(
                 "a whole configuration is not a change".into(),
             ));
         };
-        if version != change.version || change.epoch > by {
-            return Err(StoreError::Corrupt(format!(
-                "the change is {} but the permission is for version {version} from epoch {}",
-                stamp_text(change.version, change.epoch),
-                by.short()
-            )));
-        }
+        let by = sender_of(change, write)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let newest = newest_epoch_seen(&tx)?;
-        if by < newest {
-            return Err(StoreError::Fenced {
-                offered: by,
-                newest,
-            });
-        }
-        let (held_version, number, server): (i64, i64, String) = tx.query_row(
-            "SELECT version, epoch, epoch_server FROM config_meta WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        if (held_version as u64, epoch_from(number, &server)?) != (base_version, base_epoch) {
+        admit_sender(&tx, by)?;
+        let held = held_meta(&tx)?;
+        if (held.version, held.epoch) != (base_version, base_epoch) {
             return Err(StoreError::OutOfLine {
                 offered: change.version,
-                stored: held_version as u64,
+                stored: held.version,
             });
         }
-        raise_seen(&tx, by)?;
         upsert_rows(&tx, change, at)?;
         tx.commit()?;
         Ok(())
