@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsConnector;
 
 use super::connection::{HANDSHAKE_TIMEOUT, LinkEvent, LinkWriter, accept_loop, dial_loop};
+use super::duplicates;
 use super::frame;
 use super::identity::{PairIdentity, fingerprint_text};
 use super::jobs;
@@ -794,12 +795,15 @@ impl Driver {
                         reason,
                         updated_at,
                     } => {
-                        let _ = self.incoming.send(jobs::Incoming::State {
-                            job,
-                            state,
-                            reason,
-                            updated_at,
-                        });
+                        if let Some(acceptor) = self.peer.as_ref().map(|p| p.server) {
+                            let _ = self.incoming.send(jobs::Incoming::State {
+                                job,
+                                acceptor,
+                                state,
+                                reason,
+                                updated_at,
+                            });
+                        }
                     }
                     Wire::SessionsEnded(sessions) => self.on_sessions_ended(sessions).await,
                     Wire::JobQuery { job } => {
@@ -840,7 +844,7 @@ impl Driver {
                     Wire::JobDuplicate { job, keeper } => {
                         if let Some(peer) = self.peer.as_ref().map(|p| p.server) {
                             if let Err(e) =
-                                jobs::on_duplicate(&self.core, job, self.me, peer, keeper).await
+                                duplicates::on_answer(&self.core, job, self.me, peer, keeper).await
                             {
                                 tracing::error!(%job, error = %e, "the peer's decision on a duplicate job could not be recorded");
                             }

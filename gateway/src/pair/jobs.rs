@@ -21,6 +21,8 @@
 //!   server knows the other's jobs and their progress); the peer removes a
 //!   replica's pages once the owner reported it done and the retention
 //!   period passed, and keeps its row as history;
+//! * an offered id this server accepted itself is settled by
+//!   [`super::duplicates`];
 //! * both tasks run apart from the driver, so disk and network waits never
 //!   delay heartbeats.
 
@@ -84,9 +86,11 @@ pub enum Incoming {
     End {
         job: Uuid,
     },
-    /// The owner's news for a replica.
+    /// The owner's news for a replica; `acceptor` is the paired peer that
+    /// sent it (only its own jobs' replicas take it).
     State {
         job: Uuid,
+        acceptor: ServerId,
         state: String,
         reason: Option<String>,
         updated_at: chrono::DateTime<chrono::Utc>,
@@ -165,12 +169,6 @@ pub async fn send_loop(
                     .run(move |s| s.unreplicated_jobs(me, want.max(WINDOW as u32)))
                     .await
                     .unwrap_or_default();
-                core.peer_acks.set_unreplicated(
-                    core.data
-                        .run(move |s| s.count_unreplicated(me))
-                        .await
-                        .unwrap_or(0),
-                );
                 for job in waiting {
                     if !room(&in_flight, job.bytes) {
                         break;
@@ -392,7 +390,7 @@ pub async fn receive_loop(
                         skipping = Some(id);
                         let sender = offer.acceptor;
                         let started = offer.started;
-                        match decide_duplicate(&core, mine, sender, started).await {
+                        match super::duplicates::decide(&core, mine, sender, started).await {
                             Ok(keeper) => answer(&link, Wire::JobDuplicate { job: id, keeper }),
                             Err(e) => answer(
                                 &link,
@@ -454,15 +452,13 @@ pub async fn receive_loop(
             }
             Incoming::State {
                 job,
+                acceptor,
                 state,
                 reason,
                 updated_at,
             } => {
                 let Some(parsed) = crate::store::JobState::from_name(&state) else {
                     tracing::warn!(%job, state, "the peer sent an unknown job state");
-                    continue;
-                };
-                let Some(acceptor) = peer_of(&core) else {
                     continue;
                 };
                 let now = core.clock.now();
@@ -511,132 +507,6 @@ pub async fn receive_loop(
             }
         }
     }
-}
-
-/// Which server keeps a job id both servers accepted (`mine` is this
-/// server's copy, offered by `sender` who has or has not `started` it):
-/// the one that started delivering it, else the smaller server id; `None`
-/// when both started. The copy that does not keep it is superseded here
-/// when it is this server's; a copy a worker took in the meantime counts
-/// as started. Already decided earlier: the same answer again.
-pub async fn decide_duplicate(
-    core: &Core,
-    mine: JobRecord,
-    sender: ServerId,
-    theirs_started: bool,
-) -> Result<Option<ServerId>, crate::data::DataError> {
-    let id = mine.id;
-    let me = mine.acceptor_server;
-    if let Some(keeper) = core.data.run(move |s| s.superseded_by(id)).await? {
-        return Ok(Some(keeper));
-    }
-    let mine_started = mine.state != JobState::Received;
-    let mut keeper = match (mine_started, theirs_started) {
-        (true, true) => None,
-        (true, false) => Some(me),
-        (false, true) => Some(sender),
-        (false, false) => Some(me.min(sender)),
-    };
-    if keeper == Some(sender) {
-        let reason = superseded_reason(core, sender);
-        let superseded = core
-            .data
-            .run(move |s| s.supersede_job(id, sender, &reason))
-            .await?;
-        if !superseded {
-            // A worker took this copy after all.
-            keeper = if theirs_started { None } else { Some(me) };
-        }
-    }
-    match keeper {
-        None => {
-            core.data
-                .run(move |s| s.record_both_delivered(id, sender))
-                .await?;
-            both_delivered(core, id);
-        }
-        Some(k) if k == sender => {
-            tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
-            core.metrics.pair_event("job_superseded");
-        }
-        Some(_) => {
-            tracing::warn!(job = %id, "the same job id was accepted by both servers; this server keeps it");
-        }
-    }
-    Ok(keeper)
-}
-
-/// The sender's side of [`decide_duplicate`]: the peer says who keeps a
-/// job this server offered.
-pub async fn on_duplicate(
-    core: &Core,
-    id: Uuid,
-    me: ServerId,
-    peer: ServerId,
-    keeper: Option<ServerId>,
-) -> Result<(), crate::data::DataError> {
-    let decided = core.data.run(move |s| s.superseded_by(id)).await?;
-    if decided.is_some() {
-        // This server already superseded its copy (it decided on the peer's
-        // offer first): nothing more to do.
-        return Ok(());
-    }
-    match keeper {
-        Some(k) if k == peer => {
-            let reason = superseded_reason(core, peer);
-            let superseded = core
-                .data
-                .run(move |s| s.supersede_job(id, peer, &reason))
-                .await?;
-            if superseded {
-                tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
-                core.metrics.pair_event("job_superseded");
-            } else {
-                core.data
-                    .run(move |s| s.record_both_delivered(id, peer))
-                    .await?;
-                both_delivered(core, id);
-            }
-        }
-        Some(k) if k == me => {
-            // The peer superseded its own copy of the same id: the id is
-            // held there, and is no longer offered.
-            core.data.run(move |s| s.mark_replicated(id)).await?;
-        }
-        _ => {
-            core.data
-                .run(move |s| s.record_both_delivered(id, peer))
-                .await?;
-            both_delivered(core, id);
-        }
-    }
-    Ok(())
-}
-
-fn superseded_reason(core: &Core, keeper: ServerId) -> String {
-    format!(
-        "superseded: the same job id was also accepted by the other server of the pair ({}) while the two were cut off; that server keeps and delivers it, {} never processes this copy",
-        keeper.short(),
-        core.name()
-    )
-}
-
-fn both_delivered(core: &Core, id: Uuid) {
-    let text = format!(
-        "job {id} was accepted by both servers while they were cut off and both had started delivering it: its destinations may receive it twice, with the same idempotency key"
-    );
-    tracing::warn!(event = "job_delivered_by_both", "{text}");
-    core.metrics.pair_event("job_delivered_by_both");
-    super::notify::send(core, "job_delivered_by_both", text);
-}
-
-/// The paired peer's server id (the acceptor of every replica here).
-fn peer_of(core: &Core) -> Option<ServerId> {
-    core.data
-        .parts()
-        .ok()
-        .and_then(|p| super::pairing::PeerRecord::load(&p.store).ok().flatten())
-        .map(|p| p.server)
 }
 
 fn answer(link: &LinkSlot, wire: Wire) {

@@ -17,11 +17,13 @@
 //! - [`sync`]: the replication side of the driver: snapshots, applying,
 //!   conflicts, the clock check and what status shows of them;
 //! - [`jobs`]: the job replication stream (sender and receiver tasks);
+//! - [`duplicates`]: one job id accepted by both servers;
 //! - [`ocr`]: the peer as an OCR engine, and OCR for the peer;
 //! - [`notify`]: notifications to admins.
 
 pub mod connection;
 pub mod driver;
+pub mod duplicates;
 pub mod frame;
 pub mod identity;
 pub mod jobs;
