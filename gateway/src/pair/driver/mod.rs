@@ -2,37 +2,40 @@
 //! (`pair_core::PairNode`) and feeds it everything that happens — time,
 //! messages from the peer, the link coming and going, admin activations, a
 //! clean stop — and carries out what it answers, in order: persist before
-//! anything else, send, publish the role, notify. It also runs pairing on
-//! both sides. It runs on the pair link's own thread.
+//! anything else, send, publish the role, notify. It runs on the pair
+//! link's own thread. Its parts: [`config_side`] (configuration changes,
+//! the clock check, conflicts), [`jobs_side`] (the jobs side's frames,
+//! logouts) and [`join`] (pairing, both sides).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use pair_core::sync::{ClockSample, SyncBlock};
+use pair_core::sync::SyncBlock;
 use pair_core::{
     ActivationKind, Body, Input, Liveness, Message, Output, PairNode, PairSettings, ServerId,
     Timing, WriteRefused,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_rustls::TlsConnector;
 
-use super::connection::{HANDSHAKE_TIMEOUT, LinkEvent, LinkWriter, accept_loop, dial_loop};
-use super::duplicates;
+use super::connection::{LinkEvent, LinkWriter, accept_loop, dial_loop};
 use super::frame;
-use super::identity::{PairIdentity, fingerprint_text};
+use super::identity::PairIdentity;
 use super::jobs;
 use super::ocr;
-use super::pairing::{CODE_VALID_SECS, JoinAnswer, JoinRequest, OpenCode, PairingCode, PeerRecord};
+use super::pairing::{CODE_VALID_SECS, OpenCode, PairingCode, PeerRecord};
 use super::status::PairStatus;
 use super::sync::{self, Replication};
-use super::trust::{self, ListenerTrust};
+use super::trust::ListenerTrust;
 use super::wire::Wire;
 use crate::changes::{Applied, Change, ChangeError};
 use crate::core::Core;
 use crate::license;
 use crate::settings::PairLinkSettings;
+
+mod config_side;
+mod jobs_side;
+mod join;
 
 /// The software's major version: servers of different majors never pair.
 const SOFTWARE_MAJOR: u32 = 0;
@@ -305,120 +308,6 @@ impl Driver {
         }
     }
 
-    /// Asks the peer for its clock and zone (the answer decides whether
-    /// configuration may sync).
-    fn probe_clock(&mut self) {
-        if self.link.is_none() {
-            return;
-        }
-        let sent_ms = sync::wall_ms(&self.core);
-        self.repl.probe_sent_ms = Some(sent_ms);
-        self.repl.last_probe = Some(Instant::now());
-        self.send_wire(&Wire::ClockProbe { sent_ms });
-    }
-
-    /// The peer's answer to the clock probe: the verdict goes to the node.
-    async fn on_clock_reply(
-        &mut self,
-        sent_ms: u64,
-        wall_ms: u64,
-        instance: String,
-        time_zone: Option<String>,
-    ) {
-        if self.repl.probe_sent_ms != Some(sent_ms) {
-            return;
-        }
-        self.repl.probe_sent_ms = None;
-        let sample = ClockSample {
-            sent_ms,
-            peer_ms: wall_ms,
-            received_ms: sync::wall_ms(&self.core),
-        };
-        let verdict = sync::verdict(
-            self.core.name(),
-            sync::time_zone(&self.settings),
-            self.node.role().is_primary(),
-            &instance,
-            time_zone,
-            sample,
-            self.settings.max_clock_skew_ms,
-        );
-        // A round trip too long to judge says nothing new: the state stays
-        // as it was (and the next probe tries again), so a stall does not
-        // flap sync between blocked and resumed.
-        if matches!(verdict, Err(SyncBlock::RoundTripTooLong { .. }))
-            && !matches!(
-                self.node.role_view().sync_blocked,
-                Some(SyncBlock::NotChecked { .. })
-            )
-        {
-            return;
-        }
-        let outputs = self.node.step(self.now_ms(), Input::SyncChecked(verdict));
-        self.carry_out(outputs).await;
-    }
-
-    /// Conflicts the peer found in its own configuration: kept here too,
-    /// so the primary can re-apply them.
-    async fn on_conflicts(&mut self, conflicts: Vec<crate::store::snapshot::Conflict>) {
-        let count = conflicts.len();
-        let added = self
-            .core
-            .data
-            .run(move |store| store.record_conflicts(&conflicts))
-            .await;
-        match added {
-            Ok(0) => {}
-            Ok(added) => {
-                self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
-                self.conflicts_found(added);
-            }
-            Err(e) => tracing::error!(error = %e, count, "the peer's conflicts could not be kept"),
-        }
-    }
-
-    fn conflicts_found(&self, added: usize) {
-        let peer = self
-            .peer
-            .as_ref()
-            .map_or_else(|| "the peer".to_owned(), |p| p.instance.clone());
-        let text = format!(
-            "{added} configuration change(s) made while {peer} and {} were cut off are not in the new primary's configuration; \
-             review them with `gateway pair conflicts` and re-apply on the primary with `gateway pair conflicts apply ID`",
-            self.core.name()
-        );
-        tracing::warn!(event = "config_conflicts", "{text}");
-        self.core.metrics.pair_event("config_conflicts");
-        super::notify::send(&self.core, "config_conflicts", text);
-    }
-
-    /// A change an admin or a device asked for: checked, granted by the
-    /// node (only an unfenced primary is), stored under the granted stamp,
-    /// pushed.
-    async fn on_change(
-        &mut self,
-        change: Change,
-        reply: oneshot::Sender<Result<Applied, ChangeError>>,
-    ) {
-        if let Err(e) = sync::check(&self.core, &change).await {
-            let _ = reply.send(Err(e));
-            return;
-        }
-        self.repl.pending = Some((change, reply));
-        let outputs = self.node.step(
-            self.now_ms(),
-            Input::LocalConfigWrite {
-                payload: Vec::new(),
-            },
-        );
-        self.carry_out(outputs).await;
-        if let Some((_, reply)) = self.repl.pending.take() {
-            let _ = reply.send(Err(ChangeError::Unavailable(
-                "the change was neither granted nor refused; try again".into(),
-            )));
-        }
-    }
-
     /// The connection is gone: the job stream stops with it, and waiting
     /// acknowledgements stop waiting.
     fn drop_link(&mut self) {
@@ -427,88 +316,6 @@ impl Driver {
         let _ = self.incoming.send(jobs::Incoming::Reset);
         self.core.peer_acks.set_link_up(false);
         self.peer_ocr.link_closed();
-    }
-
-    /// Every session ended here that is still remembered, to the peer: a
-    /// logout made while the link was down reaches it now.
-    async fn send_ended_sessions(&mut self) {
-        let all = self.core.data.run(|s| s.ended_sessions()).await;
-        match all {
-            Ok(all) if !all.is_empty() => {
-                let sessions = all
-                    .into_iter()
-                    .map(
-                        |(session, expires_at, jobs_scanned)| crate::peer_ack::EndedSession {
-                            session,
-                            expires_at,
-                            jobs_scanned,
-                        },
-                    )
-                    .collect();
-                self.send_wire(&Wire::SessionsEnded(sessions));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ended sessions could not be read for the peer"),
-        }
-    }
-
-    /// Sessions the peer ended: ended here too.
-    async fn on_sessions_ended(&mut self, sessions: Vec<crate::peer_ack::EndedSession>) {
-        let now = self.core.clock.now();
-        let keep = self.core.settings.instance.outbox_replay_window_secs;
-        let count = sessions.len();
-        let result = self
-            .core
-            .data
-            .run(move |s| {
-                for e in &sessions {
-                    s.end_session(&e.session, e.expires_at, e.jobs_scanned, now, keep)?;
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, count, "sessions the peer ended could not be recorded");
-        }
-    }
-
-    /// The peer stored its copy of a job this server accepted: recorded
-    /// first, then the waiting acknowledgement and the sender learn of it.
-    async fn on_job_stored(&mut self, job: uuid::Uuid) {
-        let me = self.me;
-        let marked = self
-            .core
-            .data
-            .run(move |s| {
-                s.mark_replicated(job)?;
-                s.count_unreplicated(me)
-            })
-            .await;
-        match marked {
-            Ok(left) => {
-                self.core.peer_acks.set_unreplicated(left);
-                self.core.peer_acks.stored(job);
-                self.core.peer_acks.release(job);
-            }
-            Err(e) => tracing::error!(%job, error = %e, "the peer's copy could not be recorded"),
-        }
-        let _ = self.answers.send(jobs::Answer::Stored(job));
-    }
-
-    /// Goes back to the durable state after an output could not be carried
-    /// out (see `PairNode::restore`).
-    async fn restore_node(&mut self) {
-        let ctx = self.core.license.clone();
-        let today = self.core.clock.now().date_naive();
-        match self
-            .core
-            .data
-            .run(move |store| license::pair_state(store, &ctx, today))
-            .await
-        {
-            Ok(persisted) => self.node.restore(persisted),
-            Err(e) => tracing::error!(error = %e, "the pair state could not be read back"),
-        }
     }
 
     async fn on_command(&mut self, command: Command) {
@@ -579,118 +386,6 @@ impl Driver {
             }
             Command::Shutdown { .. } => unreachable!("handled by the loop"),
         }
-    }
-
-    fn set_pairing_open(&mut self, open: bool) {
-        self.trust
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .pairing_open = open;
-        self.update_status();
-    }
-
-    /// The secondary's side of pairing: connect to the configured peer,
-    /// verify it by the code's fingerprint, prove the secret, pin it.
-    async fn join(&mut self, code: PairingCode) -> Result<PeerRecord, String> {
-        let role = self.core.role.snapshot().role;
-        if role == crate::role::ServerRole::Primary {
-            return Err("this server is the primary: pairing is joined from the secondary (`gateway pair join` there)".into());
-        }
-        if let Some(peer) = &self.peer {
-            return Err(format!(
-                "this server is already paired with {}; run `gateway pair unpair` first to pair with another server",
-                peer.instance
-            ));
-        }
-        if self.core.clock.now() > code.expires_at {
-            return Err(
-                "the pairing code expired; run `gateway pair init` on the primary for a new one"
-                    .into(),
-            );
-        }
-        let config = trust::client_config(&self.identity, code.primary_fingerprint)
-            .map_err(|e| format!("TLS set-up failed: {e}"))?;
-        let stream =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&self.settings.peer))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "the primary's pair port {} did not answer",
-                        self.settings.peer
-                    )
-                })?
-                .map_err(|e| {
-                    format!(
-                        "cannot reach the primary's pair port {}: {e}",
-                        self.settings.peer
-                    )
-                })?;
-        let name = rustls_pki_types::ServerName::try_from("pairing.pair.invalid")
-            .expect("a valid name")
-            .to_owned();
-        let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsConnector::from(config).connect(name, stream))
-            .await
-            .map_err(|_| "the TLS handshake with the primary timed out".to_string())?
-            .map_err(|e| format!(
-                "the primary at {} could not be verified ({e}); check that the code is from that server and that [pair] peer points to it",
-                self.settings.peer
-            ))?;
-        let request = JoinRequest {
-            proof: code.proof(&self.identity.fingerprint),
-            server: self.me,
-            instance: self.core.name().to_owned(),
-        };
-        frame::write(&mut tls, &request)
-            .await
-            .map_err(|e| format!("sending the pairing request: {e}"))?;
-        let answer: JoinAnswer = tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read(&mut tls))
-            .await
-            .map_err(|_| "the primary did not answer the pairing request".to_string())?
-            .map_err(|e| {
-                // TLS 1.3 reports the server's refusal of this server's
-                // certificate on the first read, not in the handshake.
-                if e.to_string().contains("AccessDenied") {
-                    "the primary refused this server's certificate: no pairing code is open there \
-                     (a code works once and for a few minutes); run `gateway pair init` on the primary for a new one"
-                        .to_string()
-                } else {
-                    format!("reading the primary's answer: {e}")
-                }
-            })?
-            .ok_or("the primary closed the connection without an answer")?;
-        match answer {
-            JoinAnswer::Refused { reason } => Err(format!("the primary refused: {reason}")),
-            JoinAnswer::Accepted { server, instance } => {
-                let record = PeerRecord {
-                    server,
-                    instance,
-                    fingerprint: fingerprint_text(&code.primary_fingerprint),
-                    paired_at: self.core.clock.now(),
-                };
-                self.pin(record.clone()).await?;
-                Ok(record)
-            }
-        }
-    }
-
-    /// Keeps `record` as the paired peer and starts talking to it.
-    async fn pin(&mut self, record: PeerRecord) -> Result<(), String> {
-        if record.server == self.me {
-            return Err("the other end has this server's own id: it is this server".into());
-        }
-        let saved = record.clone();
-        self.core
-            .data
-            .run(move |store| saved.save(store))
-            .await
-            .map_err(|e| format!("recording the peer: {e}"))?;
-        tracing::warn!(peer = record.instance, server = %record.server, fingerprint = record.fingerprint, "paired");
-        self.trust.write().unwrap_or_else(|p| p.into_inner()).pinned = record.fingerprint_bytes();
-        self.peer = Some(record);
-        self.rebuild_node().await;
-        self.refresh_dial();
-        self.update_status();
-        Ok(())
     }
 
     /// A new node for a new peer: same durable state, fresh liveness.
@@ -777,101 +472,7 @@ impl Driver {
                             .await
                     }
                     Wire::Conflicts(conflicts) => self.on_conflicts(conflicts).await,
-                    Wire::JobOffer(offer) => {
-                        let _ = self.incoming.send(jobs::Incoming::Offer(offer));
-                    }
-                    Wire::JobChunk { job, page, data } => {
-                        let _ = self
-                            .incoming
-                            .send(jobs::Incoming::Chunk { job, page, data });
-                    }
-                    Wire::JobEnd { job } => {
-                        let _ = self.incoming.send(jobs::Incoming::End { job });
-                    }
-                    Wire::JobStored { job, .. } => self.on_job_stored(job).await,
-                    Wire::JobState {
-                        job,
-                        state,
-                        reason,
-                        updated_at,
-                    } => {
-                        if let Some(acceptor) = self.peer.as_ref().map(|p| p.server) {
-                            let _ = self.incoming.send(jobs::Incoming::State {
-                                job,
-                                acceptor,
-                                state,
-                                reason,
-                                updated_at,
-                            });
-                        }
-                    }
-                    Wire::SessionsEnded(sessions) => self.on_sessions_ended(sessions).await,
-                    Wire::JobQuery { job } => {
-                        let known = self.core.data.run(move |s| s.job(job)).await;
-                        match known {
-                            Ok(found) => self.send_wire(&Wire::JobKnown {
-                                job,
-                                known: found.as_ref().map(crate::peer_ack::KnownJob::of),
-                            }),
-                            // No answer: the asker accepts after its wait.
-                            Err(e) => {
-                                tracing::warn!(%job, error = %e, "the peer's question about a job could not be answered")
-                            }
-                        }
-                    }
-                    Wire::JobKnown { job, known } => self.core.peer_acks.answered(job, known),
-                    Wire::OcrRequest {
-                        id,
-                        languages,
-                        dpi,
-                        image,
-                    } => {
-                        let asker = self
-                            .peer
-                            .as_ref()
-                            .map_or_else(|| "the peer".to_owned(), |p| p.instance.clone());
-                        tokio::spawn(ocr::serve(
-                            self.core.clone(),
-                            self.stream_link.subscribe(),
-                            asker,
-                            id,
-                            languages,
-                            dpi,
-                            image,
-                        ));
-                    }
-                    Wire::OcrAnswer { id, answer } => self.peer_ocr.answered(id, answer),
-                    Wire::JobDuplicate { job, keeper } => {
-                        if let Some(peer) = self.peer.as_ref().map(|p| p.server) {
-                            if let Err(e) =
-                                duplicates::on_answer(&self.core, job, self.me, peer, keeper).await
-                            {
-                                tracing::error!(%job, error = %e, "the peer's decision on a duplicate job could not be recorded");
-                            }
-                            self.core.peer_acks.release(job);
-                            let _ = self.answers.send(jobs::Answer::Stored(job));
-                        }
-                    }
-                    Wire::JobStateStored { job, state } => {
-                        if let Some(state) = crate::store::JobState::from_name(&state) {
-                            let _ = self
-                                .core
-                                .data
-                                .run(move |s| s.mark_peer_state(job, state))
-                                .await;
-                        }
-                    }
-                    Wire::JobRefused {
-                        job,
-                        reason,
-                        disk_full,
-                    } => {
-                        let _ = self.answers.send(jobs::Answer::Refused {
-                            job,
-                            reason,
-                            disk_full,
-                        });
-                    }
+                    other => self.on_job_wire(other).await,
                 }
             }
             LinkEvent::Down { generation, why } => {
@@ -892,42 +493,6 @@ impl Driver {
                 let answer = self.on_join_attempt(request, fingerprint, from).await;
                 let _ = reply.send(answer);
             }
-        }
-    }
-
-    /// The primary's side of pairing.
-    async fn on_join_attempt(
-        &mut self,
-        request: JoinRequest,
-        fp: [u8; 32],
-        from: SocketAddr,
-    ) -> JoinAnswer {
-        let now = self.core.clock.now();
-        let checked = match self.open_code.as_mut() {
-            None => Err(
-                "no pairing code is open on the primary; run `gateway pair init` there".to_string(),
-            ),
-            Some(open) => open.accept(&request.proof, &fp, now),
-        };
-        if let Err(reason) = checked {
-            tracing::warn!(%from, instance = request.instance, reason, "pairing refused");
-            return JoinAnswer::Refused { reason };
-        }
-        // A code opens once, used or refused for being used.
-        self.open_code = None;
-        self.set_pairing_open(false);
-        let record = PeerRecord {
-            server: request.server,
-            instance: request.instance,
-            fingerprint: fingerprint_text(&fp),
-            paired_at: now,
-        };
-        match self.pin(record).await {
-            Ok(()) => JoinAnswer::Accepted {
-                server: self.me,
-                instance: self.core.name().to_owned(),
-            },
-            Err(reason) => JoinAnswer::Refused { reason },
         }
     }
 
