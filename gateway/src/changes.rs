@@ -21,7 +21,8 @@ use uuid::Uuid;
 use crate::declared::ApplyPlan;
 use crate::names::DeviceName;
 use crate::role::{ConfigWrite, ReadOnly};
-use crate::store::snapshot::{Conflict, ConflictKind, SnapshotDevice};
+use crate::store::conflicts::{Conflict, ConflictKind};
+use crate::store::snapshot::SnapshotDevice;
 use crate::store::{Device, DeviceStatus, DeviceUpsert, Store, StoreError, time_text};
 
 /// At most this many devices may wait for approval: the unauthenticated

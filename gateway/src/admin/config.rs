@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use super::ops::AdminError;
 use crate::changes::Change;
 use crate::core::Core;
-use crate::store::snapshot::{Conflict, ConflictKind, stamp_text};
+use crate::store::conflicts::{Conflict, ConflictKind};
+use crate::store::snapshot::stamp_text;
 use crate::store::{Store, time_text};
 
 async fn on_data<T, F>(core: &Core, f: F) -> Result<T, AdminError>

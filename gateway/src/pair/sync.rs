@@ -26,7 +26,8 @@ use serde::Serialize;
 use crate::changes::{self, Applied, Change, ChangeError};
 use crate::core::Core;
 use crate::settings::{PairLinkSettings, system_time_zone_name};
-use crate::store::snapshot::{ConfigSnapshot, Conflict};
+use crate::store::conflicts::Conflict;
+use crate::store::snapshot::ConfigSnapshot;
 use crate::store::time_text;
 
 /// What status shows of replication.

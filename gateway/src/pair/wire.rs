@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::peer_ack::{EndedSession, KnownJob};
-use crate::store::snapshot::Conflict;
+use crate::store::conflicts::Conflict;
 
 /// One frame's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! the fsync, which SQLite serialises anyway.
 
 pub mod config;
+pub mod conflicts;
 pub mod jobs;
 pub mod migrate;
 pub mod snapshot;

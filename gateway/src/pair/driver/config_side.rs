@@ -71,7 +71,7 @@ impl Driver {
 
     /// Conflicts the peer found in its own configuration: kept here too,
     /// so the primary can re-apply them.
-    pub(super) async fn on_conflicts(&mut self, conflicts: Vec<crate::store::snapshot::Conflict>) {
+    pub(super) async fn on_conflicts(&mut self, conflicts: Vec<crate::store::conflicts::Conflict>) {
         let count = conflicts.len();
         let added = self
             .core
