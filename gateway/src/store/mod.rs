@@ -11,6 +11,7 @@ pub mod config;
 pub mod conflicts;
 pub mod jobs;
 pub mod migrate;
+pub mod replicas;
 pub mod snapshot;
 
 use std::path::{Path, PathBuf};

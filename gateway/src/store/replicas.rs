@@ -1,0 +1,214 @@
+//! The pair's bookkeeping of jobs in the store: which jobs this server
+//! accepted still need a copy on the peer, what the peer last acknowledged
+//! of their progress, the peer's progress on the replicas held here and
+//! their retention, and one job id accepted by both servers (superseded
+//! copies, jobs both delivered). Storing a replica is the intake's insert
+//! (`Store::insert_replica`).
+
+use chrono::{DateTime, Utc};
+use pair_core::ServerId;
+use rusqlite::{OptionalExtension, params};
+use uuid::Uuid;
+
+use super::jobs::{JOB_COLUMNS, JobRecord, JobState, job_from_row, uuid_col};
+use super::{Store, StoreError, now_text, parse_time, time_text};
+
+/// A job's state as its replica should take it: `(id, state, reason,
+/// updated_at)`.
+pub type StateNews = (Uuid, JobState, Option<String>, DateTime<Utc>);
+
+impl Store {
+    /// Jobs this server accepted that the peer has no copy of yet, in the
+    /// order of their sequence number (the order of the replication stream).
+    /// A job whose pipeline finished first needs no copy any more: its
+    /// documents were delivered and its pages are gone.
+    pub fn unreplicated_jobs(
+        &self,
+        me: ServerId,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let conn = self.conn();
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
+                 AND state <> 'done'
+             ORDER BY seq LIMIT ?2"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![me.to_string(), limit], job_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// How many jobs this server accepted have no copy on the peer yet (and
+    /// still need one: not done).
+    pub fn count_unreplicated(&self, me: ServerId) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(*) FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
+                 AND state <> 'done'",
+            [me.to_string()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    /// The peer stored a copy of the job this server accepted. Returns
+    /// whether the job was waiting for it.
+    pub fn mark_replicated(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET replica_state = 'replicated' WHERE id = ?1 AND replica_state = 'local'",
+            [id.to_string()],
+        )? > 0)
+    }
+
+    /// Jobs this server accepted whose replica on the peer is behind: their
+    /// state changed since the peer last acknowledged one, oldest change
+    /// first.
+    pub fn replica_state_news(
+        &self,
+        me: ServerId,
+        limit: u32,
+    ) -> Result<Vec<StateNews>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, state, reason, updated_at FROM jobs
+             WHERE acceptor_server = ?1 AND replica_state = 'replicated'
+               AND state <> coalesce(peer_state, 'received')
+             ORDER BY updated_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![me.to_string(), limit], |r| {
+            Ok((
+                uuid_col(r, 0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, state, reason, updated) = row?;
+            out.push((id, JobState::parse(&state)?, reason, parse_time(&updated)?));
+        }
+        Ok(out)
+    }
+
+    /// The peer acknowledged `state` for its replica of job `id`.
+    pub fn mark_peer_state(&self, id: Uuid, state: JobState) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET peer_state = ?2 WHERE id = ?1",
+            params![id.to_string(), state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    /// Takes the owner's news for a replica: its state, reason and time (as
+    /// the owner's clock says, for history). Only a replica of a job
+    /// `acceptor` accepted is changed; `now` (this server's clock) records
+    /// when it learned the job is done. Returns whether there was such a
+    /// replica.
+    pub fn apply_replica_state(
+        &self,
+        id: Uuid,
+        acceptor: ServerId,
+        state: JobState,
+        reason: Option<&str>,
+        updated_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = ?3, reason = ?4, updated_at = ?5,
+                 replica_done_at = CASE WHEN ?3 = 'done' THEN coalesce(replica_done_at, ?6) END
+             WHERE id = ?1 AND acceptor_server = ?2 AND replica_state = 'replica'",
+            params![
+                id.to_string(),
+                acceptor.to_string(),
+                state.as_str(),
+                reason,
+                time_text(updated_at),
+                time_text(now)
+            ],
+        )? > 0)
+    }
+
+    /// Replicas this server learned were done before `before` (its own
+    /// clock) and whose pages are still here.
+    pub fn replicas_done_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id FROM jobs WHERE replica_state = 'replica' AND state = 'done'
+               AND pages_removed_at IS NULL AND replica_done_at < ?1
+             ORDER BY replica_done_at LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![time_text(before), limit], |r| uuid_col(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The replica's page files were removed.
+    pub fn mark_pages_removed(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET pages_removed_at = ?2 WHERE id = ?1",
+            params![id.to_string(), time_text(at)],
+        )?;
+        Ok(())
+    }
+
+    /// The other server keeps job `id` (the same id was accepted on both):
+    /// this server's copy is never processed, and no longer offered to the
+    /// peer. Done only while the copy has not started; returns `false`
+    /// (and changes nothing) when a worker took it first. Superseding again
+    /// for the same keeper is the same decision and returns `true` (the two
+    /// sides of the pair may decide at the same moment).
+    pub fn supersede_job(
+        &self,
+        id: Uuid,
+        keeper: ServerId,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET superseded_by = ?2, reason = ?3, replica_state = 'replicated', updated_at = ?4
+             WHERE id = ?1 AND replica_state <> 'replica'
+               AND ((state = 'received' AND superseded_by IS NULL) OR superseded_by = ?2)",
+            params![id.to_string(), keeper.to_string(), reason, now_text()],
+        )? > 0)
+    }
+
+    /// Both servers had started delivering job `id` (accepted on both while
+    /// cut off): recorded on this server's copy, which no longer goes to
+    /// the peer.
+    pub fn record_both_delivered(&self, id: Uuid, other: ServerId) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE jobs SET both_delivered_with = ?2, replica_state = 'replicated' WHERE id = ?1",
+            params![id.to_string(), other.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Jobs whose copy here was superseded, and jobs both servers
+    /// delivered: `(superseded, both delivered)`.
+    pub fn duplicate_counts(&self) -> Result<(u64, u64), StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT count(superseded_by), count(both_delivered_with) FROM jobs",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Who keeps job `id` when this server's copy was superseded.
+    pub fn superseded_by(&self, id: Uuid) -> Result<Option<ServerId>, StoreError> {
+        let text: Option<Option<String>> = self
+            .conn()
+            .query_row(
+                "SELECT superseded_by FROM jobs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.flatten()
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| StoreError::Corrupt(format!("superseded_by `{t}`: {e}")))
+            })
+            .transpose()
+    }
+}
