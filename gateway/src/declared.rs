@@ -43,7 +43,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::names::{DeviceName, check_user_name, check_workflow_name};
-use crate::security::{PasswordHash, hex};
+use crate::security::{PasswordHash, sha256_hex};
 use crate::settings::{ByteSize, Limits, SiteConfig, UserEntry};
 use crate::site::{
     self, DOC_LIMITS, DOC_NOTIFY, DOC_SESSION_KEY, DOC_SESSIONS, DOC_USERS, DOC_WORKFLOWS,
@@ -193,7 +193,7 @@ fn check_session_key(store: &Store, declared: Option<&toml::Value>) -> Result<()
         .map_err(|e| read_error(&e))?;
     let same = match (declared, stored) {
         (toml::Value::String(text), Some(doc)) => {
-            digest_in(text).is_some_and(|digest| digest == sha256_hex(doc.body.trim()))
+            digest_in(text).is_some_and(|digest| digest == sha256_hex(doc.body.trim().as_bytes()))
         }
         _ => false,
     };
@@ -340,10 +340,6 @@ fn declared_notify(
 
 // ----- secrets ----------------------------------------------------------------
 
-fn sha256_hex(text: &str) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
-}
-
 /// The hex of `sha256:<64 hex>` (lower-cased), the form an export gives a
 /// secret; `None` for anything else, which is a secret written out.
 fn digest_in(text: &str) -> Option<String> {
@@ -366,7 +362,7 @@ fn resolve_secrets(value: &mut Value, stored: Option<&Value>, path: &str) -> Res
                     && let Some(digest) = digest_in(text)
                 {
                     match before {
-                        Some(Value::String(secret)) if sha256_hex(secret) == digest => {
+                        Some(Value::String(secret)) if sha256_hex(secret.as_bytes()) == digest => {
                             *item = Value::String(secret.clone());
                         }
                         _ => {
@@ -960,8 +956,8 @@ mod tests {
     fn a_digest_of_no_stored_secret_is_refused_naming_the_path() {
         let store = seeded();
         let text = export(&store);
-        let stored = format!("sha256:{}", sha256_hex(HOOK_SECRET));
-        let other = format!("sha256:{}", sha256_hex("some-other-secret"));
+        let stored = format!("sha256:{}", sha256_hex(HOOK_SECRET.as_bytes()));
+        let other = format!("sha256:{}", sha256_hex(b"some-other-secret"));
         assert!(text.contains(&stored), "{text}");
         let e = plan_of(&store, &text.replace(&stored, &other)).unwrap_err();
         assert!(e.starts_with(HOOK_SECRET_PATH), "{e}");
@@ -971,7 +967,7 @@ mod tests {
     #[test]
     fn a_plain_new_secret_is_taken_and_not_shown() {
         let store = seeded();
-        let stored = format!("sha256:{}", sha256_hex(NOTIFY_SECRET));
+        let stored = format!("sha256:{}", sha256_hex(NOTIFY_SECRET.as_bytes()));
         let text = export(&store).replace(&stored, "brand-new-notify-secret");
         let plan = plan_of(&store, &text).unwrap();
         assert_eq!(plan.docs.len(), 1, "{:?}", plan.docs);
@@ -1078,7 +1074,7 @@ mod tests {
     #[test]
     fn the_session_key_cannot_be_changed() {
         let store = seeded();
-        let stored = format!("sha256:{}", sha256_hex(SESSION_KEY));
+        let stored = format!("sha256:{}", sha256_hex(SESSION_KEY.as_bytes()));
         let text = export(&store).replace(&stored, "bmV3LWtleQ==");
         let e = plan_of(&store, &text).unwrap_err();
         assert!(

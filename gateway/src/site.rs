@@ -25,7 +25,7 @@ use plugins::{Registry, Workflow, WorkflowSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::role::{RoleSnapshot, ServerRole};
-use crate::security::{PasswordHash, SessionKey, hex, tokens};
+use crate::security::{PasswordHash, SessionKey, sha256_hex, tokens};
 use crate::settings::{Limits, SiteConfig, UserEntry};
 use crate::store::{ConfigMeta, Store, StoreError};
 
@@ -171,7 +171,7 @@ pub fn file_hash(site: &SiteConfig) -> String {
         all.push_str(&body);
         all.push('\n');
     }
-    hex(ring::digest::digest(&ring::digest::SHA256, all.as_bytes()).as_ref())
+    sha256_hex(all.as_bytes())
 }
 
 /// Records the file's current hash as imported (on becoming primary).
@@ -204,9 +204,9 @@ pub fn import_site_config(
     }
     let mut changed = Vec::new();
     for (name, body) in &docs {
-        let same = store.config_doc(name)?.is_some_and(|d| {
-            d.sha256 == hex(ring::digest::digest(&ring::digest::SHA256, body.as_bytes()).as_ref())
-        });
+        let same = store
+            .config_doc(name)?
+            .is_some_and(|d| d.sha256 == sha256_hex(body.as_bytes()));
         if !same {
             changed.push(*name);
         }
@@ -225,10 +225,7 @@ pub(crate) const SECRET_KEYS: &[&str] = &["secret", "password"];
 /// `sha256:<hex>`: how an export writes a secret, so the file can be read
 /// and shared without it.
 fn digest_text(text: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref())
-    )
+    format!("sha256:{}", sha256_hex(text.as_bytes()))
 }
 
 /// Replaces every secret in `value` by its digest, and drops nulls (TOML

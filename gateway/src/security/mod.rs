@@ -8,6 +8,12 @@ pub mod tokens;
 pub use passwords::PasswordHash;
 pub use sessions::{Session, SessionError, SessionKey};
 
+/// The SHA-256 of `bytes` in lower-case hex (job manifests, configuration
+/// documents, secrets written as digests).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 /// Lower-case hex of some bytes (digests, ids).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

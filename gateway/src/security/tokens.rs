@@ -4,10 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
-
-use crate::security::hex;
 
 /// Prefix that makes a device token recognisable in a config file or a
 /// secret scanner, and lets a typo be reported as such.
@@ -24,7 +21,7 @@ pub fn new_device_token() -> String {
 
 /// The stored form of a token.
 pub fn token_digest(token: &str) -> String {
-    hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
+    super::sha256_hex(token.as_bytes())
 }
 
 /// Whether a string has the shape of a device token (before any lookup).

@@ -13,14 +13,13 @@
 
 use chrono::{DateTime, Utc};
 use pair_core::Epoch;
-use ring::digest;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{Store, StoreError, now_text, parse_time};
 use crate::role::{ConfigWrite, WriteKind};
-use crate::security::hex;
+use crate::security::sha256_hex;
 
 /// Where the newest epoch this server has seen is kept (local state).
 const SEEN_EPOCH_KEY: &str = "epoch.seen";
@@ -92,10 +91,6 @@ pub struct Device {
     pub status: DeviceStatus,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
-}
-
-pub(super) fn sha256_hex(body: &str) -> String {
-    hex(digest::digest(&digest::SHA256, body.as_bytes()).as_ref())
 }
 
 fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Device, StoreError>> {
@@ -357,7 +352,7 @@ impl Store {
         }
         let mut changed = Vec::new();
         for (name, body) in docs {
-            let sum = sha256_hex(body);
+            let sum = sha256_hex(body.as_bytes());
             let stored: Option<String> = tx
                 .query_row(
                     "SELECT sha256 FROM config_docs WHERE name = ?1",

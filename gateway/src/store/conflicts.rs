@@ -8,8 +8,8 @@ use pair_core::Epoch;
 use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::config::sha256_hex;
 use super::{Store, StoreError};
+use crate::security::sha256_hex;
 
 /// What kind of row a conflict is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub struct Conflict {
 
 pub(super) fn conflict_id(kind: ConflictKind, name: &str, version: u64, epoch: Epoch) -> String {
     let text = format!("{}\n{name}\n{version}\n{epoch}", kind.as_str());
-    sha256_hex(&text)[..12].to_owned()
+    sha256_hex(text.as_bytes())[..12].to_owned()
 }
 
 pub(super) fn insert_conflicts(

@@ -2,11 +2,9 @@
 //! binary at build time and applied in order at start-up. Only this module
 //! changes the schema.
 
-use ring::digest;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{StoreError, now_text};
-use crate::security::hex;
 
 /// One numbered migration file.
 pub struct Migration {
@@ -61,7 +59,7 @@ pub fn latest_version() -> u32 {
 }
 
 fn checksum(sql: &str) -> String {
-    hex(digest::digest(&digest::SHA256, sql.as_bytes()).as_ref())
+    crate::security::sha256_hex(sql.as_bytes())
 }
 
 /// Applies every migration the database has not seen yet, each in its own

@@ -24,12 +24,11 @@ use pair_core::Epoch;
 use rusqlite::{Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::config::{
-    epoch_from, held_meta, newest_epoch as newest_epoch_seen, raise_seen, sha256_hex,
-};
+use super::config::{epoch_from, held_meta, newest_epoch as newest_epoch_seen, raise_seen};
 use super::conflicts::{Conflict, ConflictKind, conflict_id, insert_conflicts};
 use super::{Store, StoreError};
 use crate::role::{ConfigWrite, WriteKind};
+use crate::security::sha256_hex;
 
 /// The whole shared configuration at one stamp.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +92,7 @@ impl ConfigSnapshot {
     /// then the JSON.
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_string(self).expect("snapshots serialise");
-        let mut out = sha256_hex(&json).into_bytes();
+        let mut out = sha256_hex(json.as_bytes()).into_bytes();
         out.push(b'\n');
         out.extend_from_slice(json.as_bytes());
         out
@@ -107,7 +106,7 @@ impl ConfigSnapshot {
         let (sum, json) = text
             .split_once('\n')
             .ok_or_else(|| SnapshotError::Format("no checksum line".into()))?;
-        if sha256_hex(json) != sum {
+        if sha256_hex(json.as_bytes()) != sum {
             return Err(SnapshotError::Checksum);
         }
         serde_json::from_str(json).map_err(|e| SnapshotError::Format(e.to_string()))
@@ -279,7 +278,7 @@ fn upsert_rows(tx: &Transaction<'_>, rows: &ConfigSnapshot, at: &str) -> Result<
             params![
                 d.name,
                 d.body,
-                sha256_hex(&d.body),
+                sha256_hex(d.body.as_bytes()),
                 d.version as i64,
                 d.epoch.number as i64,
                 d.epoch.server.to_string(),

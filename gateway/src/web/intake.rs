@@ -20,14 +20,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use plugins::PageFormat;
-use ring::digest;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::core::Core;
 use crate::manifest::Manifest;
 use crate::peer_ack::KnownJob;
-use crate::security::hex;
+use crate::security::sha256_hex;
 use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
 use crate::store::{JobRecord, NewJob, NewPage, ReplicaState, Store, StoreError};
@@ -185,7 +184,7 @@ async fn receive(
     let manifest = Manifest::parse(&raw_manifest)?;
     check_manifest(&manifest, &config)?;
     let canonical = manifest.canonical();
-    let manifest_sha256 = hex(digest::digest(&digest::SHA256, canonical.as_bytes()).as_ref());
+    let manifest_sha256 = sha256_hex(canonical.as_bytes());
 
     // Idempotency: an accepted job id answers with its acknowledgement,
     // whichever server of the pair accepted it (seed 000: a device that
