@@ -28,8 +28,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, PipeReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,14 +37,13 @@ use serde_json::Value;
 
 use crate::Result;
 use crate::measure::{cpu_jiffies, io, summary, utc_ns};
+use crate::pair_site::{STEP_LIMIT, stop, timed, wait_in_sync};
 use crate::site::Tools;
 
 /// What the primary logs once a change is committed and loaded.
 const CHANGED: &str = "configuration changed";
 /// What the secondary logs once a pushed snapshot is applied and loaded.
 const APPLIED: &str = "configuration applied from the primary";
-/// The longest a single admin command, start-up or sync wait may take.
-const STEP_LIMIT: Duration = Duration::from_secs(30);
 /// The longest the whole series of changes may take.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 /// The issue's goal for the propagation's p99 on loopback.
@@ -124,18 +122,7 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        stop(&mut self.child, "-TERM");
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -237,91 +224,6 @@ impl Site {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    /// The `pair` part of `gateway status --json`.
-    fn pair_status(&self, instance: &str) -> Result<Value> {
-        let text = self.cli(instance, &["status", "--json"])?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{instance} status {text}: {e}"))?;
-        Ok(v["pair"].clone())
-    }
-
-    /// Waits until both servers are LIVE, sync is `ok` on both and they
-    /// hold the same configuration version; returns that version.
-    fn wait_in_sync(&self, within: Duration) -> Result<u64> {
-        let deadline = Instant::now() + within;
-        let ready = |p: &Result<Value>| {
-            p.as_ref()
-                .is_ok_and(|p| p["state"] == "live" && p["sync"] == "ok")
-        };
-        let version = |p: &Result<Value>| p.as_ref().ok()?["config_version"].as_u64();
-        let mut last = (Ok(Value::Null), Ok(Value::Null));
-        while Instant::now() < deadline {
-            let (a, b) = (self.pair_status("gw-a"), self.pair_status("gw-b"));
-            if ready(&a)
-                && ready(&b)
-                && let Some(v) = version(&a)
-                && version(&b) == Some(v)
-            {
-                return Ok(v);
-            }
-            last = (a, b);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // A stopped instance still answers `status`, without a pair part.
-        let brief = |p: &Result<Value>| match p {
-            Ok(p) if p.is_null() => "not running".to_owned(),
-            Ok(p) => format!(
-                "state {}, sync {}, version {}",
-                p["state"], p["sync"], p["config_version"]
-            ),
-            Err(e) => format!("status failed: {e}"),
-        };
-        Err(format!(
-            "the pair did not reach the same configuration version with sync ok within {} s \
-             (gw-a: {}; gw-b: {})",
-            within.as_secs(),
-            brief(&last.0),
-            brief(&last.1)
-        ))
-    }
-}
-
-/// Runs `cmd` to its end (killed after STEP_LIMIT); its trimmed stdout and
-/// the time from starting it to its exit.
-fn timed(cmd: &mut Command) -> Result<(String, Duration)> {
-    let shown = format!("{cmd:?}");
-    let started = Instant::now();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    // Until the child is reaped below its pid cannot be reused, so the
-    // watchdog can only ever signal this command.
-    let pid = child.id().to_string();
-    let (done, watch) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if let Err(RecvTimeoutError::Timeout) = watch.recv_timeout(STEP_LIMIT) {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        }
-    });
-    let out = child.wait_with_output();
-    let took = started.elapsed();
-    let _ = done.send(());
-    let _ = watchdog.join();
-    let out = out.map_err(|e| format!("{shown}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{shown} failed ({}, after {:.0} ms): {}{}",
-            out.status,
-            ms(took),
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
-    }
-    Ok((String::from_utf8_lossy(&out.stdout).trim().to_owned(), took))
 }
 
 /// The baseline: a TCP echo over loopback through one open connection (as
@@ -467,7 +369,7 @@ pub fn run(args: &[String]) -> Result {
     let b = site.start("gw-b")?;
     let code = site.cli("gw-a", &["pair", "init"])?;
     site.cli("gw-b", &["pair", "join", code.trim()])?;
-    let start_version = site.wait_in_sync(STEP_LIMIT)?;
+    let start_version = wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
     eprintln!("bench config: paired, both at configuration version {start_version}, sync ok");
 
     let mut echo = Echo::start(o.echo_bytes)?;
@@ -507,7 +409,7 @@ pub fn run(args: &[String]) -> Result {
 
     // The end of the series: the secondary caught up (or the wait ran out,
     // and the versions that never arrived are listed below).
-    let caught_up = site.wait_in_sync(STEP_LIMIT);
+    let caught_up = wait_in_sync(&site.tools, &site.config, STEP_LIMIT);
     let expected = start_version + u64::from(o.changes);
     let lines_by = Instant::now() + Duration::from_secs(5);
     while Instant::now() < lines_by

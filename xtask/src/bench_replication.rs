@@ -51,6 +51,7 @@ use serde_json::Value;
 
 use crate::bench::{load, start_nginx};
 use crate::measure::{cpu_jiffies, io, summary, utc_ns};
+use crate::pair_site::{STEP_LIMIT, signal, stop, timed, wait_in_sync};
 use crate::site::{Tools, listener, output};
 use crate::{Result, setup};
 
@@ -59,8 +60,6 @@ use crate::{Result, setup};
 const ACCEPTED: &str = "job accepted";
 /// What the peer logs once it committed its copy of a job.
 const STORED: &str = "replica stored";
-/// The longest a single admin command, start-up or sync wait may take.
-const STEP_LIMIT: Duration = Duration::from_secs(30);
 /// The longest one load may take before its client is killed.
 const LOAD_LIMIT: Duration = Duration::from_secs(180);
 /// How long after a load every job it had acknowledged may take to be
@@ -165,29 +164,6 @@ impl Ack {
     }
 }
 
-/// Sends `signal` to one process started here, by its id.
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Asks a child to end with the signal `first` (`-TERM`; `-INT` for
-/// tcpdump, which then writes its counts), kills it if it has not ended
-/// within a few seconds, and reaps it.
-fn stop(child: &mut Child, first: &str) {
-    if matches!(child.try_wait(), Ok(None)) {
-        signal(child.id(), first);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-    }
-    let _ = child.wait();
-}
-
 /// One running `gateway serve`, stopped when dropped.
 struct Server {
     child: Child,
@@ -226,7 +202,7 @@ struct Site {
 
 impl Site {
     fn cli(&self, instance: &str, args: &[&str]) -> Result<String> {
-        bounded(self.tools.gateway(&self.config, instance).args(args))
+        run_bounded(self.tools.gateway(&self.config, instance).args(args))
     }
 
     fn log(&self, instance: &str) -> PathBuf {
@@ -307,55 +283,13 @@ impl Site {
         for name in ["gw-a", "gw-b"] {
             self.cli(name, &["pipeline", "pause"])?;
         }
-        self.wait_in_sync(STEP_LIMIT)?;
+        wait_in_sync(&self.tools, &self.config, STEP_LIMIT)?;
         Ok((a, b))
-    }
-
-    /// The `pair` part of `gateway status --json`.
-    fn pair_status(&self, instance: &str) -> Result<Value> {
-        let text = self.cli(instance, &["status", "--json"])?;
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| format!("{instance} status {text}: {e}"))?;
-        Ok(v["pair"].clone())
-    }
-
-    /// Waits until both servers are LIVE, sync is `ok` on both and they
-    /// hold the same configuration version; returns that version.
-    fn wait_in_sync(&self, within: Duration) -> Result<u64> {
-        let deadline = Instant::now() + within;
-        let ready = |p: &Value| p["state"] == "live" && p["sync"] == "ok";
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let (a, b) = (self.pair_status("gw-a"), self.pair_status("gw-b"));
-            if let (Ok(a), Ok(b)) = (&a, &b) {
-                if ready(a)
-                    && ready(b)
-                    && let Some(v) = a["config_version"].as_u64()
-                    && b["config_version"].as_u64() == Some(v)
-                {
-                    return Ok(v);
-                }
-                last = format!(
-                    "gw-a: state {}, sync {}, version {}; gw-b: state {}, sync {}, version {}",
-                    a["state"],
-                    a["sync"],
-                    a["config_version"],
-                    b["state"],
-                    b["sync"],
-                    b["config_version"]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "the pair did not reach the same configuration version with sync ok within {} s ({last})",
-            within.as_secs()
-        ))
     }
 
     /// A user session for `token` on `server`.
     fn login(&self, server: &Server, token: &str) -> Result<String> {
-        let answer = bounded(Command::new("curl").args([
+        let answer = run_bounded(Command::new("curl").args([
             "-s",
             "--fail-with-body",
             "--max-time",
@@ -375,39 +309,6 @@ impl Site {
             .map(str::to_owned)
             .ok_or_else(|| format!("login answer without a session: {answer}"))
     }
-}
-
-/// Runs `cmd` to its end (killed after STEP_LIMIT); its trimmed stdout.
-fn bounded(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    // Until the child is reaped its pid cannot be reused, so the watchdog
-    // can only ever signal this command.
-    let pid = child.id();
-    let (done, watch) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if let Err(RecvTimeoutError::Timeout) = watch.recv_timeout(STEP_LIMIT) {
-            signal(pid, "-KILL");
-        }
-    });
-    let out = child.wait_with_output();
-    let _ = done.send(());
-    let _ = watchdog.join();
-    let out = out.map_err(|e| format!("{shown}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{shown} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Kills this process's own `mfd-sim` children (found by pid among its
@@ -766,7 +667,7 @@ pub fn run(args: &[String]) -> Result {
             Some(t) => t,
             None => token.insert(site.register_device()?),
         };
-        let version = site.wait_in_sync(STEP_LIMIT)?;
+        let version = wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
         eprintln!(
             "bench replication: ack = \"{}\": LIVE, sync ok, both at configuration version \
              {version} (the device included), pipelines paused",
@@ -1116,6 +1017,11 @@ peer = "127.0.0.1:{pair_a}"
             .args(["license", "activate", &key_b]),
     )?;
     Ok(site)
+}
+
+/// Runs `cmd` to its end (killed after STEP_LIMIT); its trimmed stdout.
+fn run_bounded(cmd: &mut Command) -> Result<String> {
+    timed(cmd).map(|(out, _)| out)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod bench_pair;
 mod bench_replication;
 mod demo;
 mod measure;
+mod pair_site;
 mod setup;
 mod site;
 
