@@ -61,6 +61,27 @@ fn a_device_of_the_primary_submits_to_the_secondary_with_the_same_token_and_sess
     );
     on_b.wait_for_state(job, "done", Duration::from_secs(30));
 
+    // A user created on the primary (by `config apply`; the secondary's own
+    // file does not have it) logs in on the secondary.
+    let file = site.dir.path().join("with-carol.toml");
+    site.cli_ok(
+        "gw-a",
+        &["config", "export", "--out", file.to_str().unwrap()],
+    );
+    let exported = std::fs::read_to_string(&file).unwrap();
+    let parsed: toml::Table = toml::from_str(&exported).unwrap();
+    let hash = parsed["users"]["alice"]["password_hash"].as_str().unwrap();
+    std::fs::write(
+        &file,
+        format!("{exported}\n[users.carol]\npassword_hash = \"{hash}\"\n"),
+    )
+    .unwrap();
+    site.cli_ok("gw-a", &["config", "apply", file.to_str().unwrap()]);
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let carol = on_b.login("carol");
+    let ack = on_b.submit(&carol, Uuid::new_v4(), "scan-to-folder", &[png(5_000, 7)]);
+    assert_eq!(ack.status, 201, "{}", String::from_utf8_lossy(&ack.body));
+
     // Revoking on the primary reaches the secondary too.
     site.cli_ok("gw-a", &["device", "revoke", "mfd-1"]);
     wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
