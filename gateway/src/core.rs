@@ -127,6 +127,9 @@ pub struct Core {
     /// The replicated acknowledgement, shared by the intake and the pair
     /// link.
     pub peer_acks: crate::peer_ack::PeerAcks,
+    /// Whether a pipeline step may start (the pair's lease, a clean stop's
+    /// drain), shared by the pair link and the workers.
+    pub ownership: crate::ownership::Ownership,
     /// Wakes an idle pipeline worker when a job was committed.
     pub job_ready: Notify,
     pub certificate: PathBuf,
@@ -168,6 +171,7 @@ impl Core {
             metrics: Metrics::default(),
             admission: Admission::new(logins),
             peer_acks: Default::default(),
+            ownership: Default::default(),
             job_ready: Notify::new(),
             started_at: parts.clock.now(),
             server_id: watch::Sender::new(None),

@@ -351,7 +351,16 @@ impl DataService {
         self.inner.closed.store(true, Ordering::SeqCst);
         if let Ok(parts) = self.parts() {
             let closed = tokio::task::spawn_blocking(move || {
-                parts.store.close_interrupted_attempts(Utc::now())
+                let now = Utc::now();
+                let closed = parts.store.close_interrupted_attempts(now)?;
+                crate::ownership::report_repeated_deliveries(
+                    &parts.store,
+                    &closed,
+                    None,
+                    "was running when the server was told to stop",
+                    now,
+                )?;
+                Ok::<_, crate::store::StoreError>(closed.len())
             })
             .await;
             if let Ok(Ok(n)) = closed
@@ -504,14 +513,33 @@ fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
     store
         .probe_write()
         .map_err(|e| format!("the database cannot be written: {e}"))?;
+    let now = Utc::now();
     let interrupted = store
-        .close_interrupted_attempts(Utc::now())
+        .close_interrupted_attempts(now)
         .map_err(|e| e.to_string())?;
-    if interrupted > 0 {
+    if !interrupted.is_empty() {
         tracing::warn!(
-            attempts = interrupted,
+            attempts = interrupted.len(),
             "closed step attempts that a previous run left running as interrupted"
         );
+        // A delivery that left its record finished: its re-run finds the
+        // record and sends nothing. Only the others may deliver twice.
+        let unproven: Vec<_> = interrupted
+            .iter()
+            .filter(|(job, step, plugin)| {
+                !plugins::delivery_record_in(&paths.work_dir(*job), plugin, *step as usize)
+                    .is_file()
+            })
+            .cloned()
+            .collect();
+        crate::ownership::report_repeated_deliveries(
+            &store,
+            &unproven,
+            None,
+            "was running when the server stopped",
+            now,
+        )
+        .map_err(|e| e.to_string())?;
     }
     let requeued = store.requeue_processing().map_err(|e| e.to_string())?;
     let mut orphans = 0;

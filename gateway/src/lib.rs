@@ -14,7 +14,9 @@
 //!    [`site`], [`declared`] (the declarative configuration file),
 //!    [`changes`] (configuration changes and how they are carried out),
 //!    [`metrics`], [`admission`], [`peer_ack`] (the replicated
-//!    acknowledgement between intake and pair link), and [`core`] (the
+//!    acknowledgement between intake and pair link), [`ownership`] (whether
+//!    a pipeline step may start: the pair's lease, a clean stop's drain),
+//!    and [`core`] (the
 //!    `Core` value every adapter is given);
 //! 4. **adapters** — each talks to one outside party through the core:
 //!    [`web`] (devices over HTTPS), [`workers`] (the plugin pipeline),
@@ -46,6 +48,7 @@ pub mod data;
 pub mod declared;
 pub mod license;
 pub mod metrics;
+pub mod ownership;
 pub mod peer_ack;
 pub mod site;
 

@@ -197,7 +197,24 @@ pub fn pair_state(
             version: meta.version,
             epoch: meta.epoch,
         },
+        takeovers: local_count(store, TAKEOVERS_KEY)?,
+        takeovers_applied: local_count(store, TAKEOVERS_APPLIED_KEY)?,
     })
+}
+
+/// How many takeovers of the peer's jobs this server made, and how many of
+/// the peer's takeovers of its own jobs it applied (the pair protocol's
+/// job-ownership counts).
+const TAKEOVERS_KEY: &str = "pair.takeovers";
+const TAKEOVERS_APPLIED_KEY: &str = "pair.takeovers_applied";
+
+fn local_count(store: &Store, key: &str) -> Result<u64, StoreError> {
+    match store.local_get(key)? {
+        None => Ok(0),
+        Some(text) => text
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("`{key}` is `{text}`: {e}"))),
+    }
 }
 
 /// Makes what the pair protocol asked to persist durable: the newest epoch
@@ -216,6 +233,15 @@ pub fn persist_pair_state(store: &Store, state: &pair_core::Persisted) -> Result
         }
     }
     store.note_epoch(state.highest_seen)?;
+    // Counts only grow: a takeover is persisted before its jobs move.
+    for (key, value) in [
+        (TAKEOVERS_KEY, state.takeovers),
+        (TAKEOVERS_APPLIED_KEY, state.takeovers_applied),
+    ] {
+        if value > local_count(store, key)? {
+            store.local_set(key, Some(&value.to_string()))?;
+        }
+    }
     Ok(())
 }
 

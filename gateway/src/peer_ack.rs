@@ -234,6 +234,12 @@ impl PeerAcks {
         }
     }
 
+    /// Jobs have news for the peer (a takeover, a handover): the stream
+    /// sends it now rather than at its next round.
+    pub fn wake_stream(&self) {
+        self.pending.notify_one();
+    }
+
     /// The sender of the replication stream waits here for work.
     pub async fn wait_for_jobs(&self) {
         self.pending.notified().await;

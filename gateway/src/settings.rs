@@ -196,6 +196,8 @@ struct RawInstance {
     pair_peer_ack_timeout_ms: Option<Scalar>,
     #[serde(skip)]
     pair_replica_retention_secs: Option<Scalar>,
+    #[serde(skip)]
+    pair_handover_drain_secs: Option<Scalar>,
 }
 
 /// `[defaults.pair]` / `[instances.NAME.pair]`: this server's side of the
@@ -212,6 +214,7 @@ struct RawPair {
     ack: Option<Scalar>,
     peer_ack_timeout_ms: Option<Scalar>,
     replica_retention_secs: Option<Scalar>,
+    handover_drain_secs: Option<Scalar>,
 }
 
 impl RawInstance {
@@ -228,6 +231,7 @@ impl RawInstance {
             self.pair_ack = pair.ack;
             self.pair_peer_ack_timeout_ms = pair.peer_ack_timeout_ms;
             self.pair_replica_retention_secs = pair.replica_retention_secs;
+            self.pair_handover_drain_secs = pair.handover_drain_secs;
         }
         self
     }
@@ -460,7 +464,8 @@ fn merge(
         pair_max_clock_skew_ms,
         pair_ack,
         pair_peer_ack_timeout_ms,
-        pair_replica_retention_secs
+        pair_replica_retention_secs,
+        pair_handover_drain_secs
     );
 }
 
@@ -492,6 +497,7 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "pair_ack" => &mut into.pair_ack,
         "pair_peer_ack_timeout_ms" => &mut into.pair_peer_ack_timeout_ms,
         "pair_replica_retention_secs" => &mut into.pair_replica_retention_secs,
+        "pair_handover_drain_secs" => &mut into.pair_handover_drain_secs,
         other => unreachable!("ENV_VARS names unknown instance setting {other}"),
     };
     *slot = Some(value);

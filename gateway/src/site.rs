@@ -65,6 +65,11 @@ pub struct ActiveConfig {
     pub session_key: SessionKey,
     /// Where admins are told of pair events, when `[notify]` is set.
     pub notifier: Option<Arc<plugins::notify::Notifier>>,
+    /// Workflows with a `folder` step under `{data_dir}`: each server of a
+    /// pair delivers into its own directory, so the shared folder's
+    /// protection against a second copy does not reach them (a job taken
+    /// over lands in the other server's folder).
+    pub per_server_folders: Vec<String>,
 }
 
 impl ActiveConfig {
@@ -371,6 +376,11 @@ pub fn load_active(
     }
     let mut workflows = BTreeMap::new();
     let mut broken = BTreeMap::new();
+    let per_server_folders = raw_workflows
+        .iter()
+        .filter(|(_, raw)| folder_under_data_dir(raw))
+        .map(|(name, _)| name.clone())
+        .collect();
     for (name, raw) in raw_workflows {
         match build_workflow(registry, &name, &raw, data_dir) {
             Ok(w) => {
@@ -409,6 +419,20 @@ pub fn load_active(
         workflows,
         broken_workflows: broken,
         session_key: SessionKey::from_bytes(&key),
+        per_server_folders,
+    })
+}
+
+/// Whether a raw workflow has a `folder` step whose root is under
+/// `{data_dir}` (each server's own directory).
+fn folder_under_data_dir(raw: &serde_json::Value) -> bool {
+    raw["steps"].as_array().is_some_and(|steps| {
+        steps.iter().any(|step| {
+            step["plugin"] == "folder"
+                && step["root"]
+                    .as_str()
+                    .is_some_and(|root| root.contains("{data_dir}"))
+        })
     })
 }
 

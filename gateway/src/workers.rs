@@ -129,6 +129,12 @@ async fn worker(core: Arc<Core>, parts: Arc<DataParts>, runner: Arc<JobRunner>, 
             let _ = tokio::time::timeout(IDLE_POLL, core.job_ready.notified()).await;
             continue;
         }
+        // No job is taken while no step may start (no lease from the peer,
+        // or a clean stop hands the jobs over).
+        if core.ownership.check().is_err() {
+            core.ownership.wait(IDLE_POLL).await;
+            continue;
+        }
         let store = parts.store.clone();
         // Jobs found unreplicated at start-up wait until the peer has seen
         // them: it may hold the same id (accepted while this server was
@@ -137,7 +143,7 @@ async fn worker(core: Arc<Core>, parts: Arc<DataParts>, runner: Arc<JobRunner>, 
         let claimed =
             tokio::task::spawn_blocking(move || store.claim_next_job_except(me, &held)).await;
         match claimed {
-            Ok(Ok(Some(id))) => process(&core, &parts, &runner, id).await,
+            Ok(Ok(Some(id))) => process(&core, &parts, &runner, id, me).await,
             Ok(Ok(None)) => {
                 let _ = tokio::time::timeout(IDLE_POLL, core.job_ready.notified()).await;
             }
@@ -154,7 +160,13 @@ async fn worker(core: Arc<Core>, parts: Arc<DataParts>, runner: Arc<JobRunner>, 
     }
 }
 
-async fn process(core: &Arc<Core>, parts: &Arc<DataParts>, runner: &JobRunner, id: Uuid) {
+async fn process(
+    core: &Arc<Core>,
+    parts: &Arc<DataParts>,
+    runner: &JobRunner,
+    id: Uuid,
+    me: ServerId,
+) {
     let store = parts.store.clone();
     let loaded = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((store.job(id)?, store.job_pages(id)?))
@@ -232,10 +244,17 @@ async fn process(core: &Arc<Core>, parts: &Arc<DataParts>, runner: &JobRunner, i
         metadata,
         pages,
         work_dir: core.paths.work_dir(id),
+        reports: Default::default(),
     };
     tracing::info!(job = %id, workflow = job.workflow, "pipeline started");
-    let progress: Arc<dyn ProgressStore> = Arc::new(StoreProgress(parts.store.clone()));
-    match runner.run(&workflow, &context, progress).await {
+    let progress: Arc<dyn ProgressStore> = Arc::new(StoreProgress {
+        store: parts.store.clone(),
+        core: core.clone(),
+        me,
+    });
+    let outcome = runner.run(&workflow, &context, progress).await;
+    record_reports(parts, id, context.reports.take()).await;
+    match outcome {
         JobOutcome::Done => {
             tracing::info!(job = %id, "pipeline done");
             core.metrics.job_finished(true);
@@ -259,6 +278,21 @@ async fn process(core: &Arc<Core>, parts: &Arc<DataParts>, runner: &JobRunner, i
             core.metrics.job_finished(false);
             finish(JobState::Failed, Some(reason)).await;
         }
+        JobOutcome::Yielded { reason } => {
+            // Between two steps: nothing runs. A job still owned here goes
+            // back to the queue; one taken or handed over is its new
+            // owner's, who reports its progress.
+            let store = parts.store.clone();
+            let requeued = tokio::task::spawn_blocking(move || store.requeue_job(id, me)).await;
+            match requeued {
+                Ok(Ok(true)) => tracing::info!(job = %id, reason, "job back in the queue"),
+                Ok(Ok(false)) => tracing::info!(job = %id, reason, "job left to its new owner"),
+                Ok(Err(e)) => {
+                    core.data.classify(e);
+                }
+                Err(_) => {}
+            }
+        }
         JobOutcome::Interrupted { reason } => {
             // The store failed under the runner: the job stays `processing`
             // and goes back to the queue when the data service restarts.
@@ -268,6 +302,29 @@ async fn process(core: &Arc<Core>, parts: &Arc<DataParts>, runner: &JobRunner, i
             );
         }
     }
+}
+
+/// What the job's steps reported for admins (a second copy a destination
+/// refused, a name already taken): logged and kept with the pair events.
+async fn record_reports(parts: &Arc<DataParts>, job: Uuid, reports: Vec<plugins::DeliveryReport>) {
+    if reports.is_empty() {
+        return;
+    }
+    let store = parts.store.clone();
+    let at = chrono::Utc::now();
+    let _ = tokio::task::spawn_blocking(move || {
+        for r in reports {
+            let kind = match serde_json::to_value(r.kind) {
+                Ok(serde_json::Value::String(k)) => k,
+                _ => "delivery_report".to_owned(),
+            };
+            tracing::warn!(event = kind, %job, plugin = r.plugin, "{}", r.text);
+            if let Err(e) = store.record_pair_event(at, &kind, Some(job), None, &r.text) {
+                tracing::error!(error = %e, %job, "a delivery report could not be recorded");
+            }
+        }
+    })
+    .await;
 }
 
 async fn device_name(parts: &Arc<DataParts>, device: Uuid) -> String {
@@ -281,20 +338,81 @@ async fn device_name(parts: &Arc<DataParts>, device: Uuid) -> String {
 }
 
 /// The runner's view of the store: every step attempt is recorded before
-/// and after it runs.
-struct StoreProgress(Arc<Store>);
+/// and after it runs, and starts only with a permit (the pair's lease, no
+/// clean stop under way) and while this server owns the job. A delivery
+/// step of a paired server under a lease starts only once the peer holds
+/// the job's copy and knows the step began: were this server to die
+/// during it, the server taking the job over knows the delivery may have
+/// happened, redoes it and reports it (the first exception of the delivery
+/// guarantee), instead of delivering again unknowingly.
+struct StoreProgress {
+    store: Arc<Store>,
+    core: Arc<Core>,
+    me: ServerId,
+}
 
 fn store_error(e: crate::store::StoreError) -> plugins::StoreError {
     plugins::StoreError::new(e.to_string())
 }
 
+/// How long a delivery step waits for the peer to confirm it began,
+/// before the job goes back to the queue.
+const PEER_CONFIRM_LIMIT: Duration = Duration::from_secs(3);
+
+impl StoreProgress {
+    /// Waits (on the blocking pool) until the peer acknowledged the job's
+    /// news up to the step start just recorded. Without a lease (the peer
+    /// is silent or stopped, or there is none) nothing can be confirmed
+    /// and the step goes on alone.
+    fn peer_knows_the_start(&self, job: Uuid) -> Result<(), plugins::StoreError> {
+        let rev = self.store.job_rev(job).map_err(store_error)?;
+        let started = std::time::Instant::now();
+        loop {
+            let (permit, allowed, _) = self.core.ownership.view();
+            if !matches!(permit, pair_core::Permit::Leased { .. }) && allowed {
+                return Ok(());
+            }
+            if !allowed {
+                return Err(plugins::StoreError::not_now(
+                    "the lease ended before the peer confirmed the delivery step",
+                ));
+            }
+            match self.store.peer_knows(job, rev).map_err(store_error)? {
+                Some(true) => return Ok(()),
+                Some(false) => {}
+                None => return Err(plugins::StoreError::not_now("the job is gone")),
+            }
+            if started.elapsed() >= PEER_CONFIRM_LIMIT {
+                return Err(plugins::StoreError::not_now(
+                    "the peer did not confirm the delivery step in time; the job waits in the queue",
+                ));
+            }
+            self.core.peer_acks.wake_stream();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
 impl ProgressStore for StoreProgress {
     fn load(&self, job: Uuid) -> Result<JobProgress, plugins::StoreError> {
-        let (completed_steps, attempts_on_next) = self.0.job_progress(job).map_err(store_error)?;
+        let (completed_steps, attempts_on_next) =
+            self.store.job_progress(job).map_err(store_error)?;
         Ok(JobProgress {
             completed_steps,
             attempts_on_next,
         })
+    }
+
+    fn done_later(&self, job: Uuid) -> Result<Vec<usize>, plugins::StoreError> {
+        let (completed, _) = self.store.job_progress(job).map_err(store_error)?;
+        let steps = self.store.job_steps(job).map_err(store_error)?;
+        let mut done: Vec<usize> = steps
+            .iter()
+            .filter(|s| s.outcome.as_deref() == Some("done") && s.step as usize > completed)
+            .map(|s| s.step as usize)
+            .collect();
+        done.dedup();
+        Ok(done)
     }
 
     fn step_started(
@@ -305,9 +423,29 @@ impl ProgressStore for StoreProgress {
         attempt: u32,
         at: DateTime<Utc>,
     ) -> Result<(), plugins::StoreError> {
-        self.0
-            .step_started(job, step as u32, plugin, attempt, at)
-            .map_err(store_error)
+        self.core
+            .ownership
+            .check()
+            .map_err(plugins::StoreError::not_now)?;
+        match self
+            .store
+            .step_started(job, step as u32, plugin, attempt, at, self.me)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(plugins::StoreError::not_now(
+                    "another server owns the job now (it was taken over or handed over)",
+                ));
+            }
+            Err(e) => return Err(store_error(e)),
+        }
+        if crate::ownership::is_delivery(plugin)
+            && let Err(e) = self.peer_knows_the_start(job)
+        {
+            let _ = self.store.forget_unrun_attempt(job, step as u32, attempt);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn step_finished(
@@ -323,7 +461,7 @@ impl ProgressStore for StoreProgress {
             StepRecord::Retry { reason } => ("retry", Some(reason.as_str())),
             StepRecord::Failed { reason } => ("failed", Some(reason.as_str())),
         };
-        self.0
+        self.store
             .step_finished(job, step as u32, attempt, name, reason, at)
             .map_err(store_error)
     }

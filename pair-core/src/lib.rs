@@ -9,6 +9,7 @@
 //!   configuration write permit and its refusals.
 //! - [`message`]: what the two servers say to each other.
 //! - [`liveness`]: the peer's LIVE/DEAD/CLOSE state from message times.
+//! - [`ownership`]: job ownership: leases, permits, takeovers.
 //! - [`sync`]: sync admission, the time-zone and clock check.
 //! - [`settings`]: validated identity and timing.
 //! - [`node`]: one server's state machine, `step(now, input) -> outputs`.
@@ -17,6 +18,7 @@ pub mod epoch;
 pub mod liveness;
 pub mod message;
 pub mod node;
+pub mod ownership;
 pub mod role;
 pub mod settings;
 pub mod sync;
@@ -25,6 +27,7 @@ pub use epoch::{Epoch, EpochError, ServerId};
 pub use liveness::Liveness;
 pub use message::{Body, ConfigChange, Hello, Message, Payload};
 pub use node::{ApplyKind, Event, Input, Output, PairNode, PeerRefusal, PeerView, RoleView};
+pub use ownership::{LeaseNews, Permit};
 pub use role::{ActivationKind, ConfigStamp, Persisted, Role, WritePermit, WriteRefused};
 pub use settings::{PairSettings, SettingsError, Timing};
 pub use sync::{ClockReading, ClockSample, SyncBlock, admit_sync};

@@ -112,6 +112,15 @@ impl PeerLiveness {
         }
     }
 
+    /// This server itself was not running for a while (stopped, frozen):
+    /// the peer's silence meanwhile says nothing about the peer, so a LIVE
+    /// peer gets a whole threshold again from `now_ms`.
+    pub fn restart_wait(&mut self, now_ms: u64) {
+        if self.state == Liveness::Live {
+            self.last_heard_ms = Some(now_ms);
+        }
+    }
+
     /// When [`PeerLiveness::tick`] would next turn the peer DEAD, if it is
     /// watched at all.
     pub fn dead_at_ms(&self, dead_threshold_ms: u64) -> Option<u64> {

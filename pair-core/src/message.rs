@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::epoch::{Epoch, ServerId};
+use crate::ownership::LeaseNews;
 use crate::role::{ConfigStamp, Role};
 
 /// An opaque configuration payload: a change or a whole snapshot, encoded by
@@ -32,8 +33,13 @@ pub enum Body {
     Hello(Hello),
     /// "I am alive", every heartbeat interval, with the configuration the
     /// sender holds so that a secondary can see it is behind (the pull that
-    /// heals a missed push).
-    Heartbeat { config: ConfigStamp },
+    /// heals a missed push), and the lease news of job ownership (see
+    /// [`crate::ownership`]).
+    Heartbeat {
+        config: ConfigStamp,
+        #[serde(default)]
+        lease: LeaseNews,
+    },
     /// The sender is stopping cleanly: the receiver marks it CLOSE and
     /// ignores missed heartbeats until it is LIVE again.
     Closing,
@@ -59,6 +65,10 @@ pub struct Hello {
     /// Servers of different major versions never pair.
     pub software_major: u32,
     pub config: ConfigStamp,
+    /// How many takeovers of the sender's jobs by the receiver the sender
+    /// has applied (the receiver announces any it has not).
+    #[serde(default)]
+    pub takeovers_seen: u64,
 }
 
 /// One configuration change: applied on top of `prev` it gives `stamp`.

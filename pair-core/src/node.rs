@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::epoch::{Epoch, ServerId};
 use crate::liveness::{Heard, Liveness, PeerLiveness};
 use crate::message::{Body, ConfigChange, Hello, Message, Payload};
+use crate::ownership::{LeaseNews, Leases, Permit};
 use crate::role::{ActivationKind, ConfigStamp, Persisted, Role, WritePermit, WriteRefused};
 use crate::settings::PairSettings;
 use crate::sync::SyncBlock;
@@ -72,6 +73,9 @@ pub enum Input {
     /// The result of the latest sync admission check
     /// ([`crate::sync::admit_sync`]).
     SyncChecked(Result<(), SyncBlock>),
+    /// The driver applied the peer's takeovers up to `count` (the jobs are
+    /// marked as the peer's): the peer may grant a lease again.
+    TakeoversApplied { count: u64 },
     /// A clean stop: announce it to the peer, then take no more input.
     Shutdown,
 }
@@ -116,6 +120,19 @@ pub enum Output {
         by: Epoch,
         payload: Payload,
     },
+    /// The silent peer `from` can no longer be running any of its jobs:
+    /// take over the unfinished jobs it owns that this server holds,
+    /// recording the takeover under `count` (persisted just before) at
+    /// `epoch`, and tell admins.
+    TakeOver {
+        from: ServerId,
+        count: u64,
+        epoch: Epoch,
+    },
+    /// The peer has not applied every takeover of its jobs: send it the
+    /// jobs taken over (all `count` takeovers), so it marks them as this
+    /// server's and answers with [`Input::TakeoversApplied`] on its side.
+    AnnounceTakeovers { count: u64 },
 }
 
 /// Whether received configuration is one change or the whole of it.
@@ -233,6 +250,8 @@ pub struct PairNode {
     /// Whether the role view was published since this node started.
     announced: bool,
     stopped: bool,
+    /// Job ownership: the lease held and the lease granted.
+    leases: Leases,
 }
 
 impl PairNode {
@@ -255,6 +274,7 @@ impl PairNode {
             deferred_snapshot: false,
             announced: false,
             stopped: false,
+            leases: Leases::new(now_ms),
         }
     }
 
@@ -288,6 +308,56 @@ impl PairNode {
         self.stopped
     }
 
+    /// Whether a step of a job this server owns may start now (see
+    /// [`crate::ownership`]).
+    pub fn permit(&self) -> Permit {
+        if self.settings.peer().is_none() {
+            return Permit::Unpaired;
+        }
+        if let Some(until_ms) = self.leases.until_ms
+            && self.now_ms < until_ms
+        {
+            return Permit::Leased { until_ms };
+        }
+        if self.liveness.state() == Liveness::Close {
+            return Permit::Alone {
+                since_ms: self.liveness.since_ms(),
+            };
+        }
+        if let Some(since_ms) = self.peer_silent_since() {
+            return Permit::Alone { since_ms };
+        }
+        if self.refused.is_some() {
+            // A peer of another major version never coordinates jobs, and
+            // never takes over any either.
+            return Permit::Alone {
+                since_ms: self.now_ms,
+            };
+        }
+        Permit::Wait
+    }
+
+    /// Since when the pinned peer counts as silent: DEAD, or never heard
+    /// for [`crate::Timing::first_contact_ms`] since this node started or
+    /// woke. A refused peer is heard, not silent.
+    fn peer_silent_since(&self) -> Option<u64> {
+        self.settings.peer()?;
+        if self.refused.is_some() {
+            // Its messages are refused, so a peer that was LIVE turns DEAD
+            // while it still speaks: that is no silence.
+            return None;
+        }
+        match self.liveness.state() {
+            Liveness::Dead => Some(self.liveness.since_ms()),
+            Liveness::Unknown => {
+                let since = self.leases.waiting_since_ms;
+                let first = self.settings.timing().first_contact_ms();
+                (self.now_ms >= since + first).then_some(since)
+            }
+            _ => None,
+        }
+    }
+
     /// Goes back to the durable state after the driver could not carry out
     /// an output (a `CommitWrite` or `ApplyConfig` that failed): what the
     /// node took as done is forgotten, as after a crash, while the link and
@@ -312,8 +382,11 @@ impl PairNode {
         }
     }
 
-    /// When the driver must tick next: the next heartbeat or the moment the
-    /// peer would turn DEAD, whichever is sooner.
+    /// When the driver must tick next: the next heartbeat, the moment the
+    /// peer would turn DEAD or silent, or the moment its jobs may be taken,
+    /// whichever is sooner, and never more than a heartbeat interval away:
+    /// a driver that sleeps until then must never leave a gap the node
+    /// would take for a stall of its own (see [`PairNode::step`]).
     pub fn next_timer_ms(&self) -> Option<u64> {
         let timing = self.settings.timing();
         let beat = self
@@ -324,10 +397,23 @@ impl PairNode {
             })
             .filter(|_| !self.stopped);
         let dead = self.liveness.dead_at_ms(timing.dead_threshold_ms());
-        match (beat, dead) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // The moment a never-heard peer turns silent, and the moment a
+        // silent peer's jobs may be taken.
+        let first_contact = (self.settings.peer().is_some()
+            && self.liveness.state() == Liveness::Unknown
+            && self.refused.is_none())
+        .then(|| self.leases.waiting_since_ms + timing.first_contact_ms())
+        .filter(|&at| at > self.now_ms);
+        let takeover = (self.peer_silent_since().is_some() && !self.leases.took_over).then(|| {
+            self.leases
+                .grant_over_at_ms(timing.lease_ms(), timing.lease_margin_ms())
+        });
+        let soon = Some(self.now_ms + timing.heartbeat_interval_ms());
+        [beat, dead, first_contact, takeover, soon]
+            .into_iter()
+            .flatten()
+            .filter(|_| !self.stopped)
+            .min()
     }
 
     /// Takes one input at `now_ms` and returns what the driver must do, in
@@ -338,21 +424,32 @@ impl PairNode {
         if self.stopped {
             return out;
         }
+        if now_ms >= self.now_ms + self.settings.timing().dead_threshold_ms() {
+            // Not stepped for a whole DEAD threshold: this server was not
+            // running. What the peer sent meanwhile is still to be read.
+            self.liveness.restart_wait(now_ms);
+            self.leases.waiting_since_ms = self.leases.waiting_since_ms.max(now_ms);
+        }
         self.now_ms = self.now_ms.max(now_ms);
         let view_before = self.announced.then(|| self.role_view());
         match input {
             Input::Tick => self.on_tick(&mut out),
             Input::LinkUp => {
                 self.link_up = true;
+                self.leases.connection_changed();
                 let hello = Body::Hello(Hello {
                     instance: self.settings.instance().to_owned(),
                     software_major: self.settings.software_major(),
                     config: self.state.config,
+                    takeovers_seen: self.state.takeovers_applied,
                 });
                 self.send(hello, &mut out);
                 self.last_beat_ms = Some(self.now_ms);
             }
-            Input::LinkDown => self.link_up = false,
+            Input::LinkDown => {
+                self.link_up = false;
+                self.leases.connection_changed();
+            }
             Input::Received(message) => self.on_message(message, &mut out),
             Input::Activate(kind) => self.on_activate(kind, &mut out),
             Input::LocalConfigWrite { payload } => self.on_local_write(payload, &mut out),
@@ -368,6 +465,14 @@ impl PairNode {
                 }
             }
             Input::SyncChecked(result) => self.on_sync_checked(result, &mut out),
+            Input::TakeoversApplied { count } => {
+                if count > self.state.takeovers_applied {
+                    self.state.takeovers_applied = count;
+                    self.persist(&mut out);
+                    // Say so at once: the peer grants a lease only after it.
+                    self.beat(&mut out);
+                }
+            }
             Input::Shutdown => {
                 // Seed 001: the peer learns of a clean stop and shows CLOSE,
                 // not DEAD.
@@ -396,19 +501,104 @@ impl PairNode {
                 since_ms: self.now_ms,
             }));
         }
+        self.maybe_take_over(out);
         let due = match self.last_beat_ms {
             None => true,
             Some(t) => self.now_ms.saturating_sub(t) >= timing.heartbeat_interval_ms(),
         };
-        if self.link_up && due {
-            self.send(
-                Body::Heartbeat {
-                    config: self.state.config,
-                },
-                out,
-            );
-            self.last_beat_ms = Some(self.now_ms);
+        if due {
+            self.beat(out);
         }
+    }
+
+    /// Sends a heartbeat now (if the link is up): the configuration held,
+    /// an ask for a lease, and a grant of the peer's latest ask when one
+    /// may be given.
+    fn beat(&mut self, out: &mut Vec<Output>) {
+        if !self.link_up {
+            return;
+        }
+        let grant_ms = if self.may_grant() {
+            self.leases.pending_ask.take()
+        } else {
+            None
+        };
+        if grant_ms.is_some() {
+            self.leases.last_grant_ms = self.now_ms;
+        }
+        let lease = LeaseNews {
+            ask_ms: self.settings.peer().map(|_| self.now_ms),
+            grant_ms,
+            takeovers_seen: self.state.takeovers_applied,
+        };
+        self.send(
+            Body::Heartbeat {
+                config: self.state.config,
+                lease,
+            },
+            out,
+        );
+        self.last_beat_ms = Some(self.now_ms);
+    }
+
+    /// Rule: a lease is granted only to a LIVE peer that has applied every
+    /// takeover of its jobs.
+    fn may_grant(&self) -> bool {
+        self.link_up
+            && self.liveness.state() == Liveness::Live
+            && self.leases.peer_seen.unwrap_or(0) >= self.state.takeovers
+    }
+
+    /// Rule (seed 001: on DEAD the backup starts the work): once the peer is
+    /// silent and the last lease granted to it is certainly over, its
+    /// unfinished jobs are taken, once per silence. The count is persisted
+    /// before the driver moves the jobs.
+    fn maybe_take_over(&mut self, out: &mut Vec<Output>) {
+        let Some(from) = self.settings.peer() else {
+            return;
+        };
+        if self.leases.took_over || self.peer_silent_since().is_none() {
+            return;
+        }
+        let timing = self.settings.timing();
+        let over = if self.settings.faults().takeover_without_lease_wait {
+            0
+        } else {
+            self.leases
+                .grant_over_at_ms(timing.lease_ms(), timing.lease_margin_ms())
+        };
+        if self.now_ms < over {
+            return;
+        }
+        self.leases.took_over = true;
+        self.state.takeovers += 1;
+        self.persist(out);
+        out.push(Output::TakeOver {
+            from,
+            count: self.state.takeovers,
+            epoch: self.state.highest_seen,
+        });
+    }
+
+    /// The peer said which takeovers it applied: announce the rest, at most
+    /// once per DEAD threshold on one connection.
+    fn note_takeovers_seen(&mut self, seen: u64, out: &mut Vec<Output>) {
+        self.leases.peer_seen = Some(seen);
+        if seen >= self.state.takeovers {
+            return;
+        }
+        let every = self.settings.timing().dead_threshold_ms();
+        if self
+            .leases
+            .announced_ms
+            .is_some_and(|t| self.now_ms.saturating_sub(t) < every)
+        {
+            return;
+        }
+        self.leases.announced_ms = Some(self.now_ms);
+        out.push(Output::AnnounceTakeovers {
+            count: self.state.takeovers,
+        });
     }
 
     /// Admin activation (seed 002: "a secondary server can be promoted to
@@ -443,15 +633,7 @@ impl PairNode {
         self.persist(out);
         // Announce the new role at once rather than at the next beat: a
         // returning old primary is fenced sooner.
-        if self.link_up {
-            self.send(
-                Body::Heartbeat {
-                    config: self.state.config,
-                },
-                out,
-            );
-            self.last_beat_ms = Some(self.now_ms);
-        }
+        self.beat(out);
     }
 
     /// Rule (R5, R6): only an unfenced primary writes configuration; the
@@ -569,10 +751,15 @@ impl PairNode {
             _ => Heard::Other,
         };
         match self.liveness.heard(self.now_ms, heard) {
-            Some(Liveness::Live) => out.push(Output::Notify(Event::PeerLive {
-                peer: msg.from,
-                since_ms: self.now_ms,
-            })),
+            Some(Liveness::Live) => {
+                // On LIVE the survivor stops taking over (it finishes what
+                // it took).
+                self.leases.took_over = false;
+                out.push(Output::Notify(Event::PeerLive {
+                    peer: msg.from,
+                    since_ms: self.now_ms,
+                }))
+            }
             Some(Liveness::Close) => out.push(Output::Notify(Event::PeerClose {
                 since_ms: self.now_ms,
             })),
@@ -593,8 +780,23 @@ impl PairNode {
 
         self.note_peer(&msg);
         match msg.body {
-            Body::Hello(hello) => self.maybe_pull(msg.role, hello.config, out),
-            Body::Heartbeat { config } => self.maybe_pull(msg.role, config, out),
+            Body::Hello(hello) => {
+                self.note_takeovers_seen(hello.takeovers_seen, out);
+                self.maybe_pull(msg.role, hello.config, out)
+            }
+            Body::Heartbeat { config, lease } => {
+                if let Some(grant_ms) = lease.grant_ms {
+                    let lease_ms = self.settings.timing().lease_ms();
+                    self.leases.granted(grant_ms, self.now_ms, lease_ms);
+                }
+                self.note_takeovers_seen(lease.takeovers_seen, out);
+                if let Some(ask_ms) = lease.ask_ms
+                    && self.may_grant()
+                {
+                    self.leases.pending_ask = Some(ask_ms);
+                }
+                self.maybe_pull(msg.role, config, out)
+            }
             Body::Closing => {}
             Body::ConfigChange(change) => self.on_change(msg.epoch, msg.role, change, out),
             Body::ConfigAck { stamp } => {
@@ -640,7 +842,7 @@ impl PairNode {
                 view.instance = Some(hello.instance.clone());
                 view.config = Some(hello.config);
             }
-            Body::Heartbeat { config } => view.config = Some(*config),
+            Body::Heartbeat { config, .. } => view.config = Some(*config),
             _ => {}
         }
     }

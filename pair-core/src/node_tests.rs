@@ -22,6 +22,8 @@ fn persisted(activation: ActivationKind, term: Epoch, highest_seen: Epoch) -> Pe
         term,
         fenced_by: None,
         config: ConfigStamp::EMPTY,
+        takeovers: 0,
+        takeovers_applied: 0,
     }
 }
 
@@ -63,6 +65,7 @@ fn heartbeat(from: ServerId, epoch: Epoch, role: Role) -> Message {
         role,
         Body::Heartbeat {
             config: ConfigStamp::EMPTY,
+            lease: Default::default(),
         },
     )
 }
@@ -195,6 +198,8 @@ fn a_clean_stop_gives_close_and_never_dead() {
         events(&deliver(&mut b, 20_000, &hello))[..],
         [Event::PeerLive { .. }]
     ));
+    b.step(20_100, Input::Tick);
+    b.step(20_200, Input::Tick);
     assert!(matches!(
         events(&b.step(20_300, Input::Tick))[..],
         [Event::PeerDead { .. }]
@@ -213,6 +218,7 @@ fn a_peer_of_another_major_version_is_refused_until_it_matches() {
                 instance: "gw-a".into(),
                 software_major: major,
                 config: ConfigStamp::EMPTY,
+                takeovers_seen: 0,
             }),
         )
     };
@@ -670,7 +676,10 @@ fn a_heartbeat_showing_newer_configuration_triggers_a_pull_once_per_period() {
             A,
             e1,
             Role::Primary { term: e1 },
-            Body::Heartbeat { config },
+            Body::Heartbeat {
+                config,
+                lease: Default::default(),
+            },
         )
     };
     let pulls = |out: &[Output]| {
@@ -865,4 +874,519 @@ fn a_pull_that_meets_a_blocked_primary_is_answered_when_the_block_lifts() {
         !out.iter()
             .any(|o| matches!(o, Output::ServeSnapshot { .. }))
     );
+}
+
+// --- Job ownership: leases, permits, takeovers ---
+
+const E1: Epoch = Epoch::new(1, A);
+
+fn pinned_settings(id: ServerId) -> PairSettings {
+    settings(id).with_peer(if id == A { B } else { A }).unwrap()
+}
+
+/// A's durable state: primary at `E1`.
+fn a_state() -> Persisted {
+    persisted(ActivationKind::Primary, E1, E1)
+}
+
+/// B's durable state: secondary that has seen `E1`.
+fn b_state() -> Persisted {
+    persisted(ActivationKind::Secondary, Epoch::ZERO, E1)
+}
+
+/// A node that pins its peer, started at `now_ms` with the link up, and
+/// what it sent (its Hello).
+fn start(id: ServerId, state: Persisted, now_ms: u64) -> (PairNode, Vec<Output>) {
+    let mut n = PairNode::new(pinned_settings(id), state, now_ms);
+    let out = n.step(now_ms, Input::LinkUp);
+    (n, out)
+}
+
+/// A and B started at 0, each having read the other's Hello: both LIVE,
+/// no lease yet.
+fn met() -> (PairNode, PairNode) {
+    let (mut a, hello_a) = start(A, a_state(), 0);
+    let (mut b, hello_b) = start(B, b_state(), 0);
+    deliver(&mut a, 0, &hello_b);
+    deliver(&mut b, 0, &hello_a);
+    (a, b)
+}
+
+/// The lease news of every heartbeat sent.
+fn lease_news(out: &[Output]) -> Vec<LeaseNews> {
+    sent(out)
+        .iter()
+        .filter_map(|m| match &m.body {
+            Body::Heartbeat { lease, .. } => Some(*lease),
+            _ => None,
+        })
+        .collect()
+}
+
+fn grants(out: &[Output]) -> Vec<u64> {
+    lease_news(out).iter().filter_map(|l| l.grant_ms).collect()
+}
+
+/// The counts of the takeovers asked for.
+fn takeovers(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::TakeOver { count, .. } => Some(*count),
+            _ => None,
+        })
+        .collect()
+}
+
+fn announced(out: &[Output]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::AnnounceTakeovers { count } => Some(*count),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ticks `n` at every heartbeat interval from `from_ms` to `to_ms`
+/// (inclusive), with nothing received, returning the times of takeovers.
+fn tick_alone(n: &mut PairNode, from_ms: u64, to_ms: u64) -> Vec<u64> {
+    (from_ms..=to_ms)
+        .step_by(BEAT_MS as usize)
+        .filter(|&t| !takeovers(&n.step(t, Input::Tick)).is_empty())
+        .collect()
+}
+
+#[test]
+fn the_lease_timing_in_these_tests() {
+    // Every number below follows from these: a lease of the DEAD threshold,
+    // a margin of a tenth of it, first contact after twice the threshold.
+    let t = Timing::new(BEAT_MS, DEAD_MS, PULL_MS).unwrap();
+    assert_eq!(
+        (t.lease_ms(), t.lease_margin_ms(), t.first_contact_ms()),
+        (300, 30, 600)
+    );
+}
+
+#[test]
+fn a_lease_is_granted_only_by_echoing_the_holders_ask_and_runs_from_the_ask() {
+    let (mut a, mut b) = met();
+    assert_eq!(a.permit(), Permit::Wait, "LIVE peer, no lease yet");
+    // B's first beat carries no grant: A has asked for nothing yet.
+    let from_b = b.step(100, Input::Tick);
+    assert_eq!(grants(&from_b), Vec::<u64>::new());
+    deliver(&mut a, 100, &from_b);
+    assert_eq!(a.permit(), Permit::Wait);
+    let from_a = a.step(100, Input::Tick);
+    assert_eq!(
+        lease_news(&from_a),
+        vec![LeaseNews {
+            ask_ms: Some(100),
+            grant_ms: Some(100),
+            takeovers_seen: 0
+        }],
+        "A asks with its own clock and grants B's ask"
+    );
+    // B reads the ask late and grants on its next beat: the grant echoes
+    // the ask, not when the ask arrived or when the grant leaves.
+    deliver(&mut b, 170, &from_a);
+    assert_eq!(b.permit(), Permit::Leased { until_ms: 400 });
+    let from_b = b.step(200, Input::Tick);
+    assert_eq!(grants(&from_b), vec![100]);
+    // A's lease runs from its ask, though the grant came at 260.
+    deliver(&mut a, 260, &from_b);
+    assert_eq!(a.permit(), Permit::Leased { until_ms: 400 });
+    assert!(a.permit().allows(399));
+    assert!(!a.permit().allows(400));
+    // An ask is granted once: with no new ask read, B's next beat grants
+    // nothing.
+    assert_eq!(grants(&b.step(300, Input::Tick)), Vec::<u64>::new());
+    // Once the lease is over, A waits for the next one.
+    a.step(400, Input::Tick);
+    assert_eq!(a.permit(), Permit::Wait);
+}
+
+#[test]
+fn a_grant_from_the_future_is_ignored() {
+    let (mut a, _b) = met();
+    let grant = |grant_ms| {
+        msg(
+            B,
+            E1,
+            Role::Secondary,
+            Body::Heartbeat {
+                config: ConfigStamp::EMPTY,
+                lease: LeaseNews {
+                    ask_ms: None,
+                    grant_ms: Some(grant_ms),
+                    takeovers_seen: 0,
+                },
+            },
+        )
+    };
+    a.step(100, Input::Tick);
+    // A never asked at 5 000: that is no grant of one of its asks.
+    a.step(150, Input::Received(grant(5_000)));
+    assert_eq!(a.permit(), Permit::Wait);
+    a.step(5_000, Input::Tick);
+    assert!(
+        !matches!(a.permit(), Permit::Leased { .. }),
+        "not even once the clock reaches it"
+    );
+    // A real echo of its ask at 5 000 does grant.
+    a.step(5_010, Input::Received(grant(5_000)));
+    assert_eq!(a.permit(), Permit::Leased { until_ms: 5_300 });
+}
+
+#[test]
+fn no_lease_for_a_peer_that_has_not_applied_every_takeover_and_leases_resume_after_it() {
+    // B took A's jobs once before; A has not applied it.
+    let (mut a, hello_a) = start(A, a_state(), 0);
+    let (mut b, hello_b) = start(
+        B,
+        Persisted {
+            takeovers: 1,
+            ..b_state()
+        },
+        0,
+    );
+    deliver(&mut a, 0, &hello_b);
+    let mut announced_at = Vec::new();
+    if !announced(&deliver(&mut b, 0, &hello_a)).is_empty() {
+        announced_at.push(0);
+    }
+    for t in (100..=900).step_by(100) {
+        let from_a = a.step(t, Input::Tick);
+        let from_b = b.step(t, Input::Tick);
+        assert!(grants(&from_b).is_empty(), "no grant at {t}");
+        assert!(takeovers(&from_b).is_empty(), "A is LIVE: no takeover");
+        deliver(&mut a, t, &from_b);
+        let out = deliver(&mut b, t, &from_a);
+        assert!(announced(&out).iter().all(|&c| c == 1));
+        if !announced(&out).is_empty() {
+            announced_at.push(t);
+        }
+        assert_eq!(a.permit(), Permit::Wait, "at {t}");
+    }
+    // Announced on the Hello, then at most once per DEAD threshold.
+    assert_eq!(announced_at, vec![0, 300, 600, 900]);
+    // The gate is one way: A owes B nothing and grants B's asks.
+    assert!(matches!(b.permit(), Permit::Leased { .. }));
+    // A's driver marked the jobs as B's: A says so at once, durably first.
+    let out = a.step(950, Input::TakeoversApplied { count: 1 });
+    let persist_at = out
+        .iter()
+        .position(|o| matches!(o, Output::Persist(p) if p.takeovers_applied == 1));
+    let send_at = out.iter().position(|o| matches!(o, Output::Send(_)));
+    assert!(persist_at.is_some() && persist_at < send_at, "{out:?}");
+    assert_eq!(
+        lease_news(&out),
+        vec![LeaseNews {
+            ask_ms: Some(950),
+            grant_ms: Some(900),
+            takeovers_seen: 1
+        }]
+    );
+    // The same count again changes nothing.
+    assert!(a.step(960, Input::TakeoversApplied { count: 1 }).is_empty());
+    let out = deliver(&mut b, 950, &out);
+    assert!(announced(&out).is_empty());
+    let from_b = b.step(1_000, Input::Tick);
+    assert_eq!(grants(&from_b), vec![950]);
+    deliver(&mut a, 1_000, &from_b);
+    assert_eq!(a.permit(), Permit::Leased { until_ms: 1_250 });
+    // A restarted A says what it applied in its Hello: nothing to announce.
+    let (_, hello) = start(A, a.persisted().clone(), 2_000);
+    assert!(announced(&deliver(&mut b, 2_000, &hello)).is_empty());
+}
+
+#[test]
+fn a_takeover_waits_for_dead_and_the_last_grant_plus_lease_and_margin_once_per_silence() {
+    let (mut a, mut b) = met();
+    // A asks at 100; B grants at 200: B's last grant. Then A falls silent
+    // (last heard at 100).
+    let from_a = a.step(100, Input::Tick);
+    deliver(&mut b, 100, &from_a);
+    assert_eq!(grants(&b.step(200, Input::Tick)), vec![100]);
+    assert!(takeovers(&b.step(300, Input::Tick)).is_empty());
+    // DEAD at 100 + 300, but the lease granted at 200 may run until
+    // 200 + 300 + 30 on a slower clock.
+    let out = b.step(400, Input::Tick);
+    assert!(matches!(events(&out)[..], [Event::PeerDead { .. }]));
+    assert!(takeovers(&out).is_empty(), "DEAD alone is not enough");
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 400 });
+    assert_eq!(b.next_timer_ms(), Some(500));
+    assert!(takeovers(&b.step(529, Input::Tick)).is_empty());
+    let out = b.step(530, Input::Tick);
+    // The count is durable before the jobs move.
+    let persist_at = out
+        .iter()
+        .position(|o| matches!(o, Output::Persist(p) if p.takeovers == 1));
+    let take_at = out.iter().position(|o| {
+        *o == Output::TakeOver {
+            from: A,
+            count: 1,
+            epoch: E1,
+        }
+    });
+    assert!(persist_at.is_some() && persist_at < take_at, "{out:?}");
+    // Once per silence.
+    assert_eq!(tick_alone(&mut b, 600, 5_000), Vec::<u64>::new());
+    // A is back: LIVE, told of the takeover, and no takeover while it
+    // speaks, however long ago the last grant was.
+    let from_a = a.step(5_050, Input::Tick);
+    let out = deliver(&mut b, 5_050, &from_a);
+    assert!(matches!(events(&out)[..], [Event::PeerLive { .. }]));
+    assert_eq!(announced(&out), vec![1]);
+    assert_eq!(b.permit(), Permit::Wait);
+    assert!(takeovers(&b.step(5_100, Input::Tick)).is_empty());
+    // Silent again: B granted nothing since (A has not applied the first
+    // takeover), so the second comes with DEAD.
+    assert_eq!(tick_alone(&mut b, 5_200, 9_000), vec![5_400]);
+    assert_eq!(b.persisted().takeovers, 2);
+}
+
+#[test]
+fn a_takeover_waits_for_dead_when_the_lease_is_long_over() {
+    // B owes A a takeover it has not applied, so B grants nothing: its last
+    // grant counts from its start, long over when A falls silent at 1 000.
+    let (mut a, hello_a) = start(A, a_state(), 0);
+    let (mut b, hello_b) = start(
+        B,
+        Persisted {
+            takeovers: 1,
+            ..b_state()
+        },
+        0,
+    );
+    deliver(&mut a, 0, &hello_b);
+    deliver(&mut b, 0, &hello_a);
+    for t in (100..=1_000).step_by(100) {
+        let from_a = a.step(t, Input::Tick);
+        let from_b = b.step(t, Input::Tick);
+        assert!(grants(&from_b).is_empty() && takeovers(&from_b).is_empty());
+        deliver(&mut a, t, &from_b);
+        deliver(&mut b, t, &from_a);
+    }
+    assert_eq!(tick_alone(&mut b, 1_100, 1_200), Vec::<u64>::new());
+    assert!(takeovers(&b.step(1_299, Input::Tick)).is_empty());
+    assert_eq!(takeovers(&b.step(1_300, Input::Tick)), vec![2]);
+}
+
+#[test]
+fn a_peer_that_stopped_cleanly_is_never_taken_over() {
+    let (mut a, mut b) = met();
+    let from_a = a.step(100, Input::Tick);
+    deliver(&mut b, 100, &from_a);
+    let bye = a.step(150, Input::Shutdown);
+    deliver(&mut b, 150, &bye);
+    assert_eq!(b.liveness(), Liveness::Close);
+    assert_eq!(tick_alone(&mut b, 200, 20_000), Vec::<u64>::new());
+    // B goes on with its own jobs.
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 150 });
+}
+
+#[test]
+fn a_peer_of_another_major_version_is_never_taken_over() {
+    let hello = |major| {
+        msg(
+            A,
+            E1,
+            Role::Primary { term: E1 },
+            Body::Hello(Hello {
+                instance: "gw-a".into(),
+                software_major: major,
+                config: ConfigStamp::EMPTY,
+                takeovers_seen: 0,
+            }),
+        )
+    };
+    // Never paired with it.
+    let (mut b, _) = start(B, b_state(), 0);
+    b.step(0, Input::Received(hello(2)));
+    assert_eq!(tick_alone(&mut b, 100, 20_000), Vec::<u64>::new());
+    assert!(matches!(b.permit(), Permit::Alone { .. }));
+    // LIVE, then back as another major version (an upgrade of one server):
+    // its messages are refused from then on, but it is heard, not silent.
+    let (mut b, _) = start(B, b_state(), 0);
+    b.step(0, Input::Received(hello(1)));
+    assert_eq!(b.liveness(), Liveness::Live);
+    b.step(100, Input::Received(hello(2)));
+    assert_eq!(tick_alone(&mut b, 200, 20_000), Vec::<u64>::new());
+    assert!(matches!(b.permit(), Permit::Alone { .. }));
+    assert_eq!(b.persisted().takeovers, 0);
+}
+
+#[test]
+fn a_restarted_server_assumes_it_granted_a_lease_as_it_started() {
+    // B restarts at 10 000 knowing nothing of the leases it granted before
+    // its crash. It reads A's Hello at once; A falls silent: DEAD at
+    // 10 300, but a lease granted just before the crash may run until
+    // 10 330.
+    let (_, hello_a) = start(A, a_state(), 9_000);
+    let (mut b, _) = start(B, b_state(), 10_000);
+    deliver(&mut b, 10_000, &hello_a);
+    assert_eq!(tick_alone(&mut b, 10_100, 10_200), Vec::<u64>::new());
+    let out = b.step(10_300, Input::Tick);
+    assert!(matches!(events(&out)[..], [Event::PeerDead { .. }]));
+    assert!(takeovers(&out).is_empty());
+    assert!(takeovers(&b.step(10_329, Input::Tick)).is_empty());
+    assert_eq!(takeovers(&b.step(10_330, Input::Tick)), vec![1]);
+    // Never heard after a restart: silent after twice the DEAD threshold,
+    // and taken over then.
+    let (mut b, _) = start(B, b_state(), 10_000);
+    assert_eq!(tick_alone(&mut b, 10_100, 10_500), Vec::<u64>::new());
+    assert_eq!(b.permit(), Permit::Wait);
+    assert_eq!(tick_alone(&mut b, 10_600, 12_000), vec![10_600]);
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 10_000 });
+}
+
+#[test]
+fn the_permit_follows_the_pinning_the_peer_and_the_lease() {
+    // No pinned peer: every job here is this server's alone.
+    let mut lone = PairNode::new(settings(B), b_state(), 0);
+    lone.step(0, Input::LinkUp);
+    lone.step(
+        10,
+        Input::Received(heartbeat(A, E1, Role::Primary { term: E1 })),
+    );
+    assert_eq!(lone.permit(), Permit::Unpaired);
+    // Never heard: wait for first contact, twice the DEAD threshold.
+    let (mut b, _) = start(B, b_state(), 0);
+    assert_eq!(b.permit(), Permit::Wait);
+    tick_alone(&mut b, 100, 500);
+    b.step(599, Input::Tick);
+    assert_eq!(b.permit(), Permit::Wait);
+    b.step(600, Input::Tick);
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 0 });
+    // LIVE without a lease, then with one, then DEAD.
+    let (mut a, mut b) = met();
+    assert_eq!(b.permit(), Permit::Wait);
+    let from_b = b.step(100, Input::Tick);
+    deliver(&mut a, 100, &from_b);
+    let from_a = a.step(200, Input::Tick);
+    deliver(&mut b, 200, &from_a);
+    assert_eq!(b.permit(), Permit::Leased { until_ms: 400 });
+    b.step(400, Input::Tick);
+    assert_eq!(b.permit(), Permit::Wait, "LIVE, lease over");
+    b.step(500, Input::Tick);
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 500 }, "DEAD");
+    // CLOSE is covered by a_peer_that_stopped_cleanly_is_never_taken_over.
+}
+
+#[test]
+fn a_stall_gives_a_live_peer_a_whole_threshold_before_it_is_dead() {
+    let (mut a, mut b) = met();
+    let from_b = b.step(100, Input::Tick);
+    deliver(&mut a, 100, &from_b);
+    let from_a = a.step(200, Input::Tick);
+    deliver(&mut b, 200, &from_a);
+    assert_eq!(b.permit(), Permit::Leased { until_ms: 400 });
+    // B is not run from 200 to 5 000 (SIGSTOP). What A sent meanwhile waits
+    // in the socket: its silence says nothing yet.
+    let out = b.step(5_000, Input::Tick);
+    assert!(events(&out).is_empty(), "{out:?}");
+    assert!(takeovers(&out).is_empty());
+    assert_eq!(b.liveness(), Liveness::Live);
+    assert_eq!(
+        b.permit(),
+        Permit::Wait,
+        "the lease is over, A is not silent"
+    );
+    // A's heartbeat waiting in the socket is read: LIVE it stays.
+    let from_a = a.step(5_000, Input::Tick);
+    deliver(&mut b, 5_010, &from_a);
+    assert!(events(&b.step(5_300, Input::Tick)).is_empty());
+    // Had nothing come, DEAD only a whole threshold after waking.
+    let (_, mut b) = met();
+    b.step(100, Input::Tick);
+    assert!(events(&b.step(5_000, Input::Tick)).is_empty());
+    assert!(events(&b.step(5_299, Input::Tick)).is_empty());
+    assert!(matches!(
+        events(&b.step(5_300, Input::Tick))[..],
+        [Event::PeerDead { .. }]
+    ));
+}
+
+#[test]
+fn a_stall_restarts_the_wait_for_a_never_heard_peer() {
+    let (mut b, _) = start(B, b_state(), 0);
+    b.step(100, Input::Tick);
+    // Not run from 100 to 5 000: the peer's Hello may be in the socket.
+    let out = b.step(5_000, Input::Tick);
+    assert!(takeovers(&out).is_empty());
+    assert_eq!(b.permit(), Permit::Wait);
+    assert_eq!(tick_alone(&mut b, 5_100, 5_500), Vec::<u64>::new());
+    assert_eq!(b.permit(), Permit::Wait);
+    assert_eq!(tick_alone(&mut b, 5_600, 6_000), vec![5_600]);
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 5_000 });
+}
+
+/// Regression: the driver sleeps until `next_timer_ms`. When nothing else
+/// was due (the link down, the peer LIVE or never heard) that was the
+/// DEAD or first-contact moment, a whole threshold or more away, so the
+/// node took the driver's own sleep for a stall and restarted its wait:
+/// a peer that died (or never came up) was never DEAD, and the survivor
+/// never went on alone. And once a never-heard peer was silent, the
+/// first-contact moment stayed the next timer though it had passed: the
+/// driver would have ticked in a busy loop.
+#[test]
+fn a_node_ticked_only_when_it_asks_never_takes_the_wait_for_a_stall() {
+    fn run_on_timer(n: &mut PairNode, until_ms: u64) -> Vec<u64> {
+        let mut taken = Vec::new();
+        let mut now = n.next_timer_ms().unwrap();
+        while now <= until_ms {
+            if !takeovers(&n.step(now, Input::Tick)).is_empty() {
+                taken.push(now);
+            }
+            let next = n.next_timer_ms().unwrap();
+            assert!(
+                next > now,
+                "the timer is stuck at {now}: the driver would spin"
+            );
+            assert!(
+                next <= now + BEAT_MS,
+                "{next} is more than a beat after {now}"
+            );
+            now = next;
+        }
+        taken
+    }
+    // The peer never came up: no link.
+    let mut b = PairNode::new(pinned_settings(B), b_state(), 0);
+    assert_eq!(run_on_timer(&mut b, 2_000), vec![600]);
+    assert_eq!(b.permit(), Permit::Alone { since_ms: 0 });
+    // The peer died: its last heartbeat and the broken link at once.
+    let (a, hello_a) = start(A, a_state(), 0);
+    let (mut b, _) = start(B, b_state(), 0);
+    deliver(&mut b, 1_000, &hello_a);
+    b.step(1_000, Input::LinkDown);
+    drop(a);
+    assert_eq!(run_on_timer(&mut b, 3_000), vec![1_300]);
+    assert_eq!(b.liveness(), Liveness::Dead);
+}
+
+#[test]
+fn persisted_takeover_counts_round_trip_and_older_state_still_loads() {
+    let p = Persisted {
+        takeovers: 3,
+        takeovers_applied: 2,
+        ..a_state()
+    };
+    let json = serde_json::to_string(&p).unwrap();
+    assert_eq!(serde_json::from_str::<Persisted>(&json).unwrap(), p);
+    // State written before job ownership existed has neither count.
+    let mut old = serde_json::to_value(&p).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    assert!(fields.remove("takeovers").is_some());
+    assert!(fields.remove("takeovers_applied").is_some());
+    let loaded: Persisted = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded, a_state());
+    // So do messages from a server that does not know of leases yet.
+    let mut old_beat = serde_json::to_value(heartbeat(A, E1, Role::Primary { term: E1 })).unwrap();
+    old_beat["body"]["Heartbeat"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lease")
+        .unwrap();
+    let beat: Message = serde_json::from_value(old_beat).unwrap();
+    assert!(matches!(beat.body, Body::Heartbeat { lease, .. } if lease == LeaseNews::default()));
 }

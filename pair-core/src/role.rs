@@ -57,6 +57,14 @@ pub struct Persisted {
     pub fenced_by: Option<Epoch>,
     /// The configuration this server holds.
     pub config: ConfigStamp,
+    /// How many times this server took over its peer's jobs. Persisted
+    /// before the jobs move, so the peer can be told of every one.
+    #[serde(default)]
+    pub takeovers: u64,
+    /// How many of the peer's takeovers of this server's jobs were applied
+    /// here (the jobs marked as the peer's).
+    #[serde(default)]
+    pub takeovers_applied: u64,
 }
 
 impl Default for Persisted {
@@ -68,6 +76,8 @@ impl Default for Persisted {
             term: Epoch::ZERO,
             fenced_by: None,
             config: ConfigStamp::EMPTY,
+            takeovers: 0,
+            takeovers_applied: 0,
         }
     }
 }

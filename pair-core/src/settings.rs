@@ -76,6 +76,26 @@ impl Timing {
     pub fn replication_period_ms(&self) -> u64 {
         self.replication_period_ms
     }
+
+    /// How long a lease granted by the peer runs on the holder's clock,
+    /// from its ask: the DEAD threshold, so waiting for a silent owner's
+    /// lease adds little to noticing that it is DEAD.
+    pub fn lease_ms(&self) -> u64 {
+        self.dead_threshold_ms
+    }
+
+    /// What the granter adds to a lease before it takes the holder's jobs:
+    /// a tenth of the lease, at least 10 ms, for clocks that run at
+    /// slightly different rates (real clocks differ by far less than 1 %).
+    pub fn lease_margin_ms(&self) -> u64 {
+        (self.lease_ms() / 10).max(10)
+    }
+
+    /// How long a peer never heard since this server started (or woke from
+    /// a stall) counts as still coming: twice the DEAD threshold.
+    pub fn first_contact_ms(&self) -> u64 {
+        self.dead_threshold_ms.saturating_mul(2)
+    }
 }
 
 /// Deliberate protocol faults, so that tests and the model check can prove
@@ -94,6 +114,9 @@ pub struct Faults {
     /// A primary fenced by any newer epoch, even a secondary's (the undone
     /// promotion then leaves the pair without a primary).
     pub fence_on_any_newer_epoch: bool,
+    /// Take a silent peer's jobs as soon as it is silent, without waiting
+    /// for the last lease granted to it to be over.
+    pub takeover_without_lease_wait: bool,
 }
 
 /// Everything a node needs to know about itself.

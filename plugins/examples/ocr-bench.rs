@@ -153,6 +153,7 @@ async fn pipeline(registry: &Registry, pages: &[PathBuf], work: &Path) -> Durati
             })
             .collect(),
         work_dir: work.to_path_buf(),
+        reports: Default::default(),
     };
     let runner = JobRunner::new(RetryPolicy {
         max_attempts: 1,

@@ -9,11 +9,22 @@
 //! - `document.pdf`: the assembled document, from `assemble`;
 //! - `sent/<plugin>-step<N>.json`: a delivery's record that it completed, so
 //!   that a re-run of that step does not deliver again.
+//!
+//! Steps also tell the gateway what its admins should know about a delivery
+//! without failing the job, through [`JobContext::reports`]: a
+//! [`DeliveryReport`] says, for example, that a folder already held this
+//! job's document and the second copy was refused (the two documented cases
+//! in which both servers of a pair deliver one job: a crash between a
+//! destination accepting the document and the server recording it, and two
+//! live servers cut off from each other). The gateway takes the reports
+//! after a run ([`JobReports::take`]) and shows them; steps only push.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::page::PageFile;
@@ -40,6 +51,9 @@ pub struct JobContext {
     pub pages: Vec<PageFile>,
     /// The job's own scratch directory; it survives restarts.
     pub work_dir: PathBuf,
+    /// What steps reported about their deliveries during this run; clones
+    /// of the context share it.
+    pub reports: JobReports,
 }
 
 impl JobContext {
@@ -70,8 +84,68 @@ impl JobContext {
 
     /// The record a delivery step leaves once it has delivered.
     pub fn delivery_record(&self, plugin: &str, step: usize) -> PathBuf {
-        self.work_dir
-            .join("sent")
-            .join(format!("{plugin}-step{step}.json"))
+        delivery_record_in(&self.work_dir, plugin, step)
     }
+}
+
+/// What a delivery step reports to the admins about one delivery that did
+/// not go as usual, whether or not the step failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    /// The reporting plugin (`folder`).
+    pub plugin: String,
+    /// The step index in the workflow, counting from 0, where the plugin
+    /// knows it.
+    pub step: Option<usize>,
+    /// What happened, for sorting and filtering.
+    pub kind: DeliveryReportKind,
+    /// What happened, as a sentence for the admins, naming the destination.
+    pub text: String,
+}
+
+/// The kinds of [`DeliveryReport`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryReportKind {
+    /// The destination already held this job's document, identical to the
+    /// one being delivered; the second copy was not written and the step
+    /// succeeded.
+    SecondCopyRefused,
+    /// The destination name was taken by a different document; it was left
+    /// as it is and the step failed.
+    NameTaken,
+}
+
+/// The reports of one job run: a handle that clones share, so the gateway
+/// keeps one and reads what the steps pushed into theirs.
+#[derive(Clone, Debug, Default)]
+pub struct JobReports(Arc<Mutex<Vec<DeliveryReport>>>);
+
+impl JobReports {
+    /// Adds a report.
+    pub fn push(&self, report: DeliveryReport) {
+        self.reports().push(report);
+    }
+
+    /// Removes and returns every report pushed so far, oldest first.
+    pub fn take(&self) -> Vec<DeliveryReport> {
+        std::mem::take(&mut *self.reports())
+    }
+
+    fn reports(&self) -> std::sync::MutexGuard<'_, Vec<DeliveryReport>> {
+        // A step that panicked while pushing left a complete list behind
+        // (a push cannot be half done), so a poisoned lock is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Where the delivery step `step` (counting from 0) of `plugin` leaves its
+/// record in a job's work directory `work_dir` (a server that restarts looks
+/// here to tell a finished delivery from one that may repeat).
+pub fn delivery_record_in(work_dir: &std::path::Path, plugin: &str, step: usize) -> PathBuf {
+    work_dir
+        .join("sent")
+        .join(format!("{plugin}-step{step}.json"))
 }

@@ -34,7 +34,7 @@ pub mod runner;
 pub mod settings;
 pub mod workflow;
 
-pub use job::JobContext;
+pub use job::{DeliveryReport, DeliveryReportKind, JobContext, JobReports, delivery_record_in};
 pub use notify::{ChannelOutcome, Notice, Notifier, NotifyError, NotifyReport, NotifySettings};
 pub use page::{PageFile, PageFormat};
 pub use plugin::{Plugin, StepError};

@@ -102,7 +102,7 @@ async fn refused_workflows_name_the_workflow_step_and_key() {
             "no-job-id",
             "[[steps]]\nplugin = \"assemble\"\n[[steps]]\nplugin = \"folder\"\nroot = \"/srv\"\nname = \"{user}.pdf\"",
             "workflow `no-job-id`, step 2 (`folder`): setting `name`: must contain {job_id}, so that every job \
-             gets its own name and a repeated delivery overwrites the same file",
+             gets its own name and a repeated delivery finds its own file there (it is never written twice)",
         ),
         (
             "zero-timeout",

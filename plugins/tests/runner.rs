@@ -470,3 +470,125 @@ async fn a_job_whose_attempts_never_finished_is_dead_lettered() {
         }
     );
 }
+
+/// A store that refuses to let `refuse_at` start ("not now": the job was
+/// taken over) and says which later steps are done already.
+struct GatedStore {
+    inner: Arc<MemoryStore>,
+    refuse_at: Option<usize>,
+    done_later: Vec<usize>,
+}
+
+impl plugins::ProgressStore for GatedStore {
+    fn load(&self, job: uuid::Uuid) -> Result<JobProgress, plugins::StoreError> {
+        self.inner.load(job)
+    }
+
+    fn done_later(&self, _job: uuid::Uuid) -> Result<Vec<usize>, plugins::StoreError> {
+        Ok(self.done_later.clone())
+    }
+
+    fn step_started(
+        &self,
+        job: uuid::Uuid,
+        step: usize,
+        plugin: &str,
+        attempt: u32,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), plugins::StoreError> {
+        if self.refuse_at == Some(step) {
+            return Err(plugins::StoreError::not_now(
+                "another server owns the job now",
+            ));
+        }
+        self.inner.step_started(job, step, plugin, attempt, at)
+    }
+
+    fn step_finished(
+        &self,
+        job: uuid::Uuid,
+        step: usize,
+        attempt: u32,
+        outcome: &StepRecord,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), plugins::StoreError> {
+        self.inner.step_finished(job, step, attempt, outcome, at)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_store_will_not_start_ends_the_run_between_steps() {
+    let registry = Registry::detect(RegistrySettings::default()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let root = scratch.path().join("share");
+    std::fs::create_dir(&root).unwrap();
+    let workflow = registry
+        .build_workflow(
+            "w",
+            &spec(&format!(
+                "[[steps]]\nplugin = \"assemble\"\n[[steps]]\nplugin = \"folder\"\nroot = \"{}\"",
+                root.display()
+            )),
+        )
+        .unwrap();
+    let job = job(
+        &scratch.path().join("work"),
+        small_upload(&scratch.path().join("spool")),
+    );
+    let inner = Arc::new(MemoryStore::new());
+    let store = Arc::new(GatedStore {
+        inner: inner.clone(),
+        refuse_at: Some(1),
+        done_later: Vec::new(),
+    });
+    let outcome = JobRunner::new(policy(3)).run(&workflow, &job, store).await;
+    assert_eq!(
+        outcome,
+        JobOutcome::Yielded {
+            reason: "another server owns the job now".into()
+        }
+    );
+    assert_eq!(started_steps(&inner, job.job_id), vec![0]);
+    assert!(
+        std::fs::read_dir(&root).unwrap().next().is_none(),
+        "the refused delivery did not run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_recorded_done_later_in_the_workflow_are_skipped() {
+    let registry = Registry::detect(RegistrySettings::default()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let (first, second) = (scratch.path().join("a"), scratch.path().join("b"));
+    std::fs::create_dir(&first).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    // Assembly runs again (its output stayed on the other server); the
+    // first folder delivery was done there and is skipped; the second runs.
+    let workflow = registry
+        .build_workflow(
+            "w",
+            &spec(&format!(
+                "[[steps]]\nplugin = \"assemble\"\n\
+                 [[steps]]\nplugin = \"folder\"\nroot = \"{}\"\n\
+                 [[steps]]\nplugin = \"folder\"\nroot = \"{}\"",
+                first.display(),
+                second.display()
+            )),
+        )
+        .unwrap();
+    let job = job(
+        &scratch.path().join("work"),
+        small_upload(&scratch.path().join("spool")),
+    );
+    let inner = Arc::new(MemoryStore::new());
+    let store = Arc::new(GatedStore {
+        inner: inner.clone(),
+        refuse_at: None,
+        done_later: vec![1],
+    });
+    let outcome = JobRunner::new(policy(3)).run(&workflow, &job, store).await;
+    assert_eq!(outcome, JobOutcome::Done);
+    assert_eq!(started_steps(&inner, job.job_id), vec![0, 2]);
+    assert!(std::fs::read_dir(&first).unwrap().next().is_none());
+    assert_eq!(std::fs::read_dir(&second).unwrap().count(), 1);
+}

@@ -316,6 +316,23 @@ impl Instance {
         }
     }
 
+    /// Freezes the process (SIGSTOP), as a stalled server or a paused VM:
+    /// it keeps its sockets and its state and does nothing.
+    pub fn sigstop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn sigcont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.pid().to_string();
+        let ok = Command::new("kill").args([which, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {which} {pid} failed");
+    }
+
     /// Stops the process with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

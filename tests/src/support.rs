@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -199,6 +200,13 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start(script: Vec<u16>) -> WebhookReceiver {
+        Self::start_with_delay(script, Duration::ZERO).await
+    }
+
+    /// A receiver that records each request at once and answers it only
+    /// after `delay` (a destination that accepted the document and is slow
+    /// to say so).
+    pub async fn start_with_delay(script: Vec<u16>, delay: Duration) -> WebhookReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -222,6 +230,7 @@ impl WebhookReceiver {
                                     body,
                                 });
                                 let status = script.lock().unwrap().pop_front().unwrap_or(200);
+                                tokio::time::sleep(delay).await;
                                 let answer = http::Response::builder()
                                     .status(status)
                                     .body(Full::new(Bytes::from(format!("answer {status}"))))

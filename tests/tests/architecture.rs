@@ -207,6 +207,7 @@ const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
             "declared",
             "license",
             "metrics",
+            "ownership",
             "peer_ack",
             "site",
         ],

@@ -128,13 +128,29 @@ fn with_the_peer_stopped_a_job_is_acknowledged_at_once_and_the_stream_catches_up
             .any(|j| j["id"] == job.to_string() && j["replica_state"] == "replica"),
         "{on_b:?}"
     );
-    // The job itself is processed by its acceptor only.
+    // The job itself is processed by its acceptor only: the copy on gw-b
+    // follows its owner's progress to `done`, and nothing is delivered
+    // from gw-b.
     site.cli_ok("gw-a", &["pipeline", "resume"]);
     dev.wait_for_state(job, "done", Duration::from_secs(30));
-    let on_b = jobs_on(&site, "gw-b");
+    let followed = eventually(Duration::from_secs(10), || {
+        let list: Value =
+            serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", "done"])).ok()?;
+        list.as_array()?
+            .iter()
+            .find(|j| j["id"] == job.to_string())
+            .cloned()
+    });
+    let copy = followed.expect("gw-b's copy follows the owner's progress to done");
+    assert_eq!(copy["replica_state"], "replica", "{copy}");
+    assert_eq!(
+        copy["owner_server"], copy["acceptor_server"],
+        "gw-a owns it: {copy}"
+    );
+    let delivered_on_b = site.data_dir("gw-b").join("delivered");
     assert!(
-        on_b.iter().any(|j| j["id"] == job.to_string()),
-        "the replica is not processed by gw-b: {on_b:?}"
+        e2e::support::files_under(&delivered_on_b).is_empty(),
+        "gw-b delivered nothing itself"
     );
 
     // A job delivered before the peer could take a copy needs none: once

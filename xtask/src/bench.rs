@@ -16,6 +16,9 @@
 //! - `replication` (`bench_replication`): job intake into a pair that
 //!   acknowledges after the peer's copy vs. after the local commit vs.
 //!   nginx (same load client and bodies), and the lag of the peer's copy.
+//! - `takeover` (`bench_takeover`): kill -9 of a job's owner to the peer's
+//!   delivery of it, split into DEAD, the lease wait and the pipeline, vs. a
+//!   healthy owner delivering the same job.
 //!
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
@@ -84,13 +87,14 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
         }
     }
     if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
-        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|all] [options]
+        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|takeover|all] [options]
   intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
   ocr:    [--pages N]
   pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
           [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
 {}
-{}", crate::bench_config::USAGE, crate::bench_replication::USAGE));
+{}
+{}", crate::bench_config::USAGE, crate::bench_replication::USAGE, crate::bench_takeover::USAGE));
     }
     Ok((what, o))
 }
@@ -101,6 +105,9 @@ pub fn run(args: &[String]) -> Result {
     }
     if args.first().is_some_and(|a| a == "replication") {
         return crate::bench_replication::run(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "takeover") {
+        return crate::bench_takeover::run(&args[1..]);
     }
     let (what, opts) = parse(args)?;
     if what == "intake" || what == "all" {

@@ -197,6 +197,7 @@ fn router(admin: Admin) -> Router {
         .route("/config/export", get(config_export))
         .route("/config/apply", post(config_apply))
         .route("/pair/conflicts", get(pair_conflicts))
+        .route("/pair/events", get(pair_events))
         .route("/pair/conflicts/{id}/apply", post(pair_conflict_apply))
         .route("/pair", get(pair_status))
         .route("/pair/init", post(pair_init))
@@ -558,6 +559,31 @@ async fn config_apply(State(a): State<Admin>, Json(req): Json<ApplyRequest>) -> 
 
 async fn pair_conflicts(State(a): State<Admin>) -> AdminReply {
     reply(super::config::conflicts(&a.core).await)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default = "default_events_limit")]
+    limit: u32,
+}
+
+fn default_events_limit() -> u32 {
+    100
+}
+
+async fn pair_events(
+    State(a): State<Admin>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> AdminReply {
+    let limit = q.limit.clamp(1, 10_000);
+    reply(
+        on_store(&a.core, move |s| {
+            s.pair_events(limit)
+                .map(|events| json!({"events": events}))
+                .map_err(AdminError::from)
+        })
+        .await,
+    )
 }
 
 async fn pair_conflict_apply(State(a): State<Admin>, Path(id): Path<String>) -> AdminReply {

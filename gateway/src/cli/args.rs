@@ -175,6 +175,16 @@ pub enum PairAction {
         #[command(subcommand)]
         action: Option<ConflictsAction>,
     },
+    /// The history of jobs across the pair: takeovers, handovers, jobs the
+    /// peer took over, possible duplicate deliveries and second copies a
+    /// destination refused, newest first.
+    Events {
+        #[arg(long)]
+        json: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Forget the paired peer.
     Unpair {
         /// Unpair even if the peer holds work of this server (none is

@@ -73,6 +73,33 @@ pub fn render_pair(status: &Value) -> String {
                 .unwrap_or_default()
         );
     }
+    let jobs = &status["jobs"];
+    if let Some(permit) = jobs["permit"].as_str().filter(|p| !p.is_empty()) {
+        let lease = jobs["lease_left_ms"]
+            .as_u64()
+            .map(|ms| format!(", {ms} ms left"))
+            .unwrap_or_default();
+        out += &format!(
+            "  owner:     {permit}{lease}; took over the peer's jobs {} time(s) ({} still running here), the peer took this server's {} time(s)\n",
+            jobs["takeovers"].as_u64().unwrap_or(0),
+            jobs["taken_over_open"].as_u64().unwrap_or(0),
+            jobs["takeovers_applied"].as_u64().unwrap_or(0),
+        );
+        if let Some(events) = jobs["events"].as_object().filter(|e| !e.is_empty()) {
+            let list: Vec<String> = events.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            out += &format!("  events:    {} (`gateway pair events`)\n", list.join(", "));
+        }
+        if let Some(f) = jobs["per_server_folders"]
+            .as_array()
+            .filter(|f| !f.is_empty())
+        {
+            let names: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+            out += &format!(
+                "  warning:   workflows {} deliver into each server's own {{data_dir}} folder; use a folder both servers share\n",
+                names.join(", ")
+            );
+        }
+    }
     if let Some(n) = status["open_conflicts"].as_u64().filter(|n| *n > 0) {
         out += &format!("  conflicts: {n} open (`gateway pair conflicts`)\n");
     }
@@ -117,6 +144,24 @@ pub fn render_conflicts(all: &[Value]) -> String {
     }
     out += "re-apply one on the primary with `gateway pair conflicts apply ID`\n";
     out
+}
+
+/// The pair events as lines for a person, newest first.
+pub fn render_events(all: &[Value]) -> String {
+    if all.is_empty() {
+        return "no events: no job moved between the two servers and no duplicate was reported\n"
+            .into();
+    }
+    all.iter()
+        .map(|e| {
+            format!(
+                "{}  {:<20} {}\n",
+                e["at"].as_str().unwrap_or("-"),
+                e["kind"].as_str().unwrap_or("-"),
+                e["detail"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
 }
 
 /// Runs a pair command against the running instance.
@@ -172,6 +217,20 @@ pub async fn run(client: AdminClient, action: PairAction) -> anyhow::Result<i32>
                     r["kind"].as_str().unwrap_or("-"),
                     r["name"].as_str().unwrap_or("-"),
                     r["applied_as"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        PairAction::Events { json, limit } => {
+            let r = client
+                .get(&format!("/pair/events?limit={limit}"))
+                .await
+                .map_err(call)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).expect("JSON prints"));
+            } else {
+                print!(
+                    "{}",
+                    render_events(r["events"].as_array().map_or(&[][..], |v| v))
                 );
             }
         }

@@ -16,10 +16,12 @@
 //!   as an accepted job's are (files fsynced, directory renamed, row
 //!   committed); a page that does not match is refused and re-sent, a full
 //!   disk is reported as such;
-//! * a replicated job's state changes (processing, done, failed, a retry)
-//!   follow it the same way, until the peer acknowledges each (so each
-//!   server knows the other's jobs and their progress); the peer removes a
-//!   replica's pages once the owner reported it done and the retention
+//! * a job's news (state, step attempts, owner and ownership term) goes to
+//!   the peer whenever the peer holds a copy and has not acknowledged the
+//!   job's latest revision, whichever server changed it (so each server
+//!   knows the other's jobs, their progress and who owns them, and a
+//!   takeover skips the steps already done); the peer removes a copy's
+//!   pages once it learnt the job is done elsewhere and the retention
 //!   period passed, and keeps its row as history;
 //! * an offered id this server accepted itself is settled by
 //!   [`super::duplicates`];
@@ -42,6 +44,7 @@ use super::frame;
 use super::wire::{JobOffer, OfferedPage, Wire};
 use crate::core::Core;
 use crate::spool::{PageWriter, SpoolUpload, SpooledPage};
+use crate::store::job_owners::NewsTaken;
 use crate::store::{JobRecord, JobState, NewJob, NewPage};
 
 /// Jobs offered and not yet answered, at most.
@@ -86,14 +89,10 @@ pub enum Incoming {
     End {
         job: Uuid,
     },
-    /// The owner's news for a replica; `acceptor` is the paired peer that
-    /// sent it (only its own jobs' replicas take it).
-    State {
-        job: Uuid,
-        acceptor: ServerId,
-        state: String,
-        reason: Option<String>,
-        updated_at: chrono::DateTime<chrono::Utc>,
+    /// A job's news from the paired peer `sender`.
+    News {
+        sender: ServerId,
+        news: Box<crate::store::job_owners::JobNews>,
     },
     /// The connection changed: a job half received is dropped.
     Reset,
@@ -189,7 +188,7 @@ pub async fn send_loop(
                     }
                 }
             }
-            if let Err(SendError::LinkGone) = send_state_news(&core, me, &writer).await {
+            if let Err(SendError::LinkGone) = send_state_news(&core, &writer).await {
                 break 'connection;
             }
             let ended = core.peer_acks.take_ended_sessions();
@@ -236,22 +235,17 @@ pub async fn send_loop(
     }
 }
 
-/// Sends the state changes the peer has not acknowledged yet (sent again
-/// each round until it does: the answer is idempotent).
-async fn send_state_news(core: &Core, me: ServerId, writer: &LinkWriter) -> Result<(), SendError> {
+/// Sends the news of jobs the peer holds a copy of that it has not
+/// acknowledged yet (sent again each round until it does: taking it is
+/// idempotent).
+async fn send_state_news(core: &Core, writer: &LinkWriter) -> Result<(), SendError> {
     let news = core
         .data
-        .run(move |s| s.replica_state_news(me, STATE_BATCH))
+        .run(move |s| s.job_news(STATE_BATCH))
         .await
         .unwrap_or_default();
-    for (job, state, reason, updated_at) in news {
-        let wire = Wire::JobState {
-            job,
-            state: state.as_str().to_owned(),
-            reason,
-            updated_at,
-        };
-        send_bulk(writer, &wire).await?;
+    for item in news {
+        send_bulk(writer, &Wire::JobNews(Box::new(item))).await?;
     }
     Ok(())
 }
@@ -450,35 +444,31 @@ pub async fn receive_loop(
                     r.failed = Some(failure);
                 }
             }
-            Incoming::State {
-                job,
-                acceptor,
-                state,
-                reason,
-                updated_at,
-            } => {
-                let Some(parsed) = crate::store::JobState::from_name(&state) else {
-                    tracing::warn!(%job, state, "the peer sent an unknown job state");
-                    continue;
-                };
+            Incoming::News { sender, news } => {
+                let (job, rev) = (news.job, news.rev);
                 let now = core.clock.now();
                 let applied = core
                     .data
                     .run(move |s| {
-                        s.apply_replica_state(
-                            job,
-                            acceptor,
-                            parsed,
-                            reason.as_deref(),
-                            updated_at,
-                            now,
-                        )
+                        s.apply_job_news(sender, &news, now, crate::ownership::DELIVERY_PLUGINS)
                     })
                     .await;
-                // Answered also when there is no such replica: the owner then
-                // stops sending news this server cannot use.
-                if applied.is_ok() {
-                    answer(&link, Wire::JobStateStored { job, state });
+                match applied {
+                    // Answered also when nothing changed (older news, or no
+                    // such job): the sender then stops sending it. News that
+                    // must wait for a takeover announcement is not answered,
+                    // so it comes again.
+                    Ok(taken) => {
+                        if taken == NewsTaken::Applied {
+                            core.job_ready.notify_waiters();
+                        }
+                        if taken != NewsTaken::NotYet {
+                            answer(&link, Wire::JobNewsStored { job, rev });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%job, error = %e, "the peer's news of a job could not be stored")
+                    }
                 }
             }
             Incoming::End { job } => {

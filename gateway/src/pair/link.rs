@@ -58,6 +58,7 @@ impl PairLink {
             refused: None,
             pairing_open: false,
             replication: Default::default(),
+            jobs: Default::default(),
         }));
         let (commands, rx) = mpsc::unbounded_channel();
         let link = PairLink {

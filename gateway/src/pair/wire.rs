@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::peer_ack::{EndedSession, KnownJob};
 use crate::store::conflicts::Conflict;
+use crate::store::job_owners::{JobNews, TakenJob};
 
 /// One frame's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,16 +50,16 @@ pub enum Wire {
         reason: String,
         disk_full: bool,
     },
-    /// A job the sender owns changed state (processing, done, failed, back
-    /// to received for a retry): for the receiver's replica.
-    JobState {
-        job: Uuid,
-        state: String,
-        reason: Option<String>,
-        updated_at: DateTime<Utc>,
-    },
-    /// The receiver's replica took that state.
-    JobStateStored { job: Uuid, state: String },
+    /// A job the receiver holds a copy of changed on the sender: its
+    /// progress (state, step attempts) and owner, with the sender's
+    /// revision. Sent until acknowledged.
+    JobNews(Box<JobNews>),
+    /// The receiver took the news (or knows better) up to `rev`.
+    JobNewsStored { job: Uuid, rev: u64 },
+    /// The sender took over the receiver's jobs (`count` takeovers in
+    /// all): the receiver records them as the sender's, never runs them,
+    /// and says so in its heartbeats before it gets a lease again.
+    TakenOver { count: u64, jobs: Vec<TakenJob> },
     /// Sessions ended by logout on the sender: the receiver ends them too.
     /// Sent at each logout, and all of them on every new connection.
     SessionsEnded(Vec<EndedSession>),

@@ -86,6 +86,10 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         "SCANGW_PAIR_REPLICA_RETENTION_SECS",
         EnvTarget::Instance("pair_replica_retention_secs"),
     ),
+    (
+        "SCANGW_PAIR_HANDOVER_DRAIN_SECS",
+        EnvTarget::Instance("pair_handover_drain_secs"),
+    ),
 ];
 
 /// The prefix of the gateway's environment variables.

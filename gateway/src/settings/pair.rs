@@ -103,8 +103,16 @@ pub(super) fn validate_pair(
         3_600,
         0..=30 * 86_400,
     )?;
+    let handover_drain_secs = number(
+        &raw.pair_handover_drain_secs,
+        key,
+        "pair_handover_drain_secs",
+        10,
+        0..=600,
+    )?;
     Ok(Some(PairLinkSettings {
         replica_retention_secs,
+        handover_drain_secs,
         listen,
         peer,
         heartbeat_interval_ms,

@@ -176,6 +176,9 @@ pub struct PairLinkSettings {
     /// How long a replica's pages are kept after its owner reported the
     /// job done (the row stays, as history).
     pub replica_retention_secs: u64,
+    /// How long a clean stop lets running steps finish and waits for the
+    /// peer to take the jobs handed to it, before it stops anyway.
+    pub handover_drain_secs: u64,
 }
 
 /// When a job is acknowledged to the device (`[pair] ack`).

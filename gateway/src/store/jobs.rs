@@ -152,7 +152,7 @@ pub struct JobRecord {
 }
 
 /// One attempt of one pipeline step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StepRow {
     pub step: u32,
     pub attempt: u32,
@@ -395,16 +395,33 @@ impl Store {
     /// At start-up, before the jobs are requeued: the step attempts a
     /// previous run left open (it died while they ran) are closed as
     /// `interrupted` at `at`, the time of recovery, instead of showing as
-    /// running forever. Only jobs this server was processing have attempts
-    /// it ran. Returns how many were closed.
-    pub fn close_interrupted_attempts(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE job_steps SET finished_at = ?1, outcome = 'interrupted',
-                 reason = 'the server stopped while this attempt ran; it was closed when the server started again'
-             WHERE finished_at IS NULL
-               AND job_id IN (SELECT id FROM jobs WHERE state = 'processing')",
+    /// running forever. Only jobs this server owns and was processing have
+    /// attempts it ran. Returns the attempts closed: `(job, step, plugin)`.
+    pub fn close_interrupted_attempts(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, u32, String)>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let owned = "job_id IN (SELECT id FROM jobs WHERE state = 'processing'
+                        AND owner_server = coalesce((SELECT value FROM local_state WHERE key = 'server.id'), owner_server))";
+        let closed: Vec<(Uuid, u32, String)> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT job_id, step, plugin FROM job_steps WHERE finished_at IS NULL AND {owned}"
+            ))?;
+            stmt.query_map([], |r| Ok((uuid_col(r, 0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        tx.execute(
+            &format!(
+                "UPDATE job_steps SET finished_at = ?1, outcome = 'interrupted',
+                     reason = 'the server stopped while this attempt ran; it was closed when the server started again'
+                 WHERE finished_at IS NULL AND {owned}"
+            ),
             [time_text(at)],
-        )? as u64)
+        )?;
+        tx.commit()?;
+        Ok(closed)
     }
 
     /// At start-up: jobs a previous run was processing go back to the queue;
@@ -412,7 +429,8 @@ impl Store {
     pub fn requeue_processing(&self) -> Result<u64, StoreError> {
         Ok(self.conn().execute(
             "UPDATE jobs SET state = 'received', updated_at = ?1
-             WHERE state = 'processing' AND replica_state <> 'replica'",
+             WHERE state = 'processing'
+               AND owner_server = coalesce((SELECT value FROM local_state WHERE key = 'server.id'), owner_server)",
             [now_text()],
         )? as u64)
     }
@@ -485,27 +503,19 @@ impl Store {
     /// as an attempt, so a job that kills the server cannot loop forever).
     pub fn job_progress(&self, id: Uuid) -> Result<(usize, u32), StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT DISTINCT step FROM job_steps WHERE job_id = ?1 AND outcome = 'done' ORDER BY step")?;
-        let done: Vec<u32> = stmt
-            .query_map([id.to_string()], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut completed = 0usize;
-        for step in done {
-            if step as usize == completed {
-                completed += 1;
-            } else {
-                break;
-            }
-        }
+        let completed = completed_steps(&conn, id)?;
         let attempts: u32 = conn.query_row(
             "SELECT count(*) FROM job_steps WHERE job_id = ?1 AND step = ?2",
-            params![id.to_string(), completed as u32],
+            params![id.to_string(), completed],
             |r| r.get(0),
         )?;
-        Ok((completed, attempts))
+        Ok((completed as usize, attempts))
     }
 
-    /// Records the start of a step attempt.
+    /// Records the start of a step attempt, only while `owner` owns the
+    /// job (a takeover or handover may have moved it since the worker took
+    /// it). Returns whether it was recorded; a step that was not must not
+    /// run.
     pub fn step_started(
         &self,
         id: Uuid,
@@ -513,14 +523,23 @@ impl Store {
         plugin: &str,
         attempt: u32,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO job_steps (job_id, step, attempt, plugin, started_at) VALUES (?1, ?2, ?3, ?4, ?5)
+        owner: ServerId,
+    ) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "INSERT INTO job_steps (job_id, step, attempt, plugin, started_at)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS
+                 (SELECT 1 FROM jobs WHERE id = ?1 AND owner_server = ?6)
              ON CONFLICT (job_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
                  finished_at = NULL, outcome = NULL, reason = NULL",
-            params![id.to_string(), step, attempt, plugin, time_text(at)],
-        )?;
-        Ok(())
+            params![
+                id.to_string(),
+                step,
+                attempt,
+                plugin,
+                time_text(at),
+                owner.to_string()
+            ],
+        )? > 0)
     }
 
     /// Records how a step attempt ended.
@@ -542,36 +561,82 @@ impl Store {
 
     /// Every recorded step attempt of a job.
     pub fn job_steps(&self, id: Uuid) -> Result<Vec<StepRow>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT step, attempt, plugin, started_at, finished_at, outcome, reason FROM job_steps
-             WHERE job_id = ?1 ORDER BY step, attempt",
-        )?;
-        let rows = stmt.query_map([id.to_string()], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (step, attempt, plugin, started, finished, outcome, reason) = row?;
-            out.push(StepRow {
-                step,
-                attempt,
-                plugin,
-                started_at: parse_time(&started)?,
-                finished_at: finished.as_deref().map(parse_time).transpose()?,
-                outcome,
-                reason,
-            });
-        }
-        Ok(out)
+        step_rows(&self.conn(), id)
+    }
+}
+
+/// Every recorded step attempt of a job, in step and attempt order.
+pub(super) fn step_rows(conn: &rusqlite::Connection, id: Uuid) -> Result<Vec<StepRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT step, attempt, plugin, started_at, finished_at, outcome, reason FROM job_steps
+         WHERE job_id = ?1 ORDER BY step, attempt",
+    )?;
+    let rows = stmt.query_map([id.to_string()], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            r.get::<_, u32>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<String>>(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (step, attempt, plugin, started, finished, outcome, reason) = row?;
+        out.push(StepRow {
+            step,
+            attempt,
+            plugin,
+            started_at: parse_time(&started)?,
+            finished_at: finished.as_deref().map(parse_time).transpose()?,
+            outcome,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+/// How many leading steps of a job are recorded done.
+pub(super) fn completed_steps(conn: &rusqlite::Connection, id: Uuid) -> Result<u32, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT step FROM job_steps WHERE job_id = ?1 AND outcome = 'done' ORDER BY step",
+    )?;
+    let done: Vec<u32> = stmt
+        .query_map([id.to_string()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(done
+        .iter()
+        .enumerate()
+        .take_while(|(i, step)| *i as u32 == **step)
+        .count() as u32)
+}
+
+/// A job as the tests of the store modules make one.
+#[cfg(test)]
+pub(crate) fn sample_job(id: Uuid) -> NewJob {
+    NewJob {
+        id,
+        device_id: Uuid::new_v4(),
+        user: "alice".into(),
+        workflow: "scan-to-folder".into(),
+        manifest: "{}".into(),
+        manifest_sha256: "00".into(),
+        bytes: 10,
+        accepted_by: "gw-a".into(),
+        accepted_role: "primary".into(),
+        accepted_epoch: 1,
+        client_addr: Some("127.0.0.1:5000".into()),
+        received_at: Utc::now(),
+        acceptor: ServerId::from_u128(1),
+        pages: vec![NewPage {
+            seq: 1,
+            file_name: "page-0001.png".into(),
+            format: "png".into(),
+            bytes: 10,
+            sha256: "ab".into(),
+        }],
     }
 }
 
@@ -581,31 +646,6 @@ mod tests {
 
     const ME: ServerId = ServerId::from_u128(1);
     const PEER: ServerId = ServerId::from_u128(2);
-
-    pub(crate) fn sample_job(id: Uuid) -> NewJob {
-        NewJob {
-            id,
-            device_id: Uuid::new_v4(),
-            user: "alice".into(),
-            workflow: "scan-to-folder".into(),
-            manifest: "{}".into(),
-            manifest_sha256: "00".into(),
-            bytes: 10,
-            accepted_by: "gw-a".into(),
-            accepted_role: "primary".into(),
-            accepted_epoch: 1,
-            client_addr: Some("127.0.0.1:5000".into()),
-            received_at: Utc::now(),
-            acceptor: ME,
-            pages: vec![NewPage {
-                seq: 1,
-                file_name: "page-0001.png".into(),
-                format: "png".into(),
-                bytes: 10,
-                sha256: "ab".into(),
-            }],
-        }
-    }
 
     #[test]
     fn insert_is_idempotent_by_job_id() {
@@ -658,12 +698,15 @@ mod tests {
         assert_eq!(store.count_unreplicated(ME).unwrap(), 0);
 
         // The replicated job's progress is news until the peer has it.
-        assert!(store.replica_state_news(ME, 10).unwrap().is_empty());
+        assert!(store.job_news(10).unwrap().is_empty());
         store.set_job_state(a, JobState::Processing, None).unwrap();
-        let news = store.replica_state_news(ME, 10).unwrap();
-        assert_eq!((news[0].0, news[0].1), (a, JobState::Processing));
-        store.mark_peer_state(a, JobState::Processing).unwrap();
-        assert!(store.replica_state_news(ME, 10).unwrap().is_empty());
+        let news = store.job_news(10).unwrap();
+        assert_eq!(
+            (news[0].job, news[0].state.as_str(), news[0].owner),
+            (a, "processing", ME)
+        );
+        store.mark_peer_rev(a, news[0].rev).unwrap();
+        assert!(store.job_news(10).unwrap().is_empty());
 
         // A replica of the peer's job: its number, not this server's work.
         let mut theirs = sample_job(c);
@@ -683,16 +726,32 @@ mod tests {
             "a is processing; the replica is not counted"
         );
         let now = Utc::now();
-        assert!(
-            !store
-                .apply_replica_state(c, ME, JobState::Done, None, now, now)
+        let done = |owner| crate::store::job_owners::JobNews {
+            job: c,
+            rev: 3,
+            owner,
+            owner_term: 0,
+            state: "done".into(),
+            reason: None,
+            updated_at: now,
+            steps: Vec::new(),
+        };
+        let delivery = crate::ownership::DELIVERY_PLUGINS;
+        use crate::store::job_owners::NewsTaken;
+        assert_eq!(
+            store.apply_job_news(ME, &done(ME), now, delivery).unwrap(),
+            NewsTaken::Stale,
+            "only the owner's news count in its term"
+        );
+        assert_eq!(
+            store
+                .apply_job_news(PEER, &done(PEER), now, delivery)
                 .unwrap(),
-            "only the acceptor's news count"
+            NewsTaken::Applied
         );
         assert!(
-            store
-                .apply_replica_state(c, PEER, JobState::Done, None, now, now)
-                .unwrap()
+            store.job_news(10).unwrap().is_empty(),
+            "news taken from the peer is not sent back"
         );
         assert!(
             store
@@ -830,14 +889,14 @@ mod tests {
         store.insert_job(&sample_job(id)).unwrap();
         let now = Utc::now();
         assert_eq!(store.job_progress(id).unwrap(), (0, 0));
-        store.step_started(id, 0, "ocr", 1, now).unwrap();
+        store.step_started(id, 0, "ocr", 1, now, ME).unwrap();
         store.step_finished(id, 0, 1, "done", None, now).unwrap();
-        store.step_started(id, 1, "assemble", 1, now).unwrap();
+        store.step_started(id, 1, "assemble", 1, now, ME).unwrap();
         store
             .step_finished(id, 1, 1, "retry", Some("busy"), now)
             .unwrap();
         // An attempt that was started but never finished (a crash) counts too.
-        store.step_started(id, 1, "assemble", 2, now).unwrap();
+        store.step_started(id, 1, "assemble", 2, now, ME).unwrap();
         assert_eq!(store.job_progress(id).unwrap(), (1, 2));
         store
             .step_finished(id, 1, 2, "failed", Some("bad"), now)
@@ -867,16 +926,26 @@ mod tests {
         store.insert_job(&sample_job(crashed)).unwrap();
         assert_eq!(store.claim_next_job(ME).unwrap(), Some(crashed));
         let started = Utc::now() - chrono::Duration::seconds(60);
-        store.step_started(crashed, 0, "ocr", 1, started).unwrap();
+        store
+            .step_started(crashed, 0, "ocr", 1, started, ME)
+            .unwrap();
         store
             .step_finished(crashed, 0, 1, "retry", Some("busy"), started)
             .unwrap();
-        store.step_started(crashed, 0, "ocr", 2, started).unwrap();
+        store
+            .step_started(crashed, 0, "ocr", 2, started, ME)
+            .unwrap();
         store.insert_job(&sample_job(queued)).unwrap();
 
         let recovered = Utc::now();
-        assert_eq!(store.close_interrupted_attempts(recovered).unwrap(), 1);
-        assert_eq!(store.close_interrupted_attempts(recovered).unwrap(), 0);
+        assert_eq!(
+            store.close_interrupted_attempts(recovered).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            store.close_interrupted_attempts(recovered).unwrap().len(),
+            0
+        );
         let steps = store.job_steps(crashed).unwrap();
         assert_eq!(steps[0].outcome.as_deref(), Some("retry"));
         assert_eq!(steps[1].outcome.as_deref(), Some("interrupted"));

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_superseded_jobs.sql",
         sql: include_str!("../../../migrations/0007_superseded_jobs.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_job_ownership_and_takeover.sql",
+        sql: include_str!("../../../migrations/0008_job_ownership_and_takeover.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.
@@ -178,6 +183,7 @@ mod tests {
                 "job_steps",
                 "jobs",
                 "local_state",
+                "pair_events",
                 "schema_migrations"
             ]
         );

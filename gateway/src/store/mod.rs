@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod conflicts;
+pub mod job_owners;
 pub mod jobs;
 pub mod migrate;
 pub mod replicas;

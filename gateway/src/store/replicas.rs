@@ -10,12 +10,8 @@ use pair_core::ServerId;
 use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
-use super::jobs::{JOB_COLUMNS, JobRecord, JobState, job_from_row, uuid_col};
-use super::{Store, StoreError, now_text, parse_time, time_text};
-
-/// A job's state as its replica should take it: `(id, state, reason,
-/// updated_at)`.
-pub type StateNews = (Uuid, JobState, Option<String>, DateTime<Utc>);
+use super::jobs::{JOB_COLUMNS, JobRecord, job_from_row, uuid_col};
+use super::{Store, StoreError, now_text, time_text};
 
 impl Store {
     /// Jobs this server accepted that the peer has no copy of yet, in the
@@ -58,75 +54,6 @@ impl Store {
         )? > 0)
     }
 
-    /// Jobs this server accepted whose replica on the peer is behind: their
-    /// state changed since the peer last acknowledged one, oldest change
-    /// first.
-    pub fn replica_state_news(
-        &self,
-        me: ServerId,
-        limit: u32,
-    ) -> Result<Vec<StateNews>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, state, reason, updated_at FROM jobs
-             WHERE acceptor_server = ?1 AND replica_state = 'replicated'
-               AND state <> coalesce(peer_state, 'received')
-             ORDER BY updated_at LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![me.to_string(), limit], |r| {
-            Ok((
-                uuid_col(r, 0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, state, reason, updated) = row?;
-            out.push((id, JobState::parse(&state)?, reason, parse_time(&updated)?));
-        }
-        Ok(out)
-    }
-
-    /// The peer acknowledged `state` for its replica of job `id`.
-    pub fn mark_peer_state(&self, id: Uuid, state: JobState) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE jobs SET peer_state = ?2 WHERE id = ?1",
-            params![id.to_string(), state.as_str()],
-        )?;
-        Ok(())
-    }
-
-    /// Takes the owner's news for a replica: its state, reason and time (as
-    /// the owner's clock says, for history). Only a replica of a job
-    /// `acceptor` accepted is changed; `now` (this server's clock) records
-    /// when it learned the job is done. Returns whether there was such a
-    /// replica.
-    pub fn apply_replica_state(
-        &self,
-        id: Uuid,
-        acceptor: ServerId,
-        state: JobState,
-        reason: Option<&str>,
-        updated_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "UPDATE jobs SET state = ?3, reason = ?4, updated_at = ?5,
-                 replica_done_at = CASE WHEN ?3 = 'done' THEN coalesce(replica_done_at, ?6) END
-             WHERE id = ?1 AND acceptor_server = ?2 AND replica_state = 'replica'",
-            params![
-                id.to_string(),
-                acceptor.to_string(),
-                state.as_str(),
-                reason,
-                time_text(updated_at),
-                time_text(now)
-            ],
-        )? > 0)
-    }
-
     /// Replicas this server learned were done before `before` (its own
     /// clock) and whose pages are still here.
     pub fn replicas_done_before(
@@ -136,7 +63,7 @@ impl Store {
     ) -> Result<Vec<Uuid>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT id FROM jobs WHERE replica_state = 'replica' AND state = 'done'
+            "SELECT id FROM jobs WHERE state = 'done' AND replica_done_at IS NOT NULL
                AND pages_removed_at IS NULL AND replica_done_at < ?1
              ORDER BY replica_done_at LIMIT ?2",
         )?;

@@ -86,7 +86,7 @@ impl NameTemplate {
         }
         if !pieces.contains(&Piece::Field(Field::JobId)) {
             return Err(
-                "must contain {job_id}, so that every job gets its own name and a repeated delivery overwrites the same file"
+                "must contain {job_id}, so that every job gets its own name and a repeated delivery finds its own file there (it is never written twice)"
                     .into(),
             );
         }
@@ -267,6 +267,7 @@ mod tests {
             metadata: BTreeMap::from([("dept".to_string(), "../../etc".to_string())]),
             pages: Vec::new(),
             work_dir: "/tmp/none".into(),
+            reports: Default::default(),
         }
     }
 

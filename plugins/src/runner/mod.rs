@@ -59,15 +59,37 @@ pub enum StepRecord {
     },
 }
 
-/// A failure of the gateway's progress store.
+/// A failure of the gateway's progress store, or its refusal to let a step
+/// start now.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(Box<dyn std::error::Error + Send + Sync>);
+#[error("{error}")]
+pub struct StoreError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    not_now: bool,
+}
 
 impl StoreError {
     /// Wraps the store's own error.
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        StoreError(error.into())
+        StoreError {
+            error: error.into(),
+            not_now: false,
+        }
+    }
+
+    /// The step may not start now: this server no longer owns the job, or
+    /// may not start steps at the moment. The run stops as
+    /// [`JobOutcome::Yielded`]; nothing failed.
+    pub fn not_now(reason: impl Into<String>) -> Self {
+        StoreError {
+            error: reason.into().into(),
+            not_now: true,
+        }
+    }
+
+    /// Whether this is [`StoreError::not_now`].
+    pub fn is_not_now(&self) -> bool {
+        self.not_now
     }
 }
 
@@ -77,6 +99,15 @@ impl StoreError {
 pub trait ProgressStore: Send + Sync + 'static {
     /// Where `job` stands.
     fn load(&self, job: Uuid) -> Result<JobProgress, StoreError>;
+    /// Steps after `completed_steps` that are recorded done already, so
+    /// the runner skips them: a job handed or taken over from the other
+    /// server of a pair keeps its done deliveries (their destinations must
+    /// not get the document twice) while the steps whose output stayed on
+    /// that server run again. None by default.
+    fn done_later(&self, job: Uuid) -> Result<Vec<usize>, StoreError> {
+        let _ = job;
+        Ok(Vec::new())
+    }
     /// An attempt of `step` (counting from 0) begins.
     fn step_started(
         &self,
@@ -157,6 +188,13 @@ pub enum JobOutcome {
         /// What the store said.
         reason: String,
     },
+    /// The store would not let the next step start (the job was taken over
+    /// or handed over, or this server may not start steps now): the run
+    /// stopped between steps, with nothing left running.
+    Yielded {
+        /// Why, as the store said.
+        reason: String,
+    },
 }
 
 /// Runs jobs with one [`RetryPolicy`].
@@ -186,9 +224,9 @@ impl JobRunner {
         store: Arc<dyn ProgressStore>,
     ) -> JobOutcome {
         let id = job.job_id;
-        let progress = {
+        let (progress, done_later) = {
             let store = Arc::clone(&store);
-            match call(move || store.load(id)).await {
+            match call(move || Ok((store.load(id)?, store.done_later(id)?))).await {
                 Ok(p) => p,
                 Err(reason) => return JobOutcome::Interrupted { reason },
             }
@@ -197,6 +235,12 @@ impl JobRunner {
         let mut attempts_made = progress.attempts_on_next;
         let max_attempts = self.policy.max_attempts.max(1);
         while step < workflow.len() {
+            if step > progress.completed_steps && done_later.contains(&step) {
+                tracing::info!(job = %id, step, "step already done; skipped");
+                step += 1;
+                attempts_made = 0;
+                continue;
+            }
             let plugin = workflow.step(step);
             let name = plugin.name();
             if attempts_made >= max_attempts {
@@ -213,10 +257,28 @@ impl JobRunner {
             let attempt = attempts_made + 1;
             {
                 let store = Arc::clone(&store);
-                if let Err(reason) =
-                    call(move || store.step_started(id, step, name, attempt, Utc::now())).await
-                {
-                    return JobOutcome::Interrupted { reason };
+                let started = tokio::task::spawn_blocking(move || {
+                    store.step_started(id, step, name, attempt, Utc::now())
+                })
+                .await;
+                match started {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if e.is_not_now() => {
+                        tracing::info!(job = %id, step, plugin = name, reason = %e, "step not started");
+                        return JobOutcome::Yielded {
+                            reason: e.to_string(),
+                        };
+                    }
+                    Ok(Err(e)) => {
+                        return JobOutcome::Interrupted {
+                            reason: format!("progress store failed: {e}"),
+                        };
+                    }
+                    Err(e) => {
+                        return JobOutcome::Interrupted {
+                            reason: format!("progress store call failed: {e}"),
+                        };
+                    }
                 }
             }
             tracing::info!(job = %id, workflow = workflow.name(), step, plugin = name, attempt, "step started");

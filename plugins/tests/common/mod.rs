@@ -46,6 +46,7 @@ pub fn job(work_dir: &Path, pages: Vec<PageFile>) -> JobContext {
         metadata: BTreeMap::from([("cost_centre".to_string(), "4100".to_string())]),
         pages,
         work_dir: work_dir.to_path_buf(),
+        reports: Default::default(),
     }
 }
 

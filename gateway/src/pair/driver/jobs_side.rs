@@ -24,20 +24,9 @@ impl Driver {
                 let _ = self.incoming.send(jobs::Incoming::End { job });
             }
             Wire::JobStored { job, .. } => self.on_job_stored(job).await,
-            Wire::JobState {
-                job,
-                state,
-                reason,
-                updated_at,
-            } => {
-                if let Some(acceptor) = self.peer.as_ref().map(|p| p.server) {
-                    let _ = self.incoming.send(jobs::Incoming::State {
-                        job,
-                        acceptor,
-                        state,
-                        reason,
-                        updated_at,
-                    });
+            Wire::JobNews(news) => {
+                if let Some(sender) = self.peer.as_ref().map(|p| p.server) {
+                    let _ = self.incoming.send(jobs::Incoming::News { sender, news });
                 }
             }
             Wire::SessionsEnded(sessions) => self.on_sessions_ended(sessions).await,
@@ -87,15 +76,10 @@ impl Driver {
                     let _ = self.answers.send(jobs::Answer::Stored(job));
                 }
             }
-            Wire::JobStateStored { job, state } => {
-                if let Some(state) = crate::store::JobState::from_name(&state) {
-                    let _ = self
-                        .core
-                        .data
-                        .run(move |s| s.mark_peer_state(job, state))
-                        .await;
-                }
+            Wire::JobNewsStored { job, rev } => {
+                let _ = self.core.data.run(move |s| s.mark_peer_rev(job, rev)).await;
             }
+            Wire::TakenOver { count, jobs } => self.on_taken_over(count, jobs).await,
             Wire::JobRefused {
                 job,
                 reason,

@@ -36,11 +36,14 @@ use crate::settings::PairLinkSettings;
 mod config_side;
 mod jobs_side;
 mod join;
+mod ownership_side;
 
 /// The software's major version: servers of different majors never pair.
 const SOFTWARE_MAJOR: u32 = 0;
 /// How long a clean stop waits for the goodbye to leave.
 const CLOSING_GRACE: Duration = Duration::from_millis(300);
+/// How often a clean stop that hands work over looks at its progress.
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// How often the clocks and zones are compared while the link is up (and
 /// at once on every new connection, before any sync).
 const CLOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -102,6 +105,8 @@ pub struct Driver {
     stream_state: Arc<RwLock<jobs::StreamState>>,
     /// The peer as this server's OCR engine when it has none.
     peer_ocr: ocr::PeerOcr,
+    /// A clean stop handing work to the peer.
+    stopping: Option<ownership_side::Stopping>,
 }
 
 fn node_settings(
@@ -182,6 +187,7 @@ impl Driver {
             stream_tasks: Some((answers_rx, incoming_rx)),
             stream_state: Arc::default(),
             peer_ocr,
+            stopping: None,
         };
         driver.repl.open_conflicts = sync::open_conflicts(&driver.core).await;
         driver.refresh_dial();
@@ -243,18 +249,26 @@ impl Driver {
                 Some(at) => Duration::from_millis(at.saturating_sub(self.now_ms())),
                 None => Duration::from_millis(self.settings.heartbeat_interval_ms),
             };
+            // A clean stop handing work over is looked at often.
+            let wait = if self.stopping.is_some() {
+                wait.min(STOP_POLL)
+            } else {
+                wait
+            };
             let due = Instant::now() + wait;
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Shutdown { reply }) => {
-                        let outputs = self.node.step(self.now_ms(), Input::Shutdown);
-                        self.carry_out(outputs).await;
-                        // Let the goodbye leave before the process goes.
-                        tokio::time::sleep(CLOSING_GRACE).await;
-                        let _ = reply.send(());
-                        return;
+                        if self.stopping.is_some() {
+                            let _ = reply.send(());
+                            continue;
+                        }
+                        if let Some(reply) = self.begin_stop(reply) {
+                            self.announce_stop(reply).await;
+                            return;
+                        }
                     }
                     Some(command) => self.on_command(command).await,
                 },
@@ -275,6 +289,10 @@ impl Driver {
                     }
                     let outputs = self.node.step(self.now_ms(), Input::Tick);
                     self.carry_out(outputs).await;
+                    if let Some(reply) = self.advance_stop().await {
+                        self.announce_stop(reply).await;
+                        return;
+                    }
                     if self.repl.last_probe.is_none_or(|t| t.elapsed() >= CLOCK_CHECK_EVERY) {
                         self.probe_clock();
                         if self.peer.is_some() {
@@ -282,20 +300,61 @@ impl Driver {
                             // channel; the count in status follows here.
                             self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
                             let me = self.me;
-                            if let Ok((n, duplicates)) = self
+                            if let Ok((n, duplicates, open, events)) = self
                                 .core
                                 .data
-                                .run(move |s| Ok((s.count_unreplicated(me)?, s.duplicate_counts()?)))
+                                .run(move |s| {
+                                    Ok((
+                                        s.count_unreplicated(me)?,
+                                        s.duplicate_counts()?,
+                                        s.open_takeovers(me)?,
+                                        s.pair_event_counts()?,
+                                    ))
+                                })
                                 .await
                             {
                                 self.core.peer_acks.set_unreplicated(n);
                                 self.repl.duplicates = duplicates;
+                                let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+                                status.jobs.taken_over_open = open;
+                                status.jobs.events = events.into_iter().collect();
                             }
+                            self.check_per_server_folders();
                             self.update_status();
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Announces the clean stop (the peer shows CLOSE, not DEAD) and lets
+    /// the goodbye leave before the process goes.
+    async fn announce_stop(&mut self, reply: oneshot::Sender<()>) {
+        let outputs = self.node.step(self.now_ms(), Input::Shutdown);
+        self.carry_out(outputs).await;
+        tokio::time::sleep(CLOSING_GRACE).await;
+        let _ = reply.send(());
+    }
+
+    /// Warns (once per change) about workflows that deliver into each
+    /// server's own `{data_dir}` folder while paired.
+    fn check_per_server_folders(&self) {
+        let folders = self
+            .core
+            .config
+            .current()
+            .map(|c| c.per_server_folders.clone())
+            .unwrap_or_default();
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        if status.jobs.per_server_folders != folders {
+            if !folders.is_empty() {
+                tracing::warn!(
+                    workflows = folders.join(","),
+                    "these workflows deliver into each server's own {{data_dir}} folder: a job the peer takes over lands in the peer's folder, and a second copy is not refused across the pair; point `root` at a folder both servers share"
+                );
+            }
+            status.jobs.per_server_folders = folders;
         }
     }
 
@@ -625,6 +684,8 @@ impl Driver {
                         break;
                     }
                 },
+                Output::TakeOver { from, count, epoch } => self.take_over(from, count, epoch).await,
+                Output::AnnounceTakeovers { count } => self.announce_takeovers(count).await,
                 Output::CompareConfig { payload, .. } => {
                     match sync::compare(&self.core, &payload).await {
                         Ok((conflicts, added)) => {
@@ -710,10 +771,23 @@ impl Driver {
             .with_timezone(&self.core.settings.instance.time_zone);
         let at = now.format("%H:%M:%S");
         let (kind, text) = match &event {
-            PeerLive { .. } => (
-                "peer_live",
-                format!("{peer} is back (LIVE) at {at}; {me} sees it again"),
-            ),
+            PeerLive { .. } => {
+                let took = self
+                    .status
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .jobs
+                    .taken_over_open;
+                let finishing = if took > 0 {
+                    format!("; {me} stops taking over and finishes the {took} job(s) it took")
+                } else {
+                    String::new()
+                };
+                (
+                    "peer_live",
+                    format!("{peer} is back (LIVE) at {at}; {me} sees it again{finishing}"),
+                )
+            }
             PeerDead { last_heard_ms, .. } => {
                 let ago = self.now_ms().saturating_sub(*last_heard_ms);
                 let since = (now - chrono::Duration::milliseconds(ago as i64)).format("%H:%M:%S");
@@ -777,6 +851,16 @@ impl Driver {
     }
 
     fn update_status(&self) {
+        let permit = self.node.permit();
+        self.core.ownership.publish(permit, self.started);
+        {
+            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+            let (_, _, left) = self.core.ownership.view();
+            status.jobs.permit = permit.word();
+            status.jobs.lease_left_ms = left;
+            status.jobs.takeovers = self.node.persisted().takeovers;
+            status.jobs.takeovers_applied = self.node.persisted().takeovers_applied;
+        }
         let word = match (&self.peer, self.node.liveness()) {
             (None, _) => "unpaired",
             (Some(_), Liveness::Unknown) => "unknown",
