@@ -456,13 +456,14 @@ pub async fn receive_loop(
                 match applied {
                     // Answered also when nothing changed (older news, or no
                     // such job): the sender then stops sending it. News that
-                    // must wait for a takeover announcement is not answered,
-                    // so it comes again.
+                    // must wait for a takeover announcement, and news from a
+                    // sender that has yet to apply one, are not answered, so
+                    // they come again.
                     Ok(taken) => {
                         if taken == NewsTaken::Applied {
                             core.job_ready.notify_waiters();
                         }
-                        if taken != NewsTaken::NotYet {
+                        if !matches!(taken, NewsTaken::NotYet | NewsTaken::Behind) {
                             answer(&link, Wire::JobNewsStored { job, rev });
                         }
                     }

@@ -43,6 +43,10 @@ pub enum NewsTaken {
     /// Not yet: the news moves a job this server owns to the sender, which
     /// only its takeover announcement may do. The sender sends it again.
     NotYet,
+    /// From a lower ownership term than this server holds: the sender has
+    /// not applied a takeover or handover yet. Not confirmed, so the sender
+    /// never starts a delivery step on it; it sends again once it has.
+    Behind,
 }
 
 /// One job of a takeover, as the announcement carries it.
@@ -199,6 +203,12 @@ impl Store {
         };
         let term = term as u64;
         let owner = server(&owner)?;
+        if news.owner_term < term {
+            // The sender has not learnt that the job moved on (a takeover
+            // or handover it has yet to apply): its news is not confirmed,
+            // so it cannot start a delivery of a job that is no longer its.
+            return Ok(NewsTaken::Behind);
+        }
         let newer_term = news.owner_term > term;
         if newer_term && owner != sender && news.owner != owner {
             // A job this server owns, taken by the sender: that comes with
@@ -831,12 +841,13 @@ mod tests {
         assert_eq!(take(&n), NewsTaken::Applied);
         let job = store.job(id).unwrap().unwrap();
         assert_eq!((job.owner_server, job.state), (PEER, JobState::Processing));
-        // A late message of term 1 naming this server changes nothing.
+        // A late message of term 1 naming this server changes nothing, and
+        // is not confirmed: its sender is behind.
         let mut old = n.clone();
         old.owner = ME;
         old.owner_term = 1;
         old.state = "received".into();
-        assert_eq!(take(&old), NewsTaken::Stale);
+        assert_eq!(take(&old), NewsTaken::Behind);
         assert_eq!(store.job(id).unwrap().unwrap().owner_server, PEER);
         // A handover back to this server (term 3, named by the peer).
         let mut back = n.clone();
