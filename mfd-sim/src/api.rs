@@ -202,8 +202,10 @@ pub struct JobStep {
     pub plugin: String,
     /// Which attempt this was.
     pub attempt: u32,
-    /// How it went.
-    pub outcome: String,
+    /// How it went: `done`, `retry`, `failed`, `interrupted`; `None` while
+    /// the attempt runs (or ran on a server that died during it).
+    #[serde(default)]
+    pub outcome: Option<String>,
     /// Why, when it did not succeed.
     #[serde(default)]
     pub reason: Option<String>,
@@ -237,6 +239,23 @@ pub struct JobStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a step attempt still running (its `outcome` null, as
+    /// the API documents) made the whole job status unreadable, so a job
+    /// taken over from a dead server looked unreachable on the survivor.
+    #[test]
+    fn a_step_attempt_without_an_outcome_yet_parses() {
+        let text = r#"{
+          "job_id": "0970e187-3c4a-4662-ad3e-e7833b166789", "state": "processing", "reason": null,
+          "workflow": "scan-to-folder", "user": "alice", "pages": 1, "bytes": 10,
+          "received_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:01Z",
+          "accepted_by": "gw-a", "accepted_role": "primary", "accepted_epoch": 1,
+          "steps": [{"step": 1, "plugin": "ocr", "attempt": 1, "started_at": "2026-12-01T00:00:00Z",
+                     "finished_at": null, "outcome": null, "reason": null}]
+        }"#;
+        let s: JobStatus = serde_json::from_str(text).unwrap();
+        assert_eq!(s.steps[0].outcome, None);
+    }
 
     #[test]
     fn health_example_from_the_api_document_parses() {

@@ -101,6 +101,9 @@ impl Classification {
 ///   purpose: a server that closes with unread request bytes makes the kernel
 ///   send a reset instead of a close, so which one the device sees is a race,
 ///   not information.
+/// - **The server falls silent during a request** ([`ClientError::Silent`]):
+///   the cause the check on a new connection met, `network` when it could
+///   not connect in time.
 /// - **The certificate fails verification** →
 ///   [`Classification::CertificateRejected`], its own event.
 /// - **An HTTP answer** from a proxy in front of the gateway: `502` and `504`
@@ -128,6 +131,13 @@ pub fn classify_error(error: &ClientError) -> Classification {
             Failover(FailoverCause::Network)
         }
         ClientError::Connect { source, .. } => Failover(classify_connect(source.kind())),
+        // A server that fell silent during a request is classified by what
+        // the check on a new connection met: no connection in time is no
+        // path to the host, a refusal or a stalled answer is the service.
+        ClientError::Silent { check, .. } => match classify_error(check) {
+            Failover(cause) => Failover(cause),
+            _ => Failover(FailoverCause::Network),
+        },
         ClientError::CertificateRejected { .. } => CertificateRejected,
         ClientError::Tls { .. }
         | ClientError::ConnectionLost { .. }
@@ -304,6 +314,27 @@ mod tests {
         for e in [lost, stalled, garbage] {
             assert_eq!(classify_error(&e), Failover(WebServiceDown), "{e}");
         }
+    }
+
+    #[test]
+    fn a_server_silent_during_a_request_is_classified_by_the_check() {
+        let silent = |check: ClientError| ClientError::Silent {
+            server: server(),
+            waited: Duration::from_millis(250),
+            check: Box::new(check),
+        };
+        let no_connect = silent(ClientError::ConnectTimeout {
+            server: server(),
+            after: Duration::from_secs(1),
+        });
+        assert_eq!(classify_error(&no_connect), Failover(Network));
+        let refused = silent(ClientError::Connect {
+            server: server(),
+            source: io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert_eq!(classify_error(&refused), Failover(WebServiceDown));
+        let odd = silent(ClientError::Build { detail: "d".into() });
+        assert_eq!(classify_error(&odd), Failover(Network));
     }
 
     #[test]

@@ -15,7 +15,10 @@ use crate::{
     api::{DeviceInfo, Health, JobAck, JobStatus, Registration, Session, Submitted},
     error::{ClientError, HttpError},
     multipart::{Manifest, MultipartForm, Page},
-    transport::{Answer, Connector, Endpoint, RequestBody, Timeouts, TlsTrust, exchange},
+    transport::{
+        Answer, Connector, Endpoint, LivenessCheck, RequestBody, Timeouts, TlsTrust, exchange,
+        exchange_watched,
+    },
 };
 
 /// API answers are small JSON documents; anything bigger is not the gateway.
@@ -339,14 +342,44 @@ impl GatewayClient {
         call: &Call<'_>,
     ) -> Result<Answer, ClientError> {
         let request = self.build(call).await?;
-        exchange(
+        let liveness = self
+            .inner
+            .timeouts
+            .liveness_check_after
+            .map(|after| LivenessCheck {
+                after,
+                check: || self.check_alive(),
+            });
+        exchange_watched(
             sender,
             request,
             self.inner.timeouts.response,
             MAX_ANSWER_BYTES,
             self.base_url(),
+            liveness,
         )
         .await
+    }
+
+    /// Whether the server is still there: `GET /health` on a new connection
+    /// (never the kept-alive one a silent request is waiting on), the
+    /// connection within the connect timeout and the answer within it again.
+    /// Any HTTP answer counts, a `503` included: a server in maintenance is
+    /// there.
+    async fn check_alive(&self) -> Result<(), ClientError> {
+        let mut sender = self.inner.connector.connect().await?;
+        let mut call = Call::new(Method::GET, "/health");
+        call.device_auth = false;
+        let request = self.build(&call).await?;
+        exchange(
+            &mut sender,
+            request,
+            self.inner.timeouts.connect,
+            MAX_ANSWER_BYTES,
+            self.base_url(),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn build(&self, call: &Call<'_>) -> Result<Request<RequestBody>, ClientError> {

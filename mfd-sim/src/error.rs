@@ -104,6 +104,21 @@ pub enum ClientError {
         /// Which step was waiting.
         during: &'static str,
     },
+    /// The server went silent during a request (no answer and no upload
+    /// progress for a while), and a check of its `/health` on a new
+    /// connection failed too: it is gone, not slow (see
+    /// [`crate::transport::Timeouts`]).
+    #[error(
+        "{server} went silent for {waited:?} during the request, and a check on a new connection failed: {check}"
+    )]
+    Silent {
+        /// The server's base URL.
+        server: String,
+        /// How long the request had heard nothing when the check began.
+        waited: Duration,
+        /// What the check met.
+        check: Box<ClientError>,
+    },
     /// Something answered, but not with HTTP.
     #[error("{server} answered with something that is not HTTP: {detail}")]
     NotHttp {

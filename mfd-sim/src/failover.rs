@@ -13,8 +13,10 @@
 //! - A certificate that fails verification is recorded as
 //!   `certificate_rejected` and the next server is tried; nothing is sent to
 //!   the server that failed, and it is not counted as one of the causes.
-//! - `503 maintenance` holds that server for its `Retry-After`, exactly as
-//!   given: no request goes there before the time is up.
+//! - A failover answer with `Retry-After` (`503 maintenance` from the
+//!   gateway; any `503` a proxy sends with one) holds that server for the
+//!   time given, exactly: no request goes there before it is up, and the
+//!   client does not fail back to it before then either.
 //! - `503 busy` and `409 upload_in_progress` are waited out on the same
 //!   server; a single other 5xx is retried there once, repeated ones are
 //!   `web_service_down`.
@@ -22,9 +24,13 @@
 //!   reason retrying cannot fix goes to the outbox's `rejected/` part, any
 //!   other refusal leaves it queued and is reported.
 //! - While the current server is not the first, a background task asks the
-//!   `/health` of the servers above it; after enough consecutive good answers
-//!   the client returns to the first healthy one, but only when no person's
-//!   session is active on the device.
+//!   `/health` of the servers above it every `failback_probe_interval`; after
+//!   `failback_good_probes` consecutive good answers the client returns to
+//!   the first healthy one, but only when no person's session is active on
+//!   the device.
+//! - A request that met a failover cause and then succeeded on another
+//!   server is timed from its start to that success: the failover as the
+//!   device lived it ([`FailoverClient::failover_times`]).
 
 use std::{
     collections::BTreeMap,
@@ -223,6 +229,18 @@ impl RequestError {
     }
 }
 
+/// True for a [`PassedOver::reason`] that is one of the four causes.
+fn is_cause(reason: &str) -> bool {
+    [
+        FailoverCause::Network,
+        FailoverCause::WebServiceDown,
+        FailoverCause::DataServiceDown,
+        FailoverCause::Maintenance,
+    ]
+    .iter()
+    .any(|c| c.as_str() == reason)
+}
+
 fn describe_passed(passed: &[PassedOver]) -> String {
     passed
         .iter()
@@ -263,6 +281,8 @@ struct State {
     good_probes: Vec<u32>,
     session: Option<ActiveSession>,
     events: Vec<ClientEvent>,
+    /// Per request that failed over and succeeded: start to success.
+    failover_times: Vec<Duration>,
 }
 
 struct Shared {
@@ -316,6 +336,7 @@ impl FailoverClient {
                 good_probes: vec![0; n],
                 session: None,
                 events: Vec::new(),
+                failover_times: Vec::new(),
             }),
         });
         tokio::spawn(probe_loop(
@@ -351,6 +372,12 @@ impl FailoverClient {
     /// Everything recorded so far, oldest first.
     pub fn events(&self) -> Vec<ClientEvent> {
         self.state().events.clone()
+    }
+
+    /// How long each request that met a failover cause took from its start
+    /// until another server answered it, oldest first.
+    pub fn failover_times(&self) -> Vec<Duration> {
+        self.state().failover_times.clone()
     }
 
     /// How often each cause was seen.
@@ -411,7 +438,9 @@ impl FailoverClient {
     /// Ends the person's session: tells the current server (with the number
     /// of jobs the session scanned) and then, with no session active, lets
     /// the client fail back. The session ends on the device even when no
-    /// server could be told.
+    /// server could be told. A server that says the session is over already
+    /// (`401`: a logout that reached the other server before its answer was
+    /// lost, or a session that expired) is what was asked for.
     pub async fn logout(&self) -> Result<(), RequestError> {
         let Some(session) = self.state().session.take() else {
             return Ok(());
@@ -425,6 +454,15 @@ impl FailoverClient {
             })
             .await
             .map(|_| ());
+        let told = match told {
+            Err(RequestError::Refused(h))
+                if h.status == StatusCode::UNAUTHORIZED
+                    && (h.has_code("session_expired") || h.has_code("session_invalid")) =>
+            {
+                Ok(())
+            }
+            other => other,
+        };
         self.fail_back_if_idle();
         told
     }
@@ -563,7 +601,8 @@ impl FailoverClient {
     {
         let n = self.shared.servers.len();
         let start = self.current_index();
-        let mut passed = Vec::new();
+        let started = Instant::now();
+        let mut passed: Vec<PassedOver> = Vec::new();
         let mut earliest_hold: Option<Duration> = None;
         for step in 0..n {
             let index = (start + step) % n;
@@ -584,16 +623,28 @@ impl FailoverClient {
             }
             match self.on_server(index, &client, &call).await {
                 Step::Done(value) => {
+                    let failed_over = passed.iter().any(|p| is_cause(&p.reason));
                     let mut state = self.state();
                     state.current = index;
                     state.server_errors[index] = 0;
+                    if failed_over {
+                        state.failover_times.push(started.elapsed());
+                    }
                     return Ok((value, index));
                 }
                 Step::NextServer(reason) => passed.push(PassedOver {
                     server: url,
                     reason,
                 }),
-                Step::Stop(e) => return Err(e),
+                Step::Stop(e) => {
+                    // A server that answered (a refusal, or busy) works: it
+                    // becomes the current one, so the next request does not
+                    // go back to a server it just passed over.
+                    if matches!(e, RequestError::Refused(_) | RequestError::Busy { .. }) {
+                        self.state().current = index;
+                    }
+                    return Err(e);
+                }
             }
         }
         Err(RequestError::NoServer {
@@ -629,9 +680,7 @@ impl FailoverClient {
             };
             match classify_error(&error) {
                 Classification::Failover(cause) => {
-                    if cause == FailoverCause::Maintenance
-                        && let Some(wait) = error.http().and_then(|h| h.retry_after)
-                    {
+                    if let Some(wait) = error.http().and_then(|h| h.retry_after) {
                         // Honoured as given, per server: no cap shortens it.
                         self.state().held_until[index] = Some(Instant::now() + wait);
                     }
@@ -721,16 +770,20 @@ impl FailoverClient {
     }
 
     /// Returns to the first server above the current one with enough good
-    /// probes, unless a person's session is active.
+    /// probes and no `Retry-After` hold left, unless a person's session is
+    /// active.
     fn fail_back_if_idle(&self) {
         if self.session_active() {
             return;
         }
         let needed = self.shared.settings.failback_good_probes;
+        let now = Instant::now();
         let (from, to) = {
             let mut state = self.state();
             let current = state.current;
-            let Some(to) = (0..current).find(|&i| state.good_probes[i] >= needed) else {
+            let Some(to) = (0..current).find(|&i| {
+                state.good_probes[i] >= needed && state.held_until[i].is_none_or(|t| t <= now)
+            }) else {
                 return;
             };
             state.current = to;

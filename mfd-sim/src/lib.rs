@@ -16,7 +16,8 @@
 //! and the outbox builds with `default-features = false`.
 //!
 //! Module map, one owner per concern:
-//! - [`transport`]: URL, TCP, TLS and one HTTP exchange with timeouts;
+//! - [`transport`]: URL, TCP, TLS and one HTTP exchange with timeouts
+//!   (connect, answer, and the liveness check of a server gone silent);
 //! - [`error`]: the client's error type and the API's error body;
 //! - [`api`]: the JSON shapes the gateway answers with;
 //! - [`multipart`]: the job upload body (manifest first, pages in order);
@@ -30,8 +31,11 @@
 //! - [`pages`]: rendered text pages with known content (feature `sim`);
 //! - [`page_source`]: which of the two kinds of page a run sends (feature
 //!   `sim`);
-//! - [`stats`], [`progress`]: run summaries and the progress line;
-//! - [`sim`], [`load`]: the two load generators.
+//! - [`stats`], [`progress`]: run summaries and the progress bars;
+//! - [`sim`], [`load`]: the two load generators; [`sim::fleet`] runs
+//!   devices through the failover client and outbox, watches their jobs
+//!   until delivered and reconciles them against every server and the
+//!   destination folders ([`sim::reconcile`]).
 
 pub mod api;
 pub mod classify;

@@ -6,6 +6,10 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -22,7 +26,7 @@ use mfd_sim::{
     servers::ServerList,
     sim::{
         self, DeviceCredentials, RetryPolicy, SimConfig, WaitPolicy,
-        fleet::{self, FleetConfig},
+        fleet::{self, EventSink, FleetConfig},
     },
     transport::{Timeouts, TlsTrust},
 };
@@ -52,6 +56,11 @@ struct Cli {
         alias = "request-timeout"
     )]
     response_timeout: f64,
+    /// Seconds a request may hear nothing (no answer, no upload progress)
+    /// before the device checks, on a new connection, that the server is
+    /// still there; 0: never check, wait for --response-timeout.
+    #[arg(long, global = true, default_value_t = 0.25, value_name = "SECS")]
+    liveness_check_after: f64,
 }
 
 #[derive(Subcommand)]
@@ -163,7 +172,8 @@ struct RunArgs {
     /// Upload attempts per job before it counts as failed.
     #[arg(long, default_value_t = 6)]
     max_attempts: u32,
-    /// Wait until the acknowledged jobs are done or failed.
+    /// Wait until the acknowledged jobs are done or failed (with --outbox:
+    /// asked on every server, shown as the `delivered` bar).
     #[arg(long)]
     wait: bool,
     /// Seconds to wait with --wait.
@@ -177,13 +187,31 @@ struct RunArgs {
     quiet: bool,
     /// Run every device the way a device agent does: through the failover
     /// client, with its own durable outbox in DIR/<device name> (jobs left
-    /// there are replayed with the same ids by the next run).
-    #[arg(long, value_name = "DIR", conflicts_with = "wait")]
+    /// there are sent first, with the same ids, by the next run).
+    #[arg(long, value_name = "DIR")]
     outbox: Option<PathBuf>,
     /// With --outbox: write the summary and every job's id, server and
-    /// outcome as JSON to FILE.
+    /// outcome as JSON to FILE, with the reconciliation of the acknowledged
+    /// jobs against every server's job list (and the --delivered folders).
     #[arg(long, value_name = "FILE", requires = "outbox")]
     report: Option<PathBuf>,
+    /// With --outbox: a destination folder of the workflow, whose file names
+    /// carry the job id; repeat for several. The reconciliation counts a job
+    /// delivered when a file names it, and duplicated when two do.
+    #[arg(long = "delivered", value_name = "DIR", requires = "outbox")]
+    delivered: Vec<PathBuf>,
+    /// With --outbox: append every acknowledgement and client event
+    /// (failover, failback, certificate) as one JSON object per line to FILE
+    /// as it happens.
+    #[arg(long, value_name = "FILE", requires = "outbox")]
+    events: Option<PathBuf>,
+    /// With --outbox: jobs one person scans before logging out (the next
+    /// person logs in for the next batch); 0: one session for all.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    jobs_per_session: u64,
+    /// With --outbox: milliseconds between two scans of one person.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    scan_interval_ms: u64,
     /// With --outbox: milliseconds between failback probes.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     failback_probe_interval_ms: u64,
@@ -279,6 +307,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let timeouts = Timeouts {
         connect: seconds(cli.connect_timeout, "--connect-timeout")?,
         response: seconds(cli.response_timeout, "--response-timeout")?,
+        liveness_check_after: if cli.liveness_check_after == 0.0 {
+            None
+        } else {
+            Some(seconds(cli.liveness_check_after, "--liveness-check-after")?)
+        },
     };
     match cli.command {
         Command::Register {
@@ -475,6 +508,12 @@ async fn run_fleet(
         args.failback_good_probes >= 1,
         "--failback-good-probes must be at least 1"
     );
+    let events = match &args.events {
+        Some(path) => Some(event_file(path)?),
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone())?;
     let config = FleetConfig {
         servers,
         devices,
@@ -492,6 +531,21 @@ async fn run_fleet(
         },
         replay_rounds: args.max_attempts,
         retry_pause: Duration::from_millis(500),
+        jobs_per_session: args.jobs_per_session,
+        scan_interval: Duration::from_millis(args.scan_interval_ms),
+        wait: args
+            .wait
+            .then(|| -> Result<WaitPolicy> {
+                Ok(WaitPolicy {
+                    poll_interval: Duration::from_millis(500),
+                    timeout: seconds(args.wait_timeout, "--wait-timeout")?,
+                })
+            })
+            .transpose()?,
+        reconcile: args.report.is_some() || !args.delivered.is_empty(),
+        delivered_dirs: args.delivered.clone(),
+        events,
+        stop,
     };
     let summary = fleet::run_fleet(config, style(args.quiet)).await?;
     if let Some(path) = &args.report {
@@ -502,6 +556,7 @@ async fn run_fleet(
         let mut value = serde_json::to_value(&summary)?;
         if let Some(map) = value.as_object_mut() {
             map.remove("job_reports");
+            map.remove("failover_ms");
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -516,6 +571,60 @@ async fn run_fleet(
             summary.jobs_queued
         );
     }
+    if let Some(r) = &summary.reconciliation
+        && (r.jobs_lost > 0 || r.jobs_duplicated > 0)
+    {
+        bail!(
+            "reconciliation: {} acknowledged jobs lost (on no server, or never delivered), {} duplicated",
+            r.jobs_lost,
+            r.jobs_duplicated
+        );
+    }
+    Ok(())
+}
+
+/// An event sink appending one JSON object per line to `path`, each line
+/// written whole and flushed at once, so a reader following the file sees
+/// events as they happen.
+fn event_file(path: &Path) -> Result<EventSink> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the events file {}", path.display()))?;
+    let file = std::sync::Mutex::new(file);
+    Ok(EventSink::new(move |event| {
+        let mut line = event.to_string();
+        line.push('\n');
+        let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = std::io::Write::write_all(&mut *file, line.as_bytes()) {
+            tracing::warn!(error = %e, "cannot write to the events file");
+        }
+    }))
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM stops the scanning: what is queued is still
+/// delivered and the summary printed. A second signal ends the process.
+fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::spawn(async move {
+        for round in 0..2 {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if round == 0 {
+                eprintln!(
+                    "mfd-sim: stopping the scans; delivering what is queued (signal again to quit)"
+                );
+                stop.store(true, Ordering::Relaxed);
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
     Ok(())
 }
 

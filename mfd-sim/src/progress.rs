@@ -1,7 +1,9 @@
-//! Owns the progress display of long runs on stderr: one line redrawn in
-//! place on a terminal, plain periodic lines otherwise (logs, CI). It must
-//! not compute results or slow the work it reports on: the work only bumps
-//! an atomic counter, and drawing happens on its own timer.
+//! Owns the progress display of long runs on stderr: one bar per counter
+//! (e.g. submitted, acknowledged, delivered) redrawn in place on a terminal
+//! (with indicatif under the `sim` feature, a single hand-drawn line
+//! without it), plain periodic lines otherwise (logs, CI). It must not
+//! compute results or slow the work it reports on: the work only bumps
+//! atomic counters, and drawing happens on its own timer.
 
 use std::{
     io::{IsTerminal, Write},
@@ -17,7 +19,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressStyle {
-    /// One line redrawn in place, several times a second.
+    /// Bars redrawn in place, several times a second.
     Terminal,
     /// A new line every few seconds, for logs.
     Lines,
@@ -60,44 +62,66 @@ impl Counter {
     }
 }
 
+/// One bar: its label, its total and the counter behind it.
+#[derive(Debug, Clone)]
+struct Bar {
+    label: String,
+    total: u64,
+    counter: Counter,
+}
+
 /// A running progress display; call [`Progress::finish`] at the end.
 pub struct Progress {
-    counter: Counter,
+    bars: Vec<Bar>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Progress {
-    /// Starts showing progress on stderr.
+    /// Starts showing one bar on stderr.
     pub fn start(label: &str, total: u64, style: ProgressStyle) -> Progress {
-        Self::start_with(
-            label,
-            total,
-            style,
-            style.interval(),
-            Box::new(std::io::stderr()),
-        )
+        Self::start_bars(&[(label, total)], style)
     }
 
-    /// Starts showing progress on any writer, at any interval.
+    /// Starts showing several bars on stderr, in the order given.
+    pub fn start_bars(bars: &[(&str, u64)], style: ProgressStyle) -> Progress {
+        #[cfg(feature = "sim")]
+        if style == ProgressStyle::Terminal {
+            return Self::start_indicatif(bars, style.interval());
+        }
+        Self::start_bars_with(bars, style, style.interval(), Box::new(std::io::stderr()))
+    }
+
+    /// Starts showing one bar on any writer, at any interval.
     pub fn start_with(
         label: &str,
         total: u64,
         style: ProgressStyle,
         interval: Duration,
+        out: Box<dyn Write + Send>,
+    ) -> Progress {
+        Self::start_bars_with(&[(label, total)], style, interval, out)
+    }
+
+    /// Starts showing several bars as one text line on any writer, at any
+    /// interval: redrawn in place for [`ProgressStyle::Terminal`], a new line
+    /// each time for [`ProgressStyle::Lines`].
+    pub fn start_bars_with(
+        bars: &[(&str, u64)],
+        style: ProgressStyle,
+        interval: Duration,
         mut out: Box<dyn Write + Send>,
     ) -> Progress {
-        let counter = Counter::default();
+        let bars = make_bars(bars);
         if style == ProgressStyle::Off {
             return Progress {
-                counter,
+                bars,
                 stop: None,
                 task: None,
             };
         }
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let label = label.to_owned();
-        let seen = counter.clone();
+        let seen = bars.clone();
         let started = Instant::now();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
@@ -105,7 +129,11 @@ impl Progress {
             // Errors writing to stderr are ignored: progress is a courtesy,
             // and a closed stderr must not stop the run.
             let draw = |out: &mut Box<dyn Write + Send>, last: bool| {
-                let line = render_line(&label, seen.get(), total, started.elapsed());
+                let line = seen
+                    .iter()
+                    .map(|b| render_line(&b.label, b.counter.get(), b.total, started.elapsed()))
+                    .collect::<Vec<_>>()
+                    .join("  |  ");
                 let _ = match (style, last) {
                     (ProgressStyle::Terminal, false) => write!(out, "\r\x1b[2K{line}"),
                     (ProgressStyle::Terminal, true) => writeln!(out, "\r\x1b[2K{line}"),
@@ -124,15 +152,74 @@ impl Progress {
             }
         });
         Progress {
-            counter,
+            bars,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// The counter to advance.
+    /// Bars drawn by indicatif on stderr, one line each, fed from the
+    /// counters on a timer of their own.
+    #[cfg(feature = "sim")]
+    fn start_indicatif(bars: &[(&str, u64)], interval: Duration) -> Progress {
+        use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+        let bars = make_bars(bars);
+        let width = bars.iter().map(|b| b.label.len()).max().unwrap_or(0);
+        let style = indicatif::ProgressStyle::with_template(&format!(
+            "{{prefix:>{width}}} [{{bar:32}}] {{pos}}/{{len}} ({{percent}}%) {{per_sec}} {{msg}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let drawn: Vec<(ProgressBar, Counter)> = bars
+            .iter()
+            .map(|b| {
+                let bar = multi.add(ProgressBar::new(b.total));
+                bar.set_style(style.clone());
+                bar.set_prefix(b.label.clone());
+                (bar, b.counter.clone())
+            })
+            .collect();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            let update = |done: bool| {
+                for (bar, counter) in &drawn {
+                    bar.set_position(counter.get());
+                    if done {
+                        bar.finish();
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => update(false),
+                    _ = &mut stopped => {
+                        update(true);
+                        break;
+                    }
+                }
+            }
+        });
+        Progress {
+            bars,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The counter of the first bar.
     pub fn counter(&self) -> Counter {
-        self.counter.clone()
+        self.counter_of(0)
+    }
+
+    /// The counter of bar `index` (in the order given at the start); a
+    /// counter nobody draws when there is no such bar.
+    pub fn counter_of(&self, index: usize) -> Counter {
+        self.bars
+            .get(index)
+            .map(|b| b.counter.clone())
+            .unwrap_or_default()
     }
 
     /// Draws the final state and stops.
@@ -144,6 +231,16 @@ impl Progress {
             let _ = task.await;
         }
     }
+}
+
+fn make_bars(bars: &[(&str, u64)]) -> Vec<Bar> {
+    bars.iter()
+        .map(|(label, total)| Bar {
+            label: (*label).to_owned(),
+            total: *total,
+            counter: Counter::default(),
+        })
+        .collect()
 }
 
 /// `jobs 120/1000 (12%)  34.2/s  ETA 25s`, with the rate averaged over the
@@ -227,6 +324,29 @@ mod tests {
         assert!(text.ends_with("done\n"), "{text:?}");
         assert!(text.starts_with("jobs 3/3 (100%)"), "{text:?}");
         assert!(!text.contains('\r'));
+    }
+
+    #[tokio::test]
+    async fn several_bars_share_one_line_in_the_order_given() {
+        let out = Shared::default();
+        let p = Progress::start_bars_with(
+            &[("submitted", 4), ("acknowledged", 4), ("delivered", 4)],
+            ProgressStyle::Lines,
+            Duration::from_secs(3600),
+            Box::new(out.clone()),
+        );
+        for _ in 0..4 {
+            p.counter_of(0).inc();
+        }
+        p.counter_of(1).inc();
+        p.counter_of(7).inc();
+        p.finish().await;
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let parts: Vec<&str> = text.trim_end().split("  |  ").collect();
+        assert_eq!(parts.len(), 3, "{text:?}");
+        assert!(parts[0].starts_with("submitted 4/4 (100%)"), "{text:?}");
+        assert!(parts[1].starts_with("acknowledged 1/4 (25%)"), "{text:?}");
+        assert!(parts[2].starts_with("delivered 0/4 (0%)"), "{text:?}");
     }
 
     #[tokio::test]

@@ -27,9 +27,12 @@ use crate::{
     stats::{Latencies, LatencySummary, megabytes_per_second, per_second},
 };
 
+mod delivery;
 pub mod fleet;
+pub mod reconcile;
 mod wait;
 
+pub use delivery::DeliverySummary;
 pub use wait::{WaitPolicy, WaitSummary};
 
 /// One simulated device, as listed in the devices file

@@ -49,6 +49,19 @@ use crate::{
 /// acknowledges only after the pages are fsynced and the row is committed,
 /// which for a large job on a busy disk can take long; a short limit there
 /// would abandon uploads that were about to succeed.
+///
+/// That leaves one gap: a server that vanishes silently while a request is
+/// out, or under a kept-alive connection the next request is sent on. No
+/// connect happens, and the long `response` limit would hold the device for
+/// minutes. So a request that has heard nothing (no answer, no upload
+/// progress) for `liveness_check_after` makes the device ask the same server's
+/// `/health` on a new connection, within `connect` for the connection and
+/// again for the answer. Any answer means the server is there and merely slow:
+/// the request goes on waiting (the next check after twice the wait, up to
+/// [`MAX_LIVENESS_CHECK_INTERVAL`]). No answer means it is gone, and the
+/// request fails with [`ClientError::Silent`], classified by what the check
+/// met. Abandoning a request whose answer was only slow is safe: every
+/// request a check can abandon is repeated under the same idempotency key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// For name resolution, the TCP connection and the TLS handshake
@@ -59,13 +72,21 @@ pub struct Timeouts {
     /// the server taking any more bytes. Long: it covers the gateway's durable
     /// acknowledgement of a large job.
     pub response: Duration,
+    /// Silence during a request after which the device checks on a new
+    /// connection that the server is still there; `None`: never, only
+    /// `response` ends the wait.
+    pub liveness_check_after: Option<Duration>,
 }
+
+/// The longest pause between two liveness checks of one request.
+pub const MAX_LIVENESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(1),
             response: Duration::from_secs(120),
+            liveness_check_after: Some(Duration::from_millis(250)),
         }
     }
 }
@@ -506,6 +527,39 @@ pub(crate) async fn exchange(
     max_body: usize,
     server: &str,
 ) -> Result<Answer, ClientError> {
+    exchange_watched(
+        sender,
+        request,
+        timeout,
+        max_body,
+        server,
+        None::<LivenessCheck<fn() -> std::future::Ready<Result<(), ClientError>>>>,
+    )
+    .await
+}
+
+/// How [`exchange_watched`] checks a silent server: after `after` without an
+/// answer or upload progress it runs `check`, which must end within its own
+/// limits; an error from it ends the exchange (see [`Timeouts`]).
+pub(crate) struct LivenessCheck<F> {
+    pub(crate) after: Duration,
+    pub(crate) check: F,
+}
+
+/// [`exchange`], with the liveness check of [`Timeouts::liveness_check_after`]
+/// while it waits.
+pub(crate) async fn exchange_watched<F, Fut>(
+    sender: &mut SendRequest<RequestBody>,
+    request: Request<RequestBody>,
+    timeout: Duration,
+    max_body: usize,
+    server: &str,
+    liveness: Option<LivenessCheck<F>>,
+) -> Result<Answer, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
     let progress = Arc::new(SendProgress::new());
     let request = request.map(|body| {
         if body.is_end_stream() {
@@ -546,25 +600,70 @@ pub(crate) async fn exchange(
         })
     };
     tokio::pin!(work);
+    let timed_out = || ClientError::Timeout {
+        server: server.to_owned(),
+        after: timeout,
+        during: if progress.is_finished() {
+            "waiting for the answer"
+        } else {
+            "sending the request: the server stopped taking it"
+        },
+    };
+    // The wait before the next liveness check, and when the last one ended:
+    // silence counts from the later of that and the last upload progress.
+    let mut check_wait = liveness.as_ref().map(|l| l.after);
+    let mut last_check: Option<Instant> = None;
     loop {
         let deadline = progress.last() + timeout;
+        let quiet_since = || last_check.map_or(progress.last(), |c| c.max(progress.last()));
+        let check_at = check_wait.map(|wait| quiet_since() + wait);
         tokio::select! {
             result = &mut work => return result,
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
                 // The body may have moved on while the timer ran.
                 if progress.last() + timeout <= Instant::now() {
-                    return Err(ClientError::Timeout {
-                        server: server.to_owned(),
-                        after: timeout,
-                        during: if progress.is_finished() {
-                            "waiting for the answer"
-                        } else {
-                            "sending the request: the server stopped taking it"
-                        },
-                    });
+                    return Err(timed_out());
+                }
+            }
+            _ = sleep_until_some(check_at) => {
+                let (Some(liveness), Some(wait)) = (&liveness, check_wait) else {
+                    continue;
+                };
+                if quiet_since() + wait > Instant::now() {
+                    continue; // the upload moved on while the timer ran
+                }
+                let silent_for = quiet_since().elapsed();
+                let check = (liveness.check)();
+                tokio::pin!(check);
+                // The request may still be answered while the check runs.
+                let checked = tokio::select! {
+                    result = &mut work => return result,
+                    checked = &mut check => checked,
+                };
+                match checked {
+                    Ok(()) => {
+                        tracing::debug!(server, ?silent_for, "slow answer; the server is there");
+                        last_check = Some(Instant::now());
+                        check_wait = Some((wait * 2).min(MAX_LIVENESS_CHECK_INTERVAL));
+                    }
+                    Err(check) => {
+                        return Err(ClientError::Silent {
+                            server: server.to_owned(),
+                            waited: silent_for,
+                            check: Box::new(check),
+                        });
+                    }
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,6 +19,10 @@
 //! - `takeover` (`bench_takeover`): kill -9 of a job's owner to the peer's
 //!   delivery of it, split into DEAD, the lease wait and the pipeline, vs. a
 //!   healthy owner delivering the same job.
+//! - `failover` (`bench_failover`): at the device, the primary's death
+//!   (refused: kill -9; silent: its packets dropped) to the next job
+//!   acknowledged by the secondary, vs. a healthy primary's acknowledgement
+//!   and HAProxy's default check timing.
 //!
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
@@ -87,14 +91,15 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
         }
     }
     if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
-        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|takeover|all] [options]
+        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|takeover|failover|all] [options]
   intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
   ocr:    [--pages N]
   pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
           [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
 {}
 {}
-{}", crate::bench_config::USAGE, crate::bench_replication::USAGE, crate::bench_takeover::USAGE));
+{}
+{}", crate::bench_config::USAGE, crate::bench_replication::USAGE, crate::bench_takeover::USAGE, crate::bench_failover::USAGE));
     }
     Ok((what, o))
 }
@@ -108,6 +113,9 @@ pub fn run(args: &[String]) -> Result {
     }
     if args.first().is_some_and(|a| a == "takeover") {
         return crate::bench_takeover::run(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "failover") {
+        return crate::bench_failover::run(&args[1..]);
     }
     let (what, opts) = parse(args)?;
     if what == "intake" || what == "all" {

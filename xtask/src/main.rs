@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_config;
+mod bench_failover;
 mod bench_pair;
 mod bench_replication;
 mod bench_takeover;
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         Some("setup") => setup_all(),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask <test|demo|bench|setup>\n  test   install what is missing, then fmt, clippy and all tests\n  demo   run a local gateway pair with simulated devices (--help for options)\n  bench  run the benchmarks (intake, ocr, pair, config, replication, takeover; --help for options)\n  setup  install system packages and Rust tools only".into()),
+        _ => Err("usage: cargo xtask <test|demo|bench|setup>\n  test   install what is missing, then fmt, clippy and all tests\n  demo   run a local gateway pair with simulated devices (--help for options)\n  bench  run the benchmarks (intake, ocr, pair, config, replication, takeover, failover; --help for options)\n  setup  install system packages and Rust tools only".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -249,27 +249,56 @@ async fn unusable_arguments_fail_with_a_message_that_says_what_to_do() {
     );
 }
 
-#[tokio::test]
-async fn run_with_an_outbox_fails_over_and_reports_every_job() {
-    let primary = refused_url().await;
-    let secondary = TestServer::http(handler(|r| match (r.method.as_str(), r.path.as_str()) {
-        ("POST", "/api/v1/sessions") => session(),
-        ("PUT", _) => ack(&r.path, 201),
-        _ => json(200, serde_json::json!({})),
-    }))
-    .await;
-    let mut devices = tempfile::NamedTempFile::new().unwrap();
-    devices
-        .write_all(br#"[{"name": "mfd-1", "token": "t1"}, {"name": "mfd-2", "token": "t2"}]"#)
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let report = dir.path().join("report.json");
-    let out = mfd_sim(&[
+/// A secondary that stores jobs, writes `{job_id}.pdf` into `delivered`
+/// for each (`copies` files for the job stored `twice_at`-th, from 0),
+/// answers their status as `done`, and `404` for others.
+fn storing_secondary(delivered: std::path::PathBuf, twice_at: Option<usize>) -> Handler {
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    handler(move |r| {
+        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/v1/sessions") => session(),
+            ("PUT", _) => {
+                let mut stored = stored.lock().unwrap();
+                if !stored.contains(&id) {
+                    std::fs::write(delivered.join(format!("{id}.pdf")), b"%PDF").unwrap();
+                    if twice_at == Some(stored.len()) {
+                        std::fs::write(delivered.join(format!("copy-{id}.pdf")), b"%PDF").unwrap();
+                    }
+                    stored.push(id);
+                }
+                ack(&r.path, 201)
+            }
+            ("GET", p) if p.starts_with("/api/v1/jobs/") => {
+                if !stored.lock().unwrap().contains(&id) {
+                    return api_error(404, "not_found", None);
+                }
+                json(
+                    200,
+                    serde_json::json!({
+                        "job_id": id, "state": "done", "workflow": "scan-to-folder", "pages": 1,
+                        "received_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:01Z",
+                        "accepted_by": "gw-test", "steps": []
+                    }),
+                )
+            }
+            _ => json(200, serde_json::json!({})),
+        }
+    })
+}
+
+fn fleet_args<'a>(
+    primary: &'a str,
+    secondary: &'a str,
+    devices: &'a tempfile::NamedTempFile,
+    dir: &'a std::path::Path,
+) -> Vec<String> {
+    [
         "run",
         "--server",
-        &primary,
+        primary,
         "--server",
-        &secondary.url,
+        secondary,
         "--devices-file",
         devices.path().to_str().unwrap(),
         "--user",
@@ -278,45 +307,161 @@ async fn run_with_an_outbox_fails_over_and_reports_every_job() {
         "pw",
         "--workflow",
         "scan-to-folder",
-        "--jobs",
-        "5",
         "--page-source",
         "random",
         "--page-bytes",
         "1000",
         "--outbox",
-        dir.path().join("outbox").to_str().unwrap(),
+        dir.join("outbox").to_str().unwrap(),
         "--report",
-        report.to_str().unwrap(),
+        dir.join("report.json").to_str().unwrap(),
+        "--delivered",
+        dir.join("delivered").to_str().unwrap(),
         "--json",
         "--quiet",
-    ])
-    .await;
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn two_devices() -> tempfile::NamedTempFile {
+    let mut devices = tempfile::NamedTempFile::new().unwrap();
+    devices
+        .write_all(br#"[{"name": "mfd-1", "token": "t1"}, {"name": "mfd-2", "token": "t2"}]"#)
+        .unwrap();
+    devices
+}
+
+#[tokio::test]
+async fn run_with_an_outbox_fails_over_and_reports_every_job() {
+    let primary = refused_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("delivered")).unwrap();
+    let secondary = TestServer::http(storing_secondary(dir.path().join("delivered"), None)).await;
+    let devices = two_devices();
+    let events = dir.path().join("events.jsonl");
+    let mut args = fleet_args(&primary, &secondary.url, &devices, dir.path());
+    args.extend(
+        [
+            "--jobs",
+            "6",
+            "--jobs-per-session",
+            "2",
+            "--wait",
+            "--wait-timeout",
+            "10",
+            "--events",
+            events.to_str().unwrap(),
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = mfd_sim(&args).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["jobs_acknowledged"], 5);
-    assert_eq!(
-        summary["failovers"]["web_service_down"], 2,
-        "once per device"
+    assert_eq!(summary["jobs_acknowledged"], 6);
+    assert_eq!(summary["jobs_submitted"], 6);
+    assert!(
+        summary["failovers"]["web_service_down"].as_u64().unwrap() >= 2,
+        "at least once per device: {summary}"
     );
+    assert_eq!(summary["delivery"]["done"], 6);
+    let r = &summary["reconciliation"];
+    assert_eq!(
+        (
+            &r["jobs_checked"],
+            &r["jobs_delivered"],
+            &r["jobs_lost"],
+            &r["jobs_duplicated"]
+        ),
+        (&6.into(), &6.into(), &0.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(r["held_by_server"][secondary.url.as_str()], 6);
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     let jobs = report["job_reports"].as_array().unwrap();
-    assert_eq!(jobs.len(), 5);
+    assert_eq!(jobs.len(), 6);
     for job in jobs {
         assert_eq!(job["outcome"], "acknowledged");
         assert_eq!(job["server"], secondary.url.as_str());
-        assert!(job["job_id"].as_str().unwrap().len() == 36);
+        assert_eq!(job["verdict"], "ok");
+        assert_eq!(job["files"], 1);
+        assert_eq!(job["on_servers"][secondary.url.as_str()], "done");
+        assert_eq!(job["on_servers"][primary.as_str()], "unreachable");
     }
     let puts = secondary
         .requests()
         .into_iter()
         .filter(|r| r.method == Method::PUT)
         .count();
-    assert_eq!(puts, 5);
+    assert_eq!(puts, 6);
+    // One person (session) per batch of two jobs on each device.
+    let logins = secondary
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::POST)
+        .count();
+    let per_device = |d: &str| jobs.iter().filter(|j| j["device"] == d).count();
+    assert_eq!(
+        logins,
+        per_device("mfd-1").div_ceil(2) + per_device("mfd-2").div_ceil(2)
+    );
+    let logouts = secondary
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count();
+    assert_eq!(logouts, logins, "every person logged out");
     // Both outboxes are empty.
     for d in ["mfd-1", "mfd-2"] {
         let jobs = dir.path().join("outbox").join(d).join("jobs");
         assert_eq!(std::fs::read_dir(jobs).unwrap().count(), 0);
     }
+    // The events file has every acknowledgement and the failovers, as JSON lines.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acks = lines
+        .iter()
+        .filter(|e| e["event"] == "acknowledged")
+        .count();
+    assert_eq!(acks, 6);
+    let failover = lines.iter().find(|e| e["event"] == "failover").unwrap();
+    assert_eq!(failover["cause"], "web_service_down");
+    assert_eq!(failover["server"], primary.as_str());
+    assert!(failover["at_unix_us"].as_i64().unwrap() > 0);
+}
+
+/// Two documents of one job in the destination folder are a duplicate: the
+/// run says so and fails.
+#[tokio::test]
+async fn run_reports_a_job_delivered_twice_as_duplicated_and_fails() {
+    let primary = refused_url().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("delivered")).unwrap();
+    let secondary =
+        TestServer::http(storing_secondary(dir.path().join("delivered"), Some(1))).await;
+    let devices = two_devices();
+    let mut args = fleet_args(&primary, &secondary.url, &devices, dir.path());
+    args.extend(["--jobs", "3"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = mfd_sim(&args).await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("0 acknowledged jobs lost (on no server, or never delivered), 1 duplicated"),
+        "{}",
+        text(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &summary["reconciliation"];
+    assert_eq!(
+        (&r["jobs_duplicated"], &r["jobs_lost"]),
+        (&1.into(), &0.into())
+    );
+    assert_eq!(r["duplicated"].as_object().unwrap().len(), 1);
 }

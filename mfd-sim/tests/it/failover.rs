@@ -151,6 +151,7 @@ async fn a_silent_primary_is_left_after_the_connect_timeout_as_network() {
             mfd_sim::transport::Timeouts {
                 connect: Duration::from_millis(300),
                 response: Duration::from_secs(30),
+                liveness_check_after: None,
             },
         )
         .unwrap(),
@@ -413,20 +414,27 @@ async fn the_outbox_survives_a_client_dropped_mid_upload() {
     );
 }
 
-/// A primary whose health and uploads follow a switch.
-fn switchable(up: Arc<AtomicBool>) -> Handler {
+/// A primary whose health and uploads follow a switch; while down it
+/// answers `503 data_service_down` with `retry_after` when given.
+fn switchable_with(up: Arc<AtomicBool>, retry_after: Option<&'static str>) -> Handler {
     handler(move |r| {
         let is_up = up.load(Ordering::SeqCst);
         match (r.method.as_str(), r.path.as_str()) {
             ("GET", "/health") if is_up => health(true, "up", false, None),
             ("GET", "/health") => health(false, "down", false, Some("data-service-down")),
-            _ if !is_up => api_error(503, "data_service_down", Some("1")),
+            _ if !is_up => api_error(503, "data_service_down", retry_after),
             ("POST", "/api/v1/sessions") => session(),
             ("DELETE", _) => json(200, serde_json::json!({})),
             ("PUT", _) => ack(&r.path, 201),
             _ => api_error(404, "not_found", None),
         }
     })
+}
+
+/// A primary that follows a switch and sends no `Retry-After` (as the
+/// gateway does for `data_service_down`).
+fn switchable(up: Arc<AtomicBool>) -> Handler {
+    switchable_with(up, None)
 }
 
 #[tokio::test]
@@ -508,4 +516,98 @@ async fn an_unhealthy_primary_is_not_failed_back_to() {
     c.logout().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.current_index(), 1);
+}
+
+/// A server that asked for a pause with `Retry-After` is not failed back to
+/// before the pause is over, however healthy it says it is.
+#[tokio::test]
+async fn failback_waits_out_a_retry_after_hold() {
+    let up = Arc::new(AtomicBool::new(false));
+    let primary = TestServer::http(switchable_with(up.clone(), Some("1"))).await;
+    let secondary = TestServer::http(accepting()).await;
+    let c = failover(&[&primary.url, &secondary.url], settings());
+    let started = std::time::Instant::now();
+    c.login("alice", "pw").await.unwrap();
+    assert_eq!(c.current_index(), 1);
+    up.store(true, Ordering::SeqCst);
+    c.logout().await.unwrap();
+    // Good probes every 50 ms, two needed: without the hold the client
+    // would be back within about 150 ms.
+    let mut back_after = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if c.current_index() == 0 {
+            back_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let back_after = back_after.expect("failed back once the hold was over");
+    assert!(
+        back_after >= Duration::from_secs(1),
+        "failed back after {back_after:?}, inside the 1 s Retry-After"
+    );
+    assert_eq!(
+        c.events().iter().map(|e| e.kind.name()).collect::<Vec<_>>(),
+        ["failover", "failback"]
+    );
+}
+
+/// The time from the start of a request that met a failover cause to the
+/// other server's answer is kept, once per such request.
+#[tokio::test]
+async fn the_time_a_request_took_to_fail_over_is_recorded() {
+    let primary = refused_url().await;
+    let secondary = TestServer::http(accepting()).await;
+    let c = failover(&[&primary, &secondary.url], settings());
+    let (_d, outbox) = outbox();
+    let started = std::time::Instant::now();
+    c.login("alice", "pw").await.unwrap();
+    scan_and_deliver(&c, &outbox).await.unwrap();
+    let took = started.elapsed();
+    let times = c.failover_times();
+    assert_eq!(times.len(), 1, "the login failed over; the job did not");
+    assert!(times[0] <= took, "{times:?} within {took:?}");
+}
+
+/// The primary ended the session and went silent before its answer came
+/// back; the logout, repeated on the secondary, hears that the session is
+/// over already. That is what the person asked for, and the secondary,
+/// which answered, is where the next person starts: the client does not go
+/// back to the server it just passed over.
+#[tokio::test]
+async fn a_logout_the_other_server_calls_over_already_succeeds_and_stays_there() {
+    let gone = Arc::new(AtomicBool::new(false));
+    let g = gone.clone();
+    let switch = TestServer::http(handler(move |r| {
+        if g.load(Ordering::SeqCst) {
+            return None;
+        }
+        match (r.method.as_str(), r.path.as_str()) {
+            ("POST", "/api/v1/sessions") => session(),
+            ("GET", "/health") => health(true, "up", false, None),
+            ("PUT", _) => ack(&r.path, 201),
+            _ => api_error(404, "not_found", None),
+        }
+    }))
+    .await;
+    let secondary = TestServer::http(handler(|r| match (r.method.as_str(), r.path.as_str()) {
+        ("DELETE", _) => api_error(401, "session_expired", None),
+        ("POST", "/api/v1/sessions") => session(),
+        ("GET", "/health") => health(true, "up", false, None),
+        _ => api_error(404, "not_found", None),
+    }))
+    .await;
+    let c = failover(&[&switch.url, &secondary.url], settings());
+    c.login("alice", "pw").await.unwrap();
+    gone.store(true, Ordering::SeqCst);
+    c.logout().await.unwrap();
+    assert!(!c.session_active());
+    assert_eq!(c.current_index(), 1, "the server that answered");
+    c.login("alice", "pw").await.unwrap();
+    assert_eq!(
+        c.events().len(),
+        1,
+        "the next login went straight to the secondary: {:?}",
+        c.events()
+    );
 }

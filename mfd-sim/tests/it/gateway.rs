@@ -1,10 +1,13 @@
-//! The failover client against real `gateway` processes: the causes the
-//! gateway itself produces (maintenance, data service stopped by an admin,
-//! the process gone) are recorded as such, and a job whose acknowledgement
-//! was lost on the way is accepted once. Jobs kept in the outbox while the
-//! gateway refused them are replayed after the person logged out: accepted
-//! once when the logout counted them, refused as `session_expired` (and kept
-//! queued) otherwise. The other server of the list is an
+//! The failover client against real `gateway` processes: the four causes
+//! (maintenance, data service stopped by an admin, the process gone so its
+//! port refuses, the network in front of it dropping everything silently)
+//! are recorded as such, and a job whose acknowledgement was lost on the
+//! way is accepted once. Jobs kept in the outbox while the gateway refused
+//! them are replayed after the person logged out: accepted once when the
+//! logout counted them, refused as `session_expired` (and kept queued)
+//! otherwise. The outbox survives kill -9 of the device's process in the
+//! middle of an upload, and failback to a recovered gateway waits for the
+//! person's session to end. The other server of the list is an
 //! in-test server, because two independent gateways do not share device
 //! tokens (that needs a paired site, which the end-to-end tests build).
 //!
@@ -616,4 +619,232 @@ async fn a_person_who_scanned_nothing_logs_out_at_the_gateway() {
     let gone = gw.client().logout(&session.session).await.unwrap_err();
     let gone = gone.http().expect("an HTTP refusal");
     assert!(gone.has_code("session_expired"), "{gone:?}");
+}
+
+/// Cause 1 against a running gateway: the network between the device and
+/// the gateway starts dropping everything silently (a proxy in front of it
+/// stops accepting and stops moving bytes on the open connections). The
+/// device's kept-alive connection hears nothing, its check on a new
+/// connection gets no answer to its SYN, and the job goes to the other
+/// server within about a second, recorded as `network`.
+#[tokio::test]
+async fn a_gateway_whose_network_drops_silently_is_recorded_as_network() {
+    let gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let proxy = FaultProxy::start(&gw.plain).await;
+    let other = TestServer::http(fallback()).await;
+    let c = client_for(&[proxy.url.clone(), other.url.clone()], &gw.token).await;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    c.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(c.current_index(), 0, "the gateway took the login");
+    let job = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    proxy.set(ProxyMode::Silent).await;
+    let started = Instant::now();
+    let Delivery::Acknowledged(d) = c.deliver(&outbox, &job).await.unwrap() else {
+        panic!("acknowledged by the other server")
+    };
+    let took = started.elapsed();
+    assert_eq!(d.server_index, 1);
+    // The check waits 250 ms of silence, then up to the 2 s connect timeout
+    // of these tests.
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let causes: Vec<_> = c
+        .events()
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::Failover { cause, .. } => (e.server, cause.to_string()),
+            other => (e.server, other.name().to_owned()),
+        })
+        .collect();
+    assert_eq!(causes, [(proxy.url.clone(), "network".to_owned())]);
+    assert!(outbox.pending().unwrap().is_empty());
+}
+
+/// R3 against a running gateway: the device failed over while the gateway
+/// was in maintenance; once the gateway is healthy again (and its
+/// `Retry-After` is over) the device stays where it is for as long as the
+/// person's session lasts, and returns the moment they log out.
+#[tokio::test]
+async fn failback_to_a_recovered_gateway_waits_until_the_person_logged_out() {
+    let gw = tokio::task::spawn_blocking(gateway_with_short_maintenance_hold)
+        .await
+        .unwrap();
+    let other = TestServer::http(fallback()).await;
+    let list = ServerList::new(vec![
+        GatewayClient::new(&gw.plain, None, quick()).unwrap(),
+        GatewayClient::new(&other.url, None, quick()).unwrap(),
+    ])
+    .unwrap()
+    .with_token(&gw.token)
+    .unwrap();
+    let c = FailoverClient::new(
+        list,
+        FailoverSettings {
+            failback_probe_interval: Duration::from_millis(100),
+            failback_good_probes: 3,
+            ..FailoverSettings::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path(), OutboxLimits::default()).unwrap();
+    let gw = maintenance(gw, true).await;
+    c.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(c.current_index(), 1, "failed over for maintenance");
+    let gw = maintenance(gw, false).await;
+    // The hold (1 s) and three good probes 100 ms apart are over.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(gw.client().health().await.unwrap().accepting);
+    assert_eq!(c.current_index(), 1, "never in the middle of a session");
+    let job = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    let Delivery::Acknowledged(d) = c.deliver(&outbox, &job).await.unwrap() else {
+        panic!("acknowledged")
+    };
+    assert_eq!(
+        d.server_index, 1,
+        "the session's jobs stay on the other server"
+    );
+    c.logout().await.unwrap();
+    assert_eq!(c.current_index(), 0, "back once the person logged out");
+    c.login("alice", PASSWORD).await.unwrap();
+    let job = c
+        .scan(&outbox, &Manifest::new("scan-to-folder", 1), job_pages())
+        .await
+        .unwrap();
+    let Delivery::Acknowledged(d) = c.deliver(&outbox, &job).await.unwrap() else {
+        panic!("acknowledged")
+    };
+    assert_eq!(d.server_index, 0);
+    let jobs = gw.client().jobs(50).await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(),
+        [job.job_id]
+    );
+    let names: Vec<_> = c.events().iter().map(|e| e.kind.name()).collect();
+    assert_eq!(names, ["failover", "failback"]);
+}
+
+/// The device's process is killed (SIGKILL) in the middle of an upload to a
+/// running gateway. Started again on the same outbox, it sends what was
+/// queued first, with the same ids: every job scanned ends up on the
+/// gateway exactly once, none under a second id, and the outbox is empty.
+#[tokio::test]
+async fn the_outbox_survives_kill_9_of_the_device_process_mid_upload() {
+    let gw = tokio::task::spawn_blocking(Gateway::start).await.unwrap();
+    let proxy = FaultProxy::start(&gw.plain).await;
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("devices.json");
+    std::fs::write(
+        &devices,
+        serde_json::json!([{"name": "mfd-1", "token": gw.token}]).to_string(),
+    )
+    .unwrap();
+    let outbox_root = dir.path().join("outbox");
+    let run = |server: &str, jobs: &str, extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mfd-sim"));
+        cmd.args(["run", "--server", server, "--devices-file"])
+            .arg(&devices)
+            .args(["--user", "alice", "--password", PASSWORD])
+            .args(["--workflow", "scan-to-folder", "--jobs", jobs])
+            .args(["--page-source", "random", "--page-bytes", "20000"])
+            .arg("--outbox")
+            .arg(&outbox_root)
+            .args(["--quiet", "--json"])
+            .args(extra)
+            .env_remove("MFD_SIM_PASSWORD")
+            .kill_on_drop(true)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut first = run(&proxy.url, "50", &["--scan-interval-ms", "20"])
+        .spawn()
+        .unwrap();
+    // A few jobs go through, then uploads stall half-way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while gw.client().jobs(50).await.map_or(0, |j| j.len()) < 3 {
+        assert!(Instant::now() < deadline, "no jobs reached the gateway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set(ProxyMode::StallUploads).await;
+    while !proxy.holding() {
+        assert!(Instant::now() < deadline, "no upload stalled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.start_kill().unwrap(); // SIGKILL
+    let status = first.wait().await.unwrap();
+    assert!(!status.success());
+    let stalled = proxy.uploads().last().cloned().unwrap();
+
+    let queued: Vec<String> = std::fs::read_dir(outbox_root.join("mfd-1").join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        queued.contains(&stalled),
+        "the job cut off mid-upload is in the outbox: {queued:?}, {stalled}"
+    );
+    let before: Vec<String> = gw
+        .client()
+        .jobs(200)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id.to_string())
+        .collect();
+    assert!(
+        !before.contains(&stalled),
+        "the cut-off upload was not stored"
+    );
+
+    // The device starts again (straight to the gateway) and scans nothing new.
+    let out = run(&gw.plain, "0", &[]).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["jobs_resumed"], queued.len());
+    assert_eq!(summary["jobs_acknowledged"], queued.len());
+    assert_eq!(summary["jobs_queued"], 0);
+
+    let after: Vec<String> = gw
+        .client()
+        .jobs(200)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id.to_string())
+        .collect();
+    let mut unique = after.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), after.len());
+    for id in &queued {
+        assert_eq!(after.iter().filter(|a| *a == id).count(), 1, "{id}");
+    }
+    // Every upload the device began is on the gateway under its own id, and
+    // nothing else is: no scan was lost, none stored twice.
+    let mut begun = proxy.uploads();
+    begun.sort();
+    begun.dedup();
+    let mut expected = begun.clone();
+    expected.extend(queued.iter().cloned());
+    expected.sort();
+    expected.dedup();
+    let mut stored = after.clone();
+    stored.sort();
+    assert_eq!(stored, expected);
+    assert_eq!(
+        std::fs::read_dir(outbox_root.join("mfd-1").join("jobs"))
+            .unwrap()
+            .count(),
+        0
+    );
 }

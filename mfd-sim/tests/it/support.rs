@@ -298,6 +298,7 @@ pub fn quick() -> Timeouts {
     Timeouts {
         connect: Duration::from_secs(2),
         response: Duration::from_secs(5),
+        liveness_check_after: Some(Duration::from_millis(250)),
     }
 }
 
@@ -456,4 +457,204 @@ pub fn gateway_cert_fingerprint() -> [u8; 32] {
         .unwrap()
         .unwrap();
     mfd_sim::transport::certificate_fingerprint(der.as_ref())
+}
+
+/// What a [`FaultProxy`] does with the traffic it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards everything both ways.
+    Pass,
+    /// The server vanished silently: no new connection is accepted (the
+    /// listen queue is filled, so new connects get no answer at all), and
+    /// nothing more moves on the connections already open (they stay open).
+    Silent,
+    /// Each connection forwards at most 512 more bytes from the device, then
+    /// holds the rest: an upload stalled in the middle.
+    StallUploads,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of a server, whose behaviour a test
+/// switches. It remembers the job ids of the uploads it saw begin.
+pub struct FaultProxy {
+    pub url: String,
+    mode: tokio::sync::watch::Sender<ProxyMode>,
+    held: Arc<std::sync::atomic::AtomicBool>,
+    uploads: Arc<Mutex<Vec<String>>>,
+    addr: std::net::SocketAddr,
+    accept: JoinHandle<()>,
+    fillers: Mutex<Vec<tokio::net::TcpStream>>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (`http://HOST:PORT`), passing everything.
+    pub async fn start(upstream: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        // A short listen queue, so that going silent fills it quickly.
+        let listener = Arc::new(socket.listen(1).unwrap());
+        let addr = listener.local_addr().unwrap();
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let (mode, watch) = tokio::sync::watch::channel(ProxyMode::Pass);
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let uploads = Arc::new(Mutex::new(Vec::new()));
+        let accept = {
+            let (held, uploads) = (held.clone(), uploads.clone());
+            tokio::spawn(async move {
+                let mut conns = tokio::task::JoinSet::new();
+                let mut silent = watch.clone();
+                loop {
+                    let device = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok((device, _)) => Some(device),
+                            Err(_) => return,
+                        },
+                        // Silent: accept nothing more, keep the listener
+                        // bound and every connection open.
+                        gone = silent.wait_for(|m| *m == ProxyMode::Silent) => {
+                            drop(gone);
+                            None
+                        }
+                    };
+                    let Some(device) = device else {
+                        std::future::pending::<()>().await;
+                        return;
+                    };
+                    if *watch.borrow() == ProxyMode::Silent {
+                        // Accepted in the instant of going silent: held
+                        // open, never answered.
+                        conns.spawn(async move {
+                            let _held = device;
+                            std::future::pending::<()>().await;
+                        });
+                        continue;
+                    }
+                    let (upstream, watch, held, uploads) = (
+                        upstream.clone(),
+                        watch.clone(),
+                        held.clone(),
+                        uploads.clone(),
+                    );
+                    conns.spawn(async move {
+                        let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        let (dr, dw) = device.into_split();
+                        let (sr, sw) = server.into_split();
+                        let up = pipe(dr, sw, watch.clone(), Some((held, uploads)));
+                        let down = pipe(sr, dw, watch, None);
+                        let _ = tokio::join!(up, down);
+                    });
+                }
+            })
+        };
+        FaultProxy {
+            url: format!("http://{addr}"),
+            mode,
+            held,
+            uploads,
+            addr,
+            accept,
+            fillers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Switches what the proxy does from now on.
+    pub async fn set(&self, mode: ProxyMode) {
+        self.mode.send_replace(mode);
+        if mode == ProxyMode::Silent {
+            // Connect until a connect does not complete: the queue is full
+            // and the kernel drops further SYNs.
+            for _ in 0..16 {
+                match tokio::time::timeout(
+                    Duration::from_millis(200),
+                    tokio::net::TcpStream::connect(self.addr),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => self.fillers.lock().unwrap().push(s),
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Whether a stalled upload is being held.
+    pub fn holding(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// The job ids of the uploads seen to begin, in order.
+    pub fn uploads(&self) -> Vec<String> {
+        self.uploads.lock().unwrap().clone()
+    }
+}
+
+/// Where the device's direction of a proxied connection notes whether it
+/// holds bytes back, and the job ids of the uploads it saw begin.
+type UploadWatch = (Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<String>>>);
+
+/// Copies one direction of a proxied connection, following the mode; when
+/// `watch_uploads` is given (the device's direction), notes the job ids of
+/// uploads and whether bytes are held back.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<ProxyMode>,
+    watch_uploads: Option<UploadWatch>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut allowance: Option<usize> = None;
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let current = *mode.borrow();
+        if let Some((_, uploads)) = &watch_uploads {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            for part in text.split("PUT /api/v1/jobs/").skip(1) {
+                uploads
+                    .lock()
+                    .unwrap()
+                    .push(part.chars().take(36).collect());
+            }
+        }
+        let forward = match current {
+            ProxyMode::Pass => n,
+            ProxyMode::Silent => 0,
+            ProxyMode::StallUploads if watch_uploads.is_some() => {
+                let left = allowance.get_or_insert(512);
+                let now = (*left).min(n);
+                *left -= now;
+                now
+            }
+            ProxyMode::StallUploads => n,
+        };
+        if forward > 0 && to.write_all(&buf[..forward]).await.is_err() {
+            return;
+        }
+        if forward < n {
+            if let Some((held, _)) = &watch_uploads {
+                held.store(true, Ordering::SeqCst);
+            }
+            // Nothing more moves; both sockets stay open until the test ends.
+            let _keep = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+    }
 }

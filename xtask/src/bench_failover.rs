@@ -1,0 +1,814 @@
+//! `cargo xtask bench failover`: the device-side time from the primary's
+//! death to the next job acknowledged at the device, when the primary
+//! refuses connections (its process killed with kill -9: the port is
+//! closed) and when its packets silently disappear (a proxy in front of it
+//! stops accepting, with its listen queue filled so that new connects get
+//! no answer, and stops moving bytes on the connections already open), set
+//! beside the acknowledgement latency of a healthy primary measured in the
+//! same run and HAProxy's default check timing. It writes nothing into the
+//! repository and talks only to loopback.
+//!
+//! Two release `gateway` processes, `gw-a` (03) and `gw-b` (04), on fixed
+//! loopback ports (a restarted `gw-a` is found at its old address), paired,
+//! heartbeat every 100 ms, DEAD after 600 ms. One simulated device, the
+//! release `mfd-sim run` through its failover client and outbox with the
+//! client's default timeouts (connect 1 s, liveness check after 250 ms of
+//! silence), scans one 20 kB page every 10 ms, five per person, and
+//! writes every acknowledgement and client event with its time to a file
+//! this process follows. Each trial starts once the device has been back on
+//! `gw-a` for a few jobs; the fault is made and timed here, and the trial
+//! ends with the first job `gw-b` acknowledged after it. Then `gw-a` is
+//! started again (or the proxy passes again) and the device fails back.
+//!
+//! Every wait is bounded (each trial by [`TRIAL_LIMIT`], the run by
+//! [`RUN_LIMIT`]), and every process started here is stopped when its guard
+//! is dropped, on failure too.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::Result;
+use crate::measure::{cpu_jiffies, io, summary};
+use crate::pair_site::{STEP_LIMIT, stop, timed, wait_in_sync};
+use crate::site::Tools;
+
+const HEARTBEAT_INTERVAL_MS: u64 = 100;
+const DEAD_THRESHOLD_MS: u64 = 600;
+/// The longest one trial may take, from restoring the primary to the
+/// first job acknowledged by the secondary after the next fault.
+const TRIAL_LIMIT: Duration = Duration::from_secs(60);
+/// The longest the whole run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(1200);
+/// Jobs on the primary after it is back, before the next fault: the fault
+/// comes in the middle of a person's five scans, while the device is
+/// sending jobs.
+const JOBS_BEFORE_FAULT: usize = 3;
+/// HAProxy's default check timing, cited, not measured here: a server is
+/// DOWN after `fall` (3) failed probes `inter` (2 s) apart.
+const HAPROXY_DEFAULT_MS: f64 = 6000.0;
+/// The design's goals, at p99.
+const GOAL_REFUSED_MS: f64 = 300.0;
+const GOAL_SILENT_MS: f64 = 1500.0;
+
+pub const USAGE: &str = "  failover: [--trials N (50 per fault)] [--json]";
+
+struct Options {
+    trials: u32,
+    json: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        trials: 50,
+        json: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--trials" => {
+                o.trials = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (1..=500).contains(n))
+                    .ok_or("--trials needs a number from 1 to 500")?;
+            }
+            "--json" => o.json = true,
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` for bench failover\nusage: cargo xtask bench failover [options]\n{USAGE}"
+                ));
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// One running `gateway serve`, stopped when dropped (unless killed).
+struct Server {
+    child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "-TERM");
+        }
+    }
+}
+
+impl Server {
+    /// SIGKILL (sent directly by std, no helper process), then reaps.
+    fn kill9(&mut self) -> Result {
+        if let Some(mut child) = self.child.take() {
+            child.kill().map_err(io)?;
+            child.wait().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// The site: both instances, their configuration, the device's files.
+struct Site {
+    tools: Tools,
+    dir: PathBuf,
+    config: PathBuf,
+    /// The HTTPS ports, `gw-a` first.
+    ports: [u16; 2],
+}
+
+impl Site {
+    fn cli(&self, instance: &str, args: &[&str]) -> Result<String> {
+        timed(self.tools.gateway(&self.config, instance).args(args)).map(|(out, _)| out)
+    }
+
+    fn start(&self, name: &str) -> Result<(Server, Value)> {
+        let run_file = self.dir.join(name).join(format!("{name}.run.json"));
+        // A killed server leaves its run file behind.
+        let _ = std::fs::remove_file(&run_file);
+        let (child, info) = self.tools.serve(
+            &self.config,
+            name,
+            &self.dir.join(name),
+            &self.dir.join(format!("{name}.log")),
+        )?;
+        Ok((Server { child: Some(child) }, info))
+    }
+}
+
+fn make_site(tools: Tools, dir: &Path) -> Result<Site> {
+    let vendor = tools.vendor(dir)?;
+    let key_a = tools.issue(&vendor, "03", 1, 5)?;
+    let key_b = tools.issue(&vendor, "04", 2, 5)?;
+    let hash = tools.hash_password("bench")?;
+    let free_port = || -> Result<u16> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        Ok(l.local_addr().map_err(io)?.port())
+    };
+    let ports = [free_port()?, free_port()?];
+    let (pair_a, pair_b) = (free_port()?, free_port()?);
+    let delivered = dir.join("delivered");
+    std::fs::create_dir_all(&delivered).map_err(io)?;
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[licensing]
+trusted_vendor_keys = ["{public}"]
+
+[users.bench]
+password_hash = "{hash}"
+
+[workflows.bench]
+steps = [ {{ plugin = "assemble" }}, {{ plugin = "folder", root = "{delivered}", name = "{{job_id}}.pdf" }} ]
+
+[defaults]
+data_dir = "{{instance}}"
+log_level = "info"
+
+[defaults.pair]
+heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}
+dead_threshold_ms = {DEAD_THRESHOLD_MS}
+
+[instances.gw-a]
+listen = "127.0.0.1:{web_a}"
+
+[instances.gw-a.pair]
+listen = "127.0.0.1:{pair_a}"
+peer = "127.0.0.1:{pair_b}"
+
+[instances.gw-b]
+listen = "127.0.0.1:{web_b}"
+
+[instances.gw-b.pair]
+listen = "127.0.0.1:{pair_b}"
+peer = "127.0.0.1:{pair_a}"
+"#,
+            public = vendor.public_key,
+            delivered = delivered.display(),
+            web_a = ports[0],
+            web_b = ports[1],
+        ),
+    )
+    .map_err(io)?;
+    let site = Site {
+        tools,
+        dir: dir.to_owned(),
+        config,
+        ports,
+    };
+    site.cli("gw-a", &["license", "activate", &key_a])?;
+    site.cli("gw-b", &["license", "activate", &key_b])?;
+    Ok(site)
+}
+
+/// What the proxy in front of `gw-a` shares with its threads.
+#[derive(Default)]
+struct ProxyState {
+    silent: AtomicBool,
+    stopping: AtomicBool,
+    /// Every socket of every connection, to shut them all at the end.
+    streams: Mutex<Vec<TcpStream>>,
+    /// The connections that fill the listen queue while silent.
+    fillers: Mutex<Vec<TcpStream>>,
+}
+
+/// A TCP proxy on a loopback port in front of `gw-a`'s HTTPS port. It
+/// passes everything until [`FrontProxy::go_silent`]: from then on it
+/// accepts nothing (and fills its listen queue, so that the kernel drops
+/// further SYNs: connects get no answer at all) and moves no byte on the
+/// connections already open, which stay open. That is what a server whose
+/// packets silently disappear looks like from the device, except that the
+/// kernel still acknowledges what the device sends on an open connection.
+struct FrontProxy {
+    addr: SocketAddr,
+    state: Arc<ProxyState>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FrontProxy {
+    fn start(addr: SocketAddr, upstream: SocketAddr) -> Result<FrontProxy> {
+        // std sets SO_REUSEADDR, so the port of a proxy just shut can be
+        // taken again at once.
+        let listener = TcpListener::bind(addr).map_err(|e| format!("proxy on {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        let state = Arc::new(ProxyState::default());
+        let accept = {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                while !state.stopping.load(Ordering::SeqCst) {
+                    if state.silent.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    match listener.accept() {
+                        Ok((device, _)) => connect(device, upstream, &state),
+                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+            })
+        };
+        Ok(FrontProxy {
+            addr,
+            state,
+            accept: Some(accept),
+        })
+    }
+
+    /// Silence from now on; returns once the listen queue is full.
+    fn go_silent(&self) {
+        self.state.silent.store(true, Ordering::SeqCst);
+        let mut fillers = self.state.fillers.lock().unwrap_or_else(|p| p.into_inner());
+        // std listens with a queue of 128: the kernel completes that many
+        // handshakes (and one more) for nobody, then drops SYNs.
+        for _ in 0..400 {
+            match TcpStream::connect_timeout(&self.addr, Duration::from_millis(100)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Closes the listener and every connection.
+    fn shut(mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for s in self
+            .state
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        self.state
+            .fillers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for FrontProxy {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects an accepted device connection to `upstream`, one thread per
+/// direction.
+fn connect(device: TcpStream, upstream: SocketAddr, state: &Arc<ProxyState>) {
+    let _ = device.set_nonblocking(false);
+    let Ok(server) = TcpStream::connect_timeout(&upstream, Duration::from_secs(1)) else {
+        return;
+    };
+    let _ = device.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let clones = (
+        device.try_clone(),
+        server.try_clone(),
+        device.try_clone(),
+        server.try_clone(),
+    );
+    let (Ok(d2), Ok(s2), Ok(d3), Ok(s3)) = clones else {
+        return;
+    };
+    state
+        .streams
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend([d3, s3]);
+    for (from, to) in [(device, server), (s2, d2)] {
+        let state = state.clone();
+        std::thread::spawn(move || pipe(from, to, &state));
+    }
+}
+
+/// Copies one direction until either side closes or the proxy stops; while
+/// silent, moves nothing and keeps both sockets open.
+fn pipe(mut from: TcpStream, mut to: TcpStream, state: &ProxyState) {
+    use std::io::Write;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !state.stopping.load(Ordering::SeqCst) {
+        if state.silent.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            // Bytes read in the instant of going silent are dropped too.
+            Ok(_) if state.silent.load(Ordering::SeqCst) => {}
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The device's event file, read as it grows.
+struct Events {
+    path: PathBuf,
+    offset: u64,
+    all: Vec<Value>,
+}
+
+impl Events {
+    fn new(path: PathBuf) -> Events {
+        Events {
+            path,
+            offset: 0,
+            all: Vec::new(),
+        }
+    }
+
+    /// Reads the lines written since the last call (whole lines only).
+    fn poll(&mut self) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut reader = BufReader::new(&mut file);
+        let mut line = String::new();
+        while let Ok(n) = reader.read_line(&mut line) {
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            self.offset += n as u64;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.all.push(v);
+            }
+            line.clear();
+        }
+    }
+
+    /// Acknowledgements by server `index` after `after_us`.
+    fn acks_on(&self, index: u64, after_us: i64) -> impl Iterator<Item = &Value> {
+        self.all.iter().filter(move |e| {
+            e["event"] == "acknowledged"
+                && e["server_index"] == index
+                && e["at_unix_us"].as_i64().is_some_and(|t| t > after_us)
+        })
+    }
+}
+
+/// One trial's figures.
+struct Trial {
+    /// Fault → first job acknowledged by `gw-b`, in ms.
+    to_ack: f64,
+    /// The cause the device recorded first after the fault.
+    cause: String,
+    /// That job's own time from its scan to its acknowledgement.
+    job_ms: f64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// kill -9 of `gw-a`: its port refuses connections.
+    Refused,
+    /// The proxy in front of `gw-a` goes silent.
+    Silent,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Refused => "refused",
+            Fault::Silent => "silent",
+        }
+    }
+}
+
+/// The outcome of one series of trials.
+struct Series {
+    trials: Vec<Trial>,
+    problems: Vec<String>,
+    /// Acknowledgement latency of jobs to a healthy `gw-a` during the series.
+    healthy_ack_ms: Vec<f64>,
+}
+
+pub fn run(args: &[String]) -> Result {
+    let o = parse(args)?;
+    let tools = Tools::build("release")?;
+    let dir = std::env::temp_dir().join("scangw-bench-failover");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    eprintln!("bench failover: site and logs in {}", dir.display());
+    let site = make_site(tools, &dir)?;
+    let started = Instant::now();
+    let (mut a, info_a) = site.start("gw-a")?;
+    let (_b, info_b) = site.start("gw-b")?;
+    let code = site.cli("gw-a", &["pair", "init"])?;
+    site.cli("gw-b", &["pair", "join", code.trim()])?;
+    wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
+    let added = site.cli("gw-a", &["device", "add", "bench-mfd"])?;
+    let token = serde_json::from_str::<Value>(&added)
+        .ok()
+        .and_then(|v| v["token"].as_str().map(str::to_owned))
+        .ok_or_else(|| format!("`device add` answered no token: {added}"))?;
+    std::fs::write(
+        dir.join("devices.json"),
+        json!([{"name": "bench-mfd", "token": token}]).to_string(),
+    )
+    .map_err(io)?;
+    let mut trust = Vec::new();
+    for info in [&info_a, &info_b] {
+        let cert = info["certificate"].as_str().unwrap_or_default();
+        trust.extend(std::fs::read(cert).map_err(|e| format!("{cert}: {e}"))?);
+    }
+    std::fs::write(dir.join("trust.pem"), trust).map_err(io)?;
+    // The secondary must hold the device (configuration version) first.
+    wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
+
+    let cpu_before = cpu_jiffies();
+    let refused = series(&site, &mut a, Fault::Refused, o.trials, started)?;
+    let silent = series(&site, &mut a, Fault::Silent, o.trials, started)?;
+    let cpu = cpu_jiffies()
+        .zip(cpu_before)
+        .map(|((b1, t1), (b0, t0))| 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
+
+    report(&o, &refused, &silent, cpu, started.elapsed())
+}
+
+/// One device run through `trials` faults of one kind.
+fn series(
+    site: &Site,
+    a: &mut Server,
+    fault: Fault,
+    trials: u32,
+    run_started: Instant,
+) -> Result<Series> {
+    let upstream: SocketAddr = format!("127.0.0.1:{}", site.ports[0]).parse().map_err(io)?;
+    let mut proxy = match fault {
+        Fault::Silent => Some(FrontProxy::start(
+            "127.0.0.1:0".parse().map_err(io)?,
+            upstream,
+        )?),
+        Fault::Refused => None,
+    };
+    let proxy_addr = proxy.as_ref().map(|p| p.addr);
+    let front = match proxy_addr {
+        Some(addr) => format!("https://127.0.0.1:{}", addr.port()),
+        None => format!("https://127.0.0.1:{}", site.ports[0]),
+    };
+    let events_path = site.dir.join(format!("{}-events.jsonl", fault.name()));
+    let mut device = DeviceRun::start(site, fault, &front, &events_path, trials)?;
+    let mut events = Events::new(events_path);
+    let mut out = Series {
+        trials: Vec::new(),
+        problems: Vec::new(),
+        healthy_ack_ms: Vec::new(),
+    };
+    let mut restored_us = unix_us();
+    for trial in 1..=trials {
+        if run_started.elapsed() > RUN_LIMIT {
+            out.problems.push(format!(
+                "{}: stopped after {} trials: the run took longer than {} s",
+                fault.name(),
+                trial - 1,
+                RUN_LIMIT.as_secs()
+            ));
+            break;
+        }
+        let deadline = Instant::now() + TRIAL_LIMIT;
+        // The device back on gw-a for a few jobs.
+        loop {
+            events.poll();
+            if events.acks_on(0, restored_us).count() >= JOBS_BEFORE_FAULT {
+                break;
+            }
+            if device.exited() {
+                return Err(format!(
+                    "{}: the device's run ended; see {}",
+                    fault.name(),
+                    device.log.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} trial {trial}: the device did not return to gw-a within {} s",
+                    fault.name(),
+                    TRIAL_LIMIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let fault_us = unix_us();
+        match (fault, &proxy) {
+            (Fault::Refused, _) => a.kill9()?,
+            (Fault::Silent, Some(p)) => p.go_silent(),
+            (Fault::Silent, None) => unreachable!("a proxy for the silent fault"),
+        }
+        let mut measured = None;
+        while measured.is_none() && Instant::now() < deadline {
+            events.poll();
+            measured = events.acks_on(1, fault_us).next().map(|e| {
+                let at = e["at_unix_us"].as_i64().unwrap_or(fault_us);
+                let cause = events
+                    .all
+                    .iter()
+                    .filter(|c| c["event"] == "failover")
+                    .find(|c| c["at_unix_us"].as_i64().is_some_and(|t| t >= fault_us))
+                    .and_then(|c| c["cause"].as_str())
+                    .unwrap_or("none")
+                    .to_owned();
+                Trial {
+                    to_ack: (at - fault_us) as f64 / 1000.0,
+                    cause,
+                    job_ms: e["ack_ms"].as_f64().unwrap_or(0.0),
+                }
+            });
+            if measured.is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        match measured {
+            Some(t) => out.trials.push(t),
+            None => out.problems.push(format!(
+                "{} trial {trial}: no job acknowledged by gw-b within the trial's time",
+                fault.name()
+            )),
+        }
+        // Back to health: gw-a started again, or the proxy passing again.
+        match fault {
+            Fault::Refused => {
+                *a = site.start("gw-a")?.0;
+                wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
+            }
+            Fault::Silent => {
+                if let Some(p) = proxy.take() {
+                    p.shut();
+                }
+                let addr = proxy_addr.expect("the silent series has a proxy");
+                proxy = Some(FrontProxy::start(addr, upstream)?);
+            }
+        }
+        restored_us = unix_us();
+    }
+    device.stop();
+    events.poll();
+    out.healthy_ack_ms = events
+        .acks_on(0, 0)
+        .filter_map(|e| e["ack_ms"].as_f64())
+        .collect();
+    Ok(out)
+}
+
+/// The simulated device: `mfd-sim run`, stopped (SIGTERM, then killed)
+/// when dropped.
+struct DeviceRun {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl DeviceRun {
+    fn start(
+        site: &Site,
+        fault: Fault,
+        front: &str,
+        events: &Path,
+        trials: u32,
+    ) -> Result<DeviceRun> {
+        let log = site.dir.join(format!("{}-device.log", fault.name()));
+        let file = std::fs::File::create(&log).map_err(io)?;
+        // Bounded by its job count as well as by this bench: a few hundred
+        // jobs per trial at most.
+        let jobs = (trials as u64 * 500).to_string();
+        let secondary = format!("https://127.0.0.1:{}", site.ports[1]);
+        let child = Command::new(site.tools.bin("mfd-sim"))
+            .arg("run")
+            .args(["--server", front, "--server", &secondary])
+            .arg("--ca")
+            .arg(site.dir.join("trust.pem"))
+            .arg("--devices-file")
+            .arg(site.dir.join("devices.json"))
+            .args([
+                "--user",
+                "bench",
+                "--password",
+                "bench",
+                "--workflow",
+                "bench",
+            ])
+            .args(["--jobs", &jobs, "--pages", "1"])
+            .args(["--page-source", "random", "--page-bytes", "20000"])
+            .arg("--outbox")
+            .arg(site.dir.join(format!("{}-outbox", fault.name())))
+            .args(["--jobs-per-session", "5", "--scan-interval-ms", "10"])
+            .args([
+                "--failback-probe-interval-ms",
+                "100",
+                "--failback-good-probes",
+                "3",
+                "--max-attempts",
+                "20",
+            ])
+            .arg("--events")
+            .arg(events)
+            .args(["--quiet", "--json"])
+            .env("MFD_SIM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(io)?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot start mfd-sim: {e}"))?;
+        Ok(DeviceRun {
+            child: Some(child),
+            log,
+        })
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child, "-TERM");
+        }
+    }
+}
+
+impl Drop for DeviceRun {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn report(
+    o: &Options,
+    refused: &Series,
+    silent: &Series,
+    cpu: Option<f64>,
+    took: Duration,
+) -> Result {
+    let figures = |s: &Series| {
+        let to_ack: Vec<f64> = s.trials.iter().map(|t| t.to_ack).collect();
+        let job: Vec<f64> = s.trials.iter().map(|t| t.job_ms).collect();
+        let mut causes = std::collections::BTreeMap::<String, usize>::new();
+        for t in &s.trials {
+            *causes.entry(t.cause.clone()).or_default() += 1;
+        }
+        (summary(&to_ack), summary(&job), causes)
+    };
+    let (r_ack, r_job, r_causes) = figures(refused);
+    let (s_ack, s_job, s_causes) = figures(silent);
+    let healthy: Vec<f64> = refused
+        .healthy_ack_ms
+        .iter()
+        .chain(&silent.healthy_ack_ms)
+        .copied()
+        .collect();
+    let healthy = summary(&healthy);
+    let row = |label: &str, s: &Option<crate::measure::Summary>| match s {
+        Some(s) => format!(
+            "{label:<58} n={:<5} p50 {:>8.1} ms  p99 {:>8.1} ms  (min {:.1}, max {:.1})",
+            s.n, s.p50, s.p99, s.min, s.max
+        ),
+        None => format!("{label:<58} no samples"),
+    };
+    println!("bench failover: {} s", took.as_secs());
+    println!(
+        "{}",
+        row("refused (kill -9): fault -> next ack on gw-b", &r_ack)
+    );
+    println!(
+        "{}",
+        row(
+            "  that job: its scan -> its ack (through the failover)",
+            &r_job
+        )
+    );
+    println!("  causes recorded first: {r_causes:?}");
+    println!("{}", row("silent drop: fault -> next ack on gw-b", &s_ack));
+    println!(
+        "{}",
+        row(
+            "  that job: its scan -> its ack (through the failover)",
+            &s_job
+        )
+    );
+    println!("  causes recorded first: {s_causes:?}");
+    println!(
+        "{}",
+        row("baseline: healthy gw-a, scan -> ack of a job", &healthy)
+    );
+    println!(
+        "HAProxy default checks (inter 2s x fall 3, cited): {HAPROXY_DEFAULT_MS:.0} ms to mark the server down"
+    );
+    let verdict = |s: &Option<crate::measure::Summary>, goal: f64| match s {
+        Some(s) if s.p99 < goal => format!("met (p99 {:.1} < {goal:.0} ms)", s.p99),
+        Some(s) => format!("missed (p99 {:.1} >= {goal:.0} ms)", s.p99),
+        None => "not measured".to_owned(),
+    };
+    println!(
+        "goal refused p99 < {GOAL_REFUSED_MS} ms: {}",
+        verdict(&r_ack, GOAL_REFUSED_MS)
+    );
+    println!(
+        "goal silent p99 < {GOAL_SILENT_MS} ms: {}",
+        verdict(&s_ack, GOAL_SILENT_MS)
+    );
+    if let Some(cpu) = cpu {
+        println!("CPU busy during the series: {cpu:.0}%");
+    }
+    for p in refused.problems.iter().chain(&silent.problems) {
+        println!("problem: {p}");
+    }
+    if o.json {
+        let js = |s: &Option<crate::measure::Summary>| {
+            s.as_ref().map(|s| json!({"n": s.n, "p50_ms": s.p50, "p99_ms": s.p99, "min_ms": s.min, "max_ms": s.max}))
+        };
+        println!(
+            "{}",
+            json!({
+                "refused": {"fault_to_ack": js(&r_ack), "job": js(&r_job), "causes": r_causes},
+                "silent": {"fault_to_ack": js(&s_ack), "job": js(&s_job), "causes": s_causes},
+                "healthy_ack": js(&healthy),
+                "haproxy_default_ms": HAPROXY_DEFAULT_MS,
+                "cpu_busy_percent": cpu,
+                "problems": refused.problems.iter().chain(&silent.problems).collect::<Vec<_>>(),
+            })
+        );
+    }
+    if refused.problems.is_empty() && silent.problems.is_empty() {
+        Ok(())
+    } else {
+        Err("some trials failed; see the problems above".into())
+    }
+}
