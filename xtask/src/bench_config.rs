@@ -631,42 +631,14 @@ pub fn run(args: &[String]) -> Result {
 /// A vendor key of the site's own, the configuration with both instances
 /// and their pair ports, and both licenses activated.
 fn make_site(tools: Tools, dir: &Path, changes: u32) -> Result<Site> {
-    let vendor = tools.vendor(dir)?;
     // Enough seats for every device the bench adds.
     let seats = (changes + 10).min(u32::from(u16::MAX));
-    let key_a = tools.issue(&vendor, "03", 1, seats)?;
-    let key_b = tools.issue(&vendor, "04", 2, seats)?;
-    // Each pair table names the other's port, so both are known before
-    // either server starts: ports the OS hands out and that are free now.
-    let free_port = || -> Result<u16> {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
-        Ok(l.local_addr().map_err(io)?.port())
-    };
-    let (pair_a, pair_b) = (free_port()?, free_port()?);
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[licensing]
-trusted_vendor_keys = ["{public}"]
-
-[defaults]
-data_dir = "{{instance}}"
-listen = "127.0.0.1:0"
-log_level = "info"
-
-[instances.gw-a.pair]
-listen = "127.0.0.1:{pair_a}"
-peer = "127.0.0.1:{pair_b}"
-
-[instances.gw-b.pair]
-listen = "127.0.0.1:{pair_b}"
-peer = "127.0.0.1:{pair_a}"
-"#,
-            public = vendor.public_key,
-        ),
-    )
-    .map_err(io)?;
+    let (config, key_a, key_b) = crate::pair_site::pair_config(
+        &tools,
+        dir,
+        seats,
+        "[defaults]\ndata_dir = \"{instance}\"\nlisten = \"127.0.0.1:0\"\nlog_level = \"info\"\n",
+    )?;
     let site = Site {
         tools,
         dir: dir.to_owned(),

@@ -150,26 +150,16 @@ impl Site {
 }
 
 fn make_site(tools: Tools, dir: &Path) -> Result<Site> {
-    let vendor = tools.vendor(dir)?;
-    let key_a = tools.issue(&vendor, "03", 1, 5)?;
-    let key_b = tools.issue(&vendor, "04", 2, 5)?;
     let hash = tools.hash_password("bench")?;
     let free_port = || -> Result<u16> {
         let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
         Ok(l.local_addr().map_err(io)?.port())
     };
     let ports = [free_port()?, free_port()?];
-    let (pair_a, pair_b) = (free_port()?, free_port()?);
     let delivered = dir.join("delivered");
     std::fs::create_dir_all(&delivered).map_err(io)?;
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[licensing]
-trusted_vendor_keys = ["{public}"]
-
-[users.bench]
+    let body = format!(
+        r#"[users.bench]
 password_hash = "{hash}"
 
 [workflows.bench]
@@ -186,24 +176,14 @@ dead_threshold_ms = {DEAD_THRESHOLD_MS}
 [instances.gw-a]
 listen = "127.0.0.1:{web_a}"
 
-[instances.gw-a.pair]
-listen = "127.0.0.1:{pair_a}"
-peer = "127.0.0.1:{pair_b}"
-
 [instances.gw-b]
 listen = "127.0.0.1:{web_b}"
-
-[instances.gw-b.pair]
-listen = "127.0.0.1:{pair_b}"
-peer = "127.0.0.1:{pair_a}"
 "#,
-            public = vendor.public_key,
-            delivered = delivered.display(),
-            web_a = ports[0],
-            web_b = ports[1],
-        ),
-    )
-    .map_err(io)?;
+        delivered = delivered.display(),
+        web_a = ports[0],
+        web_b = ports[1],
+    );
+    let (config, key_a, key_b) = crate::pair_site::pair_config(&tools, dir, 5, &body)?;
     let site = Site {
         tools,
         dir: dir.to_owned(),

@@ -40,7 +40,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -954,26 +953,10 @@ impl Site {
 /// their pair ports, the load's user and workflow, and both licenses
 /// activated.
 fn make_site(tools: Tools, dir: &Path) -> Result<Site> {
-    let vendor = tools.vendor(dir)?;
-    let key_a = tools.issue(&vendor, "03", 1, 5)?;
-    let key_b = tools.issue(&vendor, "04", 2, 5)?;
     let hash = tools.hash_password("bench")?;
-    // Each pair table names the other's port, so both are known before
-    // either server starts: ports the OS hands out and that are free now.
-    let free_port = || -> Result<u16> {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
-        Ok(l.local_addr().map_err(io)?.port())
-    };
-    let (pair_a, pair_b) = (free_port()?, free_port()?);
-    let config = dir.join("gateway.toml");
     // The workflow never runs: both pipelines are paused.
-    std::fs::write(
-        &config,
-        format!(
-            r#"[licensing]
-trusted_vendor_keys = ["{public}"]
-
-[limits]
+    let body = format!(
+        r#"[limits]
 max_job_bytes = "64MiB"
 max_page_bytes = "32MiB"
 
@@ -988,19 +971,9 @@ data_dir = "{{instance}}"
 listen = "127.0.0.1:0"
 listen_plain = "127.0.0.1:0"
 log_level = "info"
-
-[instances.gw-a.pair]
-listen = "127.0.0.1:{pair_a}"
-peer = "127.0.0.1:{pair_b}"
-
-[instances.gw-b.pair]
-listen = "127.0.0.1:{pair_b}"
-peer = "127.0.0.1:{pair_a}"
-"#,
-            public = vendor.public_key,
-        ),
-    )
-    .map_err(io)?;
+"#
+    );
+    let (config, key_a, key_b) = crate::pair_site::pair_config(&tools, dir, 5, &body)?;
     let site = Site {
         tools,
         dir: dir.to_owned(),

@@ -647,25 +647,9 @@ impl Site {
 /// their pair ports, the user and the workflow delivering to `hook`, and
 /// both licenses activated.
 fn make_site(tools: Tools, dir: &Path, hook: &str) -> Result<Site> {
-    let vendor = tools.vendor(dir)?;
-    let key_a = tools.issue(&vendor, "03", 1, 5)?;
-    let key_b = tools.issue(&vendor, "04", 2, 5)?;
     let hash = tools.hash_password("bench")?;
-    // Each pair table names the other's port, so both are known before
-    // either server starts: ports the OS hands out and that are free now.
-    let free_port = || -> Result<u16> {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
-        Ok(l.local_addr().map_err(io)?.port())
-    };
-    let (pair_a, pair_b) = (free_port()?, free_port()?);
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[licensing]
-trusted_vendor_keys = ["{public}"]
-
-[users.bench]
+    let body = format!(
+        r#"[users.bench]
 password_hash = "{hash}"
 
 [workflows.bench]
@@ -680,19 +664,9 @@ log_level = "info"
 [defaults.pair]
 heartbeat_interval_ms = {HEARTBEAT_INTERVAL_MS}
 dead_threshold_ms = {DEAD_THRESHOLD_MS}
-
-[instances.gw-a.pair]
-listen = "127.0.0.1:{pair_a}"
-peer = "127.0.0.1:{pair_b}"
-
-[instances.gw-b.pair]
-listen = "127.0.0.1:{pair_b}"
-peer = "127.0.0.1:{pair_a}"
-"#,
-            public = vendor.public_key,
-        ),
-    )
-    .map_err(io)?;
+"#
+    );
+    let (config, key_a, key_b) = crate::pair_site::pair_config(&tools, dir, 5, &body)?;
     let site = Site {
         tools,
         dir: dir.to_owned(),
@@ -1119,7 +1093,7 @@ fn report(o: &Options, rounds: &[Round], series_secs: f64, cpu_busy: Option<f64>
     println!();
     println!(
         "the healthy owner's job reached the webhook before its `201` reached the device in {} of \
-         {} rounds (gw-a's pipeline does not wait for gw-b's copy; the answer does)",
+         {} rounds (a delivery step starts only once gw-b holds the copy and confirmed the step began; the `201` waits for the copy only)",
         healthy_ack_to_hook.iter().filter(|d| **d < 0.0).count(),
         healthy_ack_to_hook.len()
     );

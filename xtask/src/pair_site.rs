@@ -1,8 +1,11 @@
-//! What the pair benchmarks (`bench config`, `bench replication`) share
-//! about the two gateways they run: commands bounded in time, stopping a
-//! process, and waiting until the pair is LIVE and holds one configuration.
+//! What the pair benchmarks (`bench config`, `bench replication`, `bench
+//! takeover`, `bench failover`) share about the two gateways they run: the
+//! throw-away site's licences and configuration file, commands bounded in
+//! time, stopping a process, and waiting until the pair is LIVE and holds
+//! one configuration.
 
-use std::path::Path;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Result;
+use crate::measure::io;
 use crate::site::Tools;
 
 /// How long one command or one start-up may take.
@@ -124,4 +128,39 @@ pub fn wait_in_sync(tools: &Tools, config: &Path, within: Duration) -> Result<u6
         brief(&last.0),
         brief(&last.1)
     ))
+}
+
+/// A throw-away pair for a benchmark: a vendor key of its own, the `03`
+/// (`gw-a`) and `04` (`gw-b`) keys with `seats` each, and
+/// `dir/gateway.toml`: the vendor's key as the one trusted, then `body`
+/// (users, workflows, defaults, instance tables), then the two pair tables,
+/// each naming the other's port (ports the OS hands out and that are free
+/// now, so both are known before either server starts). Returns the file
+/// and the two keys, to activate.
+pub fn pair_config(
+    tools: &Tools,
+    dir: &Path,
+    seats: u32,
+    body: &str,
+) -> Result<(PathBuf, String, String)> {
+    let vendor = tools.vendor(dir)?;
+    let key_a = tools.issue(&vendor, "03", 1, seats)?;
+    let key_b = tools.issue(&vendor, "04", 2, seats)?;
+    let free_port = || -> Result<u16> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        Ok(l.local_addr().map_err(io)?.port())
+    };
+    let (pair_a, pair_b) = (free_port()?, free_port()?);
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[licensing]\ntrusted_vendor_keys = [\"{public}\"]\n\n{body}\n\
+             [instances.gw-a.pair]\nlisten = \"127.0.0.1:{pair_a}\"\npeer = \"127.0.0.1:{pair_b}\"\n\n\
+             [instances.gw-b.pair]\nlisten = \"127.0.0.1:{pair_b}\"\npeer = \"127.0.0.1:{pair_a}\"\n",
+            public = vendor.public_key,
+        ),
+    )
+    .map_err(io)?;
+    Ok((config, key_a, key_b))
 }
