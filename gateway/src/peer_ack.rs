@@ -44,6 +44,10 @@ pub struct PeerAcks {
     /// Jobs found unreplicated at start-up: not processed until the peer
     /// has seen them (it may hold the same id) or the deadline passed.
     held: Mutex<Held>,
+    /// Delivery steps waiting for the peer to acknowledge their job's news:
+    /// job → the highest revision acknowledged since the wait began.
+    news_waits: Mutex<HashMap<Uuid, u64>>,
+    news_acked: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -243,6 +247,66 @@ impl PeerAcks {
     /// The sender of the replication stream waits here for work.
     pub async fn wait_for_jobs(&self) {
         self.pending.notified().await;
+    }
+
+    /// The peer acknowledged job `id`'s news up to `rev` (recorded in the
+    /// store first): a delivery step waiting for it may start.
+    pub fn news_acknowledged(&self, id: Uuid, rev: u64) {
+        let mut waits = self.news_waits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(acked) = waits.get_mut(&id) {
+            *acked = (*acked).max(rev);
+            self.news_acked.notify_all();
+        }
+    }
+
+    /// Blocks (call it on the blocking pool) until the peer acknowledged
+    /// job `id`'s news up to `rev`, `limit` passed, or `go_on` says to stop
+    /// waiting (`Some(answer)`, looked at every 50 ms). `known` says
+    /// whether the store already records the acknowledgement (it may have
+    /// come before the wait was registered); it is looked at once after
+    /// registering and then every half second.
+    pub fn wait_news_acknowledged(
+        &self,
+        id: Uuid,
+        rev: u64,
+        limit: Duration,
+        known: impl Fn() -> bool,
+        go_on: impl Fn() -> Option<bool>,
+    ) -> bool {
+        let started = std::time::Instant::now();
+        let mut waits = self.news_waits.lock().unwrap_or_else(|p| p.into_inner());
+        waits.entry(id).or_insert(0);
+        drop(waits);
+        let mut last_look = std::time::Instant::now();
+        let mut answer = known();
+        while !answer {
+            if let Some(a) = go_on() {
+                answer = a;
+                break;
+            }
+            if started.elapsed() >= limit {
+                break;
+            }
+            self.wake_stream();
+            let waits = self.news_waits.lock().unwrap_or_else(|p| p.into_inner());
+            let (waits, _) = self
+                .news_acked
+                .wait_timeout_while(waits, Duration::from_millis(50), |w| {
+                    w.get(&id).is_none_or(|acked| *acked < rev)
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            answer = waits.get(&id).is_some_and(|acked| *acked >= rev);
+            drop(waits);
+            if !answer && last_look.elapsed() >= Duration::from_millis(500) {
+                last_look = std::time::Instant::now();
+                answer = known();
+            }
+        }
+        self.news_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        answer
     }
 
     /// The peer stored its copy of `id`.

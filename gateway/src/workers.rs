@@ -356,8 +356,9 @@ fn store_error(e: crate::store::StoreError) -> plugins::StoreError {
 }
 
 /// How long a delivery step waits for the peer to confirm it began,
-/// before the job goes back to the queue.
-const PEER_CONFIRM_LIMIT: Duration = Duration::from_secs(3);
+/// before the job goes back to the queue (a loaded pair confirms within
+/// milliseconds; this is for a peer that stopped answering).
+const PEER_CONFIRM_LIMIT: Duration = Duration::from_secs(10);
 
 impl StoreProgress {
     /// Waits (on the blocking pool) until the peer acknowledged the job's
@@ -366,29 +367,36 @@ impl StoreProgress {
     /// and the step goes on alone.
     fn peer_knows_the_start(&self, job: Uuid) -> Result<(), plugins::StoreError> {
         let rev = self.store.job_rev(job).map_err(store_error)?;
-        let started = std::time::Instant::now();
-        loop {
-            let (permit, allowed, _) = self.core.ownership.view();
-            if !matches!(permit, pair_core::Permit::Leased { .. }) && allowed {
-                return Ok(());
-            }
-            if !allowed {
-                return Err(plugins::StoreError::not_now(
-                    "the lease ended before the peer confirmed the delivery step",
-                ));
-            }
-            match self.store.peer_knows(job, rev).map_err(store_error)? {
-                Some(true) => return Ok(()),
-                Some(false) => {}
-                None => return Err(plugins::StoreError::not_now("the job is gone")),
-            }
-            if started.elapsed() >= PEER_CONFIRM_LIMIT {
-                return Err(plugins::StoreError::not_now(
-                    "the peer did not confirm the delivery step in time; the job waits in the queue",
-                ));
-            }
-            self.core.peer_acks.wake_stream();
-            std::thread::sleep(Duration::from_millis(2));
+        let leased = |core: &Core| {
+            let (permit, allowed, _) = core.ownership.view();
+            (matches!(permit, pair_core::Permit::Leased { .. }), allowed)
+        };
+        if !leased(&self.core).0 && self.core.ownership.check().is_ok() {
+            return Ok(());
+        }
+        let store = &self.store;
+        let confirmed = self.core.peer_acks.wait_news_acknowledged(
+            job,
+            rev,
+            PEER_CONFIRM_LIMIT,
+            || matches!(store.peer_knows(job, rev), Ok(Some(true))),
+            || match leased(&self.core) {
+                // Nobody to confirm: the peer is silent or stopped.
+                (false, true) => Some(true),
+                (_, false) => Some(false),
+                (true, true) => None,
+            },
+        );
+        if confirmed {
+            Ok(())
+        } else if self.core.ownership.check().is_err() {
+            Err(plugins::StoreError::not_now(
+                "the lease ended before the peer confirmed the delivery step",
+            ))
+        } else {
+            Err(plugins::StoreError::not_now(
+                "the peer did not confirm the delivery step in time; the job waits in the queue",
+            ))
         }
     }
 }

@@ -77,7 +77,10 @@ impl Driver {
                 }
             }
             Wire::JobNewsStored { job, rev } => {
-                let _ = self.core.data.run(move |s| s.mark_peer_rev(job, rev)).await;
+                let marked = self.core.data.run(move |s| s.mark_peer_rev(job, rev)).await;
+                if marked.is_ok() {
+                    self.core.peer_acks.news_acknowledged(job, rev);
+                }
             }
             Wire::TakenOver { count, jobs } => self.on_taken_over(count, jobs).await,
             Wire::JobRefused {
