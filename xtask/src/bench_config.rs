@@ -201,28 +201,9 @@ impl Site {
             reader: Some(follow(reader, log, feed)),
         };
         let run_file = self.dir.join(name).join(format!("{name}.run.json"));
-        let deadline = Instant::now() + STEP_LIMIT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&run_file)
-                && serde_json::from_str::<Value>(&text).is_ok()
-            {
-                return Ok(server);
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!(
-                    "{name} exited at start-up ({status}); see {}",
-                    self.log(name).display()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{name} did not start within {} s; see {}",
-                    STEP_LIMIT.as_secs(),
-                    self.log(name).display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log(name);
+        crate::pair_site::wait_started(&mut server.child, &run_file, name, &log, |_| true)?;
+        Ok(server)
     }
 }
 

@@ -244,30 +244,12 @@ impl Site {
             child,
             plain: String::new(),
         };
-        let deadline = Instant::now() + STEP_LIMIT;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&run_file)
-                && let Ok(info) = serde_json::from_str::<Value>(&text)
-                && !listener(&info, "plain").is_empty()
-            {
-                server.plain = format!("http://{}", listener(&info, "plain"));
-                return Ok(server);
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(format!(
-                    "{name} exited at start-up ({status}); see {}",
-                    self.log(name).display()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{name} did not start within {} s; see {}",
-                    STEP_LIMIT.as_secs(),
-                    self.log(name).display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log(name);
+        let info = crate::pair_site::wait_started(&mut server.child, &run_file, name, &log, |i| {
+            !listener(i, "plain").is_empty()
+        })?;
+        server.plain = format!("http://{}", listener(&info, "plain"));
+        Ok(server)
     }
 
     /// Both servers started with `ack`, pipelines paused, LIVE, sync `ok`

@@ -164,3 +164,39 @@ pub fn pair_config(
     .map_err(io)?;
     Ok((config, key_a, key_b))
 }
+
+/// Waits until the `gateway serve` started as `child` has written its run
+/// file and `ready` accepts it (at most [`STEP_LIMIT`]); returns the run
+/// file's contents. A server that exits first, or is not ready in time, is
+/// an error naming `name` and its `log`.
+pub fn wait_started(
+    child: &mut Child,
+    run_file: &Path,
+    name: &str,
+    log: &Path,
+    ready: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(run_file)
+            && let Ok(info) = serde_json::from_str::<Value>(&text)
+            && ready(&info)
+        {
+            return Ok(info);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{name} exited at start-up ({status}); see {}",
+                log.display()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} did not start within {} s; see {}",
+                STEP_LIMIT.as_secs(),
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
