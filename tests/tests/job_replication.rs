@@ -38,6 +38,20 @@ fn jobs_on(site: &Site, instance: &str) -> Vec<Value> {
     list.as_array().cloned().unwrap_or_default()
 }
 
+/// `instance`'s row of `job` once it shows the job done (waiting at most
+/// 10 s: a copy learns of it from the owner's news).
+fn done_on(site: &Site, instance: &str, job: Uuid) -> Option<Value> {
+    eventually(Duration::from_secs(10), || {
+        let list: Value =
+            serde_json::from_str(&site.cli_ok(instance, &["job", "list", "--state", "done"]))
+                .ok()?;
+        list.as_array()?
+            .iter()
+            .find(|j| j["id"] == job.to_string())
+            .cloned()
+    })
+}
+
 #[test]
 fn a_job_acknowledged_as_replicated_survives_the_loss_of_the_accepting_server_and_its_disk() {
     let site = pair_site(None, "");
@@ -133,14 +147,7 @@ fn with_the_peer_stopped_a_job_is_acknowledged_at_once_and_the_stream_catches_up
     // from gw-b.
     site.cli_ok("gw-a", &["pipeline", "resume"]);
     dev.wait_for_state(job, "done", Duration::from_secs(30));
-    let followed = eventually(Duration::from_secs(10), || {
-        let list: Value =
-            serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", "done"])).ok()?;
-        list.as_array()?
-            .iter()
-            .find(|j| j["id"] == job.to_string())
-            .cloned()
-    });
+    let followed = done_on(&site, "gw-b", job);
     let copy = followed.expect("gw-b's copy follows the owner's progress to done");
     assert_eq!(copy["replica_state"], "replica", "{copy}");
     assert_eq!(
@@ -189,15 +196,8 @@ fn the_owners_progress_reaches_the_replica_whose_pages_go_after_the_retention() 
     // Processed by its owner; the replica follows to `done`.
     site.cli_ok("gw-a", &["pipeline", "resume"]);
     dev.wait_for_state(job, "done", Duration::from_secs(30));
-    let done_on_b = eventually(Duration::from_secs(10), || {
-        let list: Value =
-            serde_json::from_str(&site.cli_ok("gw-b", &["job", "list", "--state", "done"])).ok()?;
-        list.as_array()?
-            .iter()
-            .find(|j| j["id"] == job.to_string())
-            .cloned()
-    })
-    .unwrap_or_else(|| panic!("the replica never became done on gw-b:\n{}", b.log_text()));
+    let done_on_b = done_on(&site, "gw-b", job)
+        .unwrap_or_else(|| panic!("the replica never became done on gw-b:\n{}", b.log_text()));
     assert_eq!(done_on_b["replica_state"], "replica");
     assert_eq!(done_on_b["accepted_by"], "gw-a");
 

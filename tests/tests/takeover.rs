@@ -143,11 +143,16 @@ fn uuid_in(text: &str) -> Option<Uuid> {
         .find_map(|s| Uuid::parse_str(&s[..36]).ok())
 }
 
-fn paired(s: &Sinks) -> (Site, Instance, Instance) {
+/// A LIVE pair delivering to `s`, and the token of a device added on the
+/// primary once both hold the same configuration (the device is known to
+/// both).
+fn paired(s: &Sinks) -> (Site, Instance, Instance, String) {
     let site = pair_site(None, &s.workflow());
     let (a, b) = pair_up(&site);
     wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(10));
-    (site, a, b)
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    (site, a, b, token)
 }
 
 /// Submits `n` one-page jobs to `gw` as a new device session; each must be
@@ -201,9 +206,7 @@ fn logs(instances: &[&Instance]) -> String {
 #[test]
 fn jobs_of_an_owner_killed_at_once_are_delivered_once_by_the_survivor_and_never_again() {
     let s = sinks();
-    let (site, mut a, b) = paired(&s);
-    let token = site.add_device("gw-a", "mfd-1");
-    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let (site, mut a, b, token) = paired(&s);
     // Held on the owner, so nothing is delivered before it dies.
     site.cli_ok("gw-a", &["pipeline", "pause"]);
     let jobs = submit(&a, &token, 4, true);
@@ -279,9 +282,7 @@ fn jobs_of_an_owner_killed_at_once_are_delivered_once_by_the_survivor_and_never_
 #[test]
 fn a_frozen_owner_that_wakes_after_the_takeover_delivers_nothing_twice() {
     let s = sinks();
-    let (site, a, b) = paired(&s);
-    let token = site.add_device("gw-a", "mfd-1");
-    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let (site, a, b, token) = paired(&s);
     // Delivered normally first: the pipeline works on both.
     let warm = submit(&a, &token, 1, true);
     s.wait_delivered(&warm, Duration::from_secs(20), &|| logs(&[&a]));
@@ -319,9 +320,7 @@ fn a_frozen_owner_that_wakes_after_the_takeover_delivers_nothing_twice() {
 #[test]
 fn a_killed_peer_holds_up_the_owners_deliveries_only_for_the_bounded_wait() {
     let s = sinks();
-    let (site, a, mut b) = paired(&s);
-    let token = site.add_device("gw-a", "mfd-1");
-    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let (site, a, mut b, token) = paired(&s);
     site.cli_ok("gw-a", &["pipeline", "pause"]);
     let jobs = submit(&a, &token, 3, true);
     b.kill9();
@@ -349,9 +348,7 @@ fn a_killed_peer_holds_up_the_owners_deliveries_only_for_the_bounded_wait() {
 #[test]
 fn a_clean_stop_hands_the_jobs_over_and_nothing_waits_for_the_stopped_server() {
     let s = sinks();
-    let (site, mut a, b) = paired(&s);
-    let token = site.add_device("gw-a", "mfd-1");
-    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let (site, mut a, b, token) = paired(&s);
     site.cli_ok("gw-a", &["pipeline", "pause"]);
     let jobs = submit(&a, &token, 3, true);
     let stopping = Instant::now();
@@ -496,9 +493,7 @@ fn an_owner_killed_while_a_destination_accepts_the_document_is_exception_one_rep
     // The webhook takes the document at once and answers after 5 s: the
     // owner dies inside the delivery step, after the destination has it.
     let s = sinks_with_slow_hook(Duration::from_secs(5));
-    let (site, mut a, b) = paired(&s);
-    let token = site.add_device("gw-a", "mfd-1");
-    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(5));
+    let (site, mut a, b, token) = paired(&s);
     let jobs = submit(&a, &token, 1, true);
     let reached = eventually(Duration::from_secs(20), || {
         (s.deliveries().get(&jobs[0]).is_some_and(|c| c.2 == 1)).then_some(())
