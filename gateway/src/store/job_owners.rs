@@ -2,8 +2,8 @@
 //! progress and owner that the peer has not acknowledged, taking it in from
 //! the peer (only from a higher ownership term, or from the owner in the
 //! same term), takeovers of a silent peer's jobs and their announcement,
-//! handovers at a clean stop, and the history of what admins were told
-//! (`pair_events`). The rules that decide when any of this happens are the
+//! handovers at a clean stop (what admins are told of them is kept by
+//! [`super::pair_events`]). The rules that decide when any of this happens are the
 //! pair protocol's (`pair_core::ownership`); this module only keeps the
 //! records consistent.
 
@@ -88,17 +88,6 @@ pub struct TakeoversApplied {
     /// Step attempts this server ran at or after the step the taker
     /// resumed from: `(job, step, plugin)`. Both servers ran that step.
     pub both_ran: Vec<(Uuid, u32, String)>,
-}
-
-/// One entry of the history of what admins were told.
-#[derive(Debug, Clone, Serialize)]
-pub struct PairEvent {
-    pub id: i64,
-    pub at: DateTime<Utc>,
-    pub kind: String,
-    pub job_id: Option<Uuid>,
-    pub peer: Option<String>,
-    pub detail: String,
 }
 
 /// A job row with news: id, rev, owner, term, state, reason, updated_at.
@@ -493,73 +482,6 @@ impl Store {
             params![id.to_string(), me.to_string()],
         )? > 0)
     }
-
-    /// Records what admins were told.
-    pub fn record_pair_event(
-        &self,
-        at: DateTime<Utc>,
-        kind: &str,
-        job: Option<Uuid>,
-        peer: Option<&str>,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO pair_events (at, kind, job_id, peer, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                time_text(at),
-                kind,
-                job.map(|j| j.to_string()),
-                peer,
-                detail
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// The newest `limit` events, newest first.
-    pub fn pair_events(&self, limit: u32) -> Result<Vec<PairEvent>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, at, kind, job_id, peer, detail FROM pair_events ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, at, kind, job, peer, detail) = row?;
-            out.push(PairEvent {
-                id,
-                at: parse_time(&at)?,
-                kind,
-                job_id: job
-                    .map(|j| {
-                        Uuid::parse_str(&j)
-                            .map_err(|e| StoreError::Corrupt(format!("event job id `{j}`: {e}")))
-                    })
-                    .transpose()?,
-                peer,
-                detail,
-            });
-        }
-        Ok(out)
-    }
-
-    /// How many events of each kind were recorded.
-    pub fn pair_event_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT kind, count(*) FROM pair_events GROUP BY kind ORDER BY kind")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
 }
 
 /// The unfinished jobs `owner` owns, oldest first, and with `copied` only
@@ -874,30 +796,5 @@ mod tests {
         assert_eq!((n[0].job, n[0].owner, n[0].owner_term), (copied, PEER, 1));
         store.mark_peer_rev(copied, n[0].rev).unwrap();
         assert_eq!(store.unacknowledged(&[copied]).unwrap(), 0);
-    }
-
-    #[test]
-    fn events_are_kept_newest_first_and_counted() {
-        let store = Store::open_in_memory().unwrap();
-        let job = Uuid::new_v4();
-        store
-            .record_pair_event(Utc::now(), "takeover", None, Some("gw-a"), "took 3")
-            .unwrap();
-        store
-            .record_pair_event(
-                Utc::now(),
-                "possible_duplicate",
-                Some(job),
-                None,
-                "mail twice",
-            )
-            .unwrap();
-        let events = store.pair_events(10).unwrap();
-        assert_eq!(events[0].kind, "possible_duplicate");
-        assert_eq!(events[0].job_id, Some(job));
-        assert_eq!(
-            store.pair_event_counts().unwrap(),
-            vec![("possible_duplicate".into(), 1), ("takeover".into(), 1)]
-        );
     }
 }

@@ -12,6 +12,7 @@ pub mod conflicts;
 pub mod job_owners;
 pub mod jobs;
 pub mod migrate;
+pub mod pair_events;
 pub mod replicas;
 pub mod snapshot;
 
