@@ -412,11 +412,10 @@ impl ProgressStore for StoreProgress {
     }
 
     fn done_later(&self, job: Uuid) -> Result<Vec<usize>, plugins::StoreError> {
-        let (completed, _) = self.store.job_progress(job).map_err(store_error)?;
         let steps = self.store.job_steps(job).map_err(store_error)?;
         let mut done: Vec<usize> = steps
             .iter()
-            .filter(|s| s.outcome.as_deref() == Some("done") && s.step as usize > completed)
+            .filter(|s| s.outcome.as_deref() == Some("done"))
             .map(|s| s.step as usize)
             .collect();
         done.dedup();

@@ -99,8 +99,8 @@ impl StoreError {
 pub trait ProgressStore: Send + Sync + 'static {
     /// Where `job` stands.
     fn load(&self, job: Uuid) -> Result<JobProgress, StoreError>;
-    /// Steps after `completed_steps` that are recorded done already, so
-    /// the runner skips them: a job handed or taken over from the other
+    /// Steps recorded done (the runner skips those after
+    /// `completed_steps`): a job handed or taken over from the other
     /// server of a pair keeps its done deliveries (their destinations must
     /// not get the document twice) while the steps whose output stayed on
     /// that server run again. None by default.
