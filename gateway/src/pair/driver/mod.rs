@@ -337,27 +337,6 @@ impl Driver {
         let _ = reply.send(());
     }
 
-    /// Warns (once per change) about workflows that deliver into each
-    /// server's own `{data_dir}` folder while paired.
-    fn check_per_server_folders(&self) {
-        let folders = self
-            .core
-            .config
-            .current()
-            .map(|c| c.per_server_folders.clone())
-            .unwrap_or_default();
-        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-        if status.jobs.per_server_folders != folders {
-            if !folders.is_empty() {
-                tracing::warn!(
-                    workflows = folders.join(","),
-                    "these workflows deliver into each server's own {{data_dir}} folder: a job the peer takes over lands in the peer's folder, and a second copy is not refused across the pair; point `root` at a folder both servers share"
-                );
-            }
-            status.jobs.per_server_folders = folders;
-        }
-    }
-
     /// Sends one frame on the current connection, if there is one.
     fn send_wire(&self, wire: &Wire) {
         if let Some((_, writer)) = &self.link

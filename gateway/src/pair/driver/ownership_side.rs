@@ -3,7 +3,8 @@
 //! the peer applied them, applying the peer's takeovers of this server's
 //! jobs, and the handover of a clean stop (running steps finish, the jobs
 //! go to the LIVE peer, and only then is the stop announced). Each is
-//! recorded as a pair event, logged and sent to admins.
+//! recorded as a pair event, logged and sent to admins. Also the warning
+//! about workflows that deliver into each server's own folder.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,27 @@ impl Driver {
             tracing::error!(error = %e, event = kind, "the event could not be recorded");
         }
         crate::pair::notify::send(&self.core, kind, text);
+    }
+
+    /// Warns (once per change) about workflows that deliver into each
+    /// server's own `{data_dir}` folder while paired.
+    pub(super) fn check_per_server_folders(&self) {
+        let folders = self
+            .core
+            .config
+            .current()
+            .map(|c| c.per_server_folders.clone())
+            .unwrap_or_default();
+        let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+        if status.jobs.per_server_folders != folders {
+            if !folders.is_empty() {
+                tracing::warn!(
+                    workflows = folders.join(","),
+                    "these workflows deliver into each server's own {{data_dir}} folder: a job the peer takes over lands in the peer's folder, and a second copy is not refused across the pair; point `root` at a folder both servers share"
+                );
+            }
+            status.jobs.per_server_folders = folders;
+        }
     }
 
     /// Seed 001, on DEAD: the survivor starts the work. The protocol has
