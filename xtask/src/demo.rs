@@ -485,8 +485,12 @@ peer = "127.0.0.1:{pair_a}"
             Ok(())
         } else {
             Err(format!(
-                "acknowledged jobs were lost or duplicated beyond the reported exceptions: {} lost, {} duplicated ({} reported); see target/demo/*-report.json",
-                summary["jobs_lost"], summary["jobs_duplicated"], summary["jobs_duplicated_reported"]
+                "the demo failed: {} lost, {} duplicated ({} reported), {} failover(s), {} failback(s) (nothing lost, nothing duplicated beyond the reported exceptions, and at least one failover and one failback are required); see target/demo/*-report.json",
+                summary["jobs_lost"],
+                summary["jobs_duplicated"],
+                summary["jobs_duplicated_reported"],
+                summary["failovers"].as_object().map_or(0, |f| f.values().filter_map(|v| v.as_u64()).sum::<u64>()),
+                summary["failbacks"]
             ))
         }
     });
@@ -756,10 +760,14 @@ fn summarise(site: &Site, reports: &[&Value], timeline: &Value, devices: u32) ->
     let unreported = duplicated.iter().filter(|d| !reported.contains(d)).count();
     let checked = rec("jobs_checked");
     let lost_n = rec("jobs_lost");
+    // The story must have happened, too: a device failed over and came
+    // back.
     let ok = lost_n == 0
         && unreported == 0
         && checked == sum("jobs_acknowledged")
-        && sum("jobs_queued") == 0;
+        && sum("jobs_queued") == 0
+        && !failovers.is_empty()
+        && sum("failbacks") > 0;
     let p = |samples: &[f64], which: fn(&crate::measure::Summary) -> f64| {
         summary(samples).map(|s| (which(&s) * 10.0).round() / 10.0)
     };

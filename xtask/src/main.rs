@@ -59,7 +59,11 @@ fn test() -> Result {
     ]))?;
     // The end-to-end tests start these binaries as real processes.
     exec(Command::new("cargo").args(["build", "--workspace", "--bins"]))?;
-    exec(Command::new("cargo").args(["nextest", "run", "--workspace", "--no-fail-fast"]))
+    exec(Command::new("cargo").args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+    // The README's first command, end to end: a pair, the primary killed
+    // and restarted, devices failing over and back, every job reconciled.
+    demo::run(&["--json".to_owned()])
+        .map_err(|e| format!("{e}\nthe demo (`cargo xtask demo`) failed inside the test run"))
 }
 
 /// Runs a command, failing with its name when it fails.
