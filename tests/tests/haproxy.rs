@@ -5,7 +5,9 @@
 //! address, the `/health` probe takes an instance in maintenance out of
 //! rotation and brings it back, failback can be held (per device, or by an
 //! admin on the runtime API), and in the active-active file both servers
-//! take devices.
+//! take devices. Job submissions, not only probes, move to the secondary
+//! when the primary is in maintenance, has its data service stopped or is
+//! killed with kill -9, and come back when it recovers.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use e2e::{Instance, Site, eventually, free_port};
+use e2e::http::{BOUNDARY, job_body, png};
+use e2e::pair::{pair_site, pair_up, wait_in_sync, wait_pair};
+use e2e::{Instance, PASSWORD, Site, eventually, free_port};
+use uuid::Uuid;
 
 /// Every variable the shipped files read; cleared before each start so the
 /// caller's environment cannot change what is tested.
@@ -202,13 +207,24 @@ fn served_by(frontend: u16, source: &str, cert_args: &[&str], name: &str) -> boo
     .is_some()
 }
 
+/// Gives every instance of `site` a PROXY protocol listener on a port of
+/// its own, kept across restarts (HAProxy's file names it once).
+fn with_proxy_listeners(site: &Site) {
+    let mut text = std::fs::read_to_string(&site.config).unwrap();
+    for name in ["gw-a", "gw-b", "gw-c"] {
+        let table = format!("\n[instances.{name}]\n");
+        let port = free_port();
+        text = text.replace(
+            &table,
+            &format!("{table}listen_proxy = \"127.0.0.1:{port}\"\n"),
+        );
+    }
+    std::fs::write(&site.config, text).unwrap();
+}
+
 fn pair() -> (Site, Instance, Instance, String) {
     let site = Site::new(&["gw-a", "gw-b"], "");
-    let with_proxy = std::fs::read_to_string(&site.config).unwrap().replace(
-        "listen_plain = \"127.0.0.1:0\"\n",
-        "listen_plain = \"127.0.0.1:0\"\nlisten_proxy = \"127.0.0.1:0\"\n",
-    );
-    std::fs::write(&site.config, with_proxy).unwrap();
+    with_proxy_listeners(&site);
     site.activate("gw-a", "03", 11, 5);
     site.activate("gw-b", "04", 12, 5);
     let token = site.add_device("gw-a", "mfd-1");
@@ -454,4 +470,164 @@ fn the_active_active_file_is_the_primary_backup_file_but_for_the_backend() {
         })
         .collect();
     assert_eq!(pb, aa);
+}
+
+/// A device behind the balancer: its token, its session, its source
+/// address and the CA file trusting both servers.
+struct BalancedDevice<'a> {
+    frontend: u16,
+    source: &'a str,
+    cert_args: [&'a str; 2],
+    token: String,
+    session: String,
+    dir: PathBuf,
+}
+
+impl BalancedDevice<'_> {
+    /// Submits one single-page job through the balancer; returns the
+    /// status and the JSON answer (null when there was none).
+    fn submit(&self, job: Uuid) -> (u16, serde_json::Value) {
+        let manifest = serde_json::json!({"workflow": "scan-to-folder", "page_count": 1});
+        let body = self.dir.join(format!("{job}.body"));
+        std::fs::write(&body, job_body(&manifest, &[png(20_000, 7)])).unwrap();
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let session = format!("X-Scan-Session: {}", self.session);
+        let ctype = format!("Content-Type: multipart/form-data; boundary={BOUNDARY}");
+        let data = format!("@{}", body.display());
+        let (code, text) = curl(
+            self.frontend,
+            self.source,
+            &format!("/api/v1/jobs/{job}"),
+            &self.cert_args,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                &auth,
+                "-H",
+                &session,
+                "-H",
+                &ctype,
+                "--data-binary",
+                &data,
+            ],
+        );
+        (code, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    /// Submits new jobs until one is acknowledged by `server` (jobs refused
+    /// on the way, while the balancer has not yet marked the primary down
+    /// or up, are what a device retries); returns every acknowledged job.
+    fn submit_until_accepted_by(&self, server: &str) -> Vec<(Uuid, String)> {
+        let mut acked = Vec::new();
+        let mut seen = Vec::new();
+        let landed = eventually(Duration::from_secs(20), || {
+            let job = Uuid::new_v4();
+            let (code, ack) = self.submit(job);
+            seen.push(format!("{code} {}", ack["error"]["code"]));
+            if code == 201 {
+                let by = ack["accepted_by"].as_str().unwrap_or_default().to_owned();
+                acked.push((job, by.clone()));
+                (by == server).then_some(())
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        });
+        assert!(
+            landed.is_some(),
+            "no job submitted through HAProxy was acknowledged by {server}; answers: {seen:?}"
+        );
+        acked
+    }
+}
+
+#[test]
+fn job_submissions_move_to_the_secondary_and_back_through_the_shipped_file() {
+    let site = pair_site(None, "");
+    with_proxy_listeners(&site);
+    let (mut a, b) = pair_up(&site);
+    // Registered on the primary, replicated to the secondary with the
+    // session key: one token and one session work on both.
+    let token = site.add_device("gw-a", "mfd-1");
+    wait_in_sync(&site, "gw-a", "gw-b", Duration::from_secs(20));
+    let lb = start_haproxy(site.dir.path(), "haproxy.cfg", &a, &b, &[]);
+    let both = trust_both(&site, &a, &b);
+    let cert_args = ["--cacert", both.to_str().unwrap()];
+    assert!(served_by(lb.frontend, "127.0.0.2", &cert_args, "gw-a"));
+
+    let login = serde_json::json!({"user": "alice", "password": PASSWORD}).to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let (code, answer) = curl(
+        lb.frontend,
+        "127.0.0.2",
+        "/api/v1/sessions",
+        &cert_args,
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &login,
+        ],
+    );
+    assert_eq!(code, 201, "login through HAProxy: {answer}");
+    let session: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let device = BalancedDevice {
+        frontend: lb.frontend,
+        source: "127.0.0.2",
+        cert_args,
+        token,
+        session: session["session"].as_str().unwrap().to_owned(),
+        dir: site.dir.path().to_owned(),
+    };
+    let mut acked = device.submit_until_accepted_by("gw-a");
+
+    // The gateway logs the device's own address, not the balancer's.
+    let (first, _) = acked[0];
+    let logged = eventually(Duration::from_secs(5), || {
+        a.log_text()
+            .lines()
+            .find(|l| l.contains("job accepted") && l.contains(&first.to_string()))
+            .map(str::to_owned)
+    })
+    .expect("the primary logs the accepted job");
+    assert!(
+        logged.contains("client=127.0.0.2:"),
+        "the job's client is the device: {logged}"
+    );
+
+    // Maintenance on the primary.
+    site.cli_ok("gw-a", &["maintenance", "on"]);
+    acked.extend(device.submit_until_accepted_by("gw-b"));
+    site.cli_ok("gw-a", &["maintenance", "off"]);
+    acked.extend(device.submit_until_accepted_by("gw-a"));
+
+    // The primary's data service stopped by an admin.
+    site.cli_ok("gw-a", &["service", "stop", "data"]);
+    acked.extend(device.submit_until_accepted_by("gw-b"));
+    site.cli_ok("gw-a", &["service", "start", "data"]);
+    acked.extend(device.submit_until_accepted_by("gw-a"));
+
+    // The primary killed with kill -9, then started again.
+    a.kill9();
+    acked.extend(device.submit_until_accepted_by("gw-b"));
+    let a = site.start("gw-a");
+    wait_pair(&a, "live", Duration::from_secs(20));
+    acked.extend(device.submit_until_accepted_by("gw-a"));
+
+    // Every acknowledged job is known to the server that acknowledged it.
+    // (A copy on the other server is not promised for a job that was done
+    // before the two could talk again.)
+    for (job, by) in &acked {
+        let gw = if by == "gw-a" { &a } else { &b };
+        let answer = e2e::http::Device::new(&gw.plain(), &device.token).job(*job);
+        assert_eq!(
+            answer.status,
+            200,
+            "job {job} acknowledged by {by}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
 }
