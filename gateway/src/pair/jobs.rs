@@ -358,6 +358,9 @@ pub async fn receive_loop(
     // An offer of a job already held is answered at once; its chunks are
     // skipped.
     let mut skipping: Option<Uuid> = None;
+    // Why the peer's news cannot be stored, while that lasts: the peer
+    // sends it again every round, and one warning per cause is enough.
+    let mut news_failing: Option<String> = None;
     while let Some(event) = incoming.recv().await {
         match event {
             Incoming::Reset => {
@@ -460,6 +463,9 @@ pub async fn receive_loop(
                     // sender that has yet to apply one, are not answered, so
                     // they come again.
                     Ok(taken) => {
+                        if let Some(why) = news_failing.take() {
+                            tracing::info!(why, "the peer's news of jobs is stored again");
+                        }
                         if taken == NewsTaken::Applied {
                             core.job_ready.notify_waiters();
                         }
@@ -468,7 +474,11 @@ pub async fn receive_loop(
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(%job, error = %e, "the peer's news of a job could not be stored")
+                        let why = e.to_string();
+                        if news_failing.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(%job, error = why, "the peer's news of jobs cannot be stored; it is taken when it comes again");
+                            news_failing = Some(why);
+                        }
                     }
                 }
             }
