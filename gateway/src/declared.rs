@@ -1048,6 +1048,40 @@ mod tests {
         assert!(e.starts_with("devices.mfd-2.id:"), "{e}");
     }
 
+    /// Index fields travel in the workflows document: applied, exported
+    /// and applied back they plan nothing and come out as written; a bad
+    /// field is refused with the workflow and the field.
+    #[test]
+    fn index_fields_round_trip_through_apply_and_export() {
+        let store = seeded();
+        let fields = "\n[workflows.invoices]\nsteps = [{ plugin = \"assemble\" }, { plugin = \"folder\", root = \"/srv/invoices\" }]\n\
+            \n[[workflows.invoices.fields]]\nname = \"po_number\"\nlabel = \"PO number\"\ntype = \"text\"\nrequired = true\npattern = 'INV\\.[0-9]{6}'\n\
+            \n[[workflows.invoices.fields]]\nname = \"dept\"\nlabel = \"Department\"\ntype = \"choice\"\nchoices = [\"Sales\", \"R&D\"]\n";
+        let plan = plan_of(&store, &format!("{}{fields}", export(&store))).unwrap();
+        assert_eq!(plan.docs.len(), 1, "{plan:#?}");
+        assert_eq!(plan.docs[0].0, DOC_WORKFLOWS);
+        write(&store, &[(DOC_WORKFLOWS, plan.docs[0].1.clone())]);
+
+        let exported = export(&store);
+        let again = plan_of(&store, &exported).unwrap();
+        assert!(again.is_empty(), "{again:#?}");
+        let parsed: toml::Table = toml::from_str(&exported).unwrap();
+        let written = &parsed["workflows"]["invoices"]["fields"];
+        assert_eq!(written[0]["pattern"].as_str(), Some(r"INV\.[0-9]{6}"));
+        assert_eq!(written[0]["required"].as_bool(), Some(true));
+        assert_eq!(written[1]["choices"][1].as_str(), Some("R&D"));
+
+        let bad = format!(
+            "{exported}\n[workflows.more]\nsteps = [{{ plugin = \"assemble\" }}]\n\
+             [[workflows.more.fields]]\nname = \"n\"\nlabel = \"N\"\ntype = \"number\"\nchoices = [\"1\"]\n"
+        );
+        let e = plan_of(&store, &bad).unwrap_err();
+        assert!(
+            e.contains("workflow `more`: index field `n`: `choices` is only for `choice` fields"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn a_workflow_with_an_unknown_plugin_is_refused_with_its_name() {
         let store = seeded();

@@ -112,7 +112,12 @@ fn build_workflow(
     raw: &serde_json::Value,
     data_dir: &Path,
 ) -> Result<Workflow, String> {
-    let expanded = expand_placeholders(raw, data_dir);
+    // Only the steps' settings: index field labels and patterns are shown
+    // to devices, which must never see this server's paths.
+    let mut expanded = raw.clone();
+    if let Some(steps) = expanded.get_mut("steps") {
+        *steps = expand_placeholders(steps, data_dir);
+    }
     let spec: WorkflowSpec =
         serde_json::from_value(expanded).map_err(|e| format!("workflows.{name}: {e}"))?;
     registry
@@ -120,9 +125,10 @@ fn build_workflow(
         .map_err(|e| e.to_string())
 }
 
-/// `{data_dir}` in workflow settings stands for this server's data
-/// directory, so one shared definition can deliver into each server's own
-/// directory. It is expanded when the workflow is built, never stored.
+/// `{data_dir}` in the settings of a workflow's steps stands for this
+/// server's data directory, so one shared definition can deliver into each
+/// server's own directory. It is expanded when the workflow is built, never
+/// stored.
 fn expand_placeholders(value: &serde_json::Value, data_dir: &Path) -> serde_json::Value {
     use serde_json::Value;
     match value {
@@ -528,5 +534,91 @@ mod tests {
         assert_eq!(device["token_sha256"].as_str(), Some("tokendigest"));
         assert_eq!(device["status"].as_str(), Some("approved"));
         assert_eq!(device["serial"].as_str(), Some("S1"));
+    }
+
+    /// A workflow's index fields come out of the stored document with the
+    /// workflow, and `{data_dir}` is expanded only in step settings: labels
+    /// and patterns are shown to devices, which never see server paths.
+    #[test]
+    fn index_fields_are_built_with_the_workflow_and_never_expanded() {
+        let store = Store::open_in_memory().unwrap();
+        let w = RoleSnapshot::unlicensed(None)
+            .replicated_write(
+                pair_core::Epoch::new(1, pair_core::ServerId::from_u128(7)),
+                1,
+            )
+            .unwrap();
+        let workflows = serde_json::json!({"invoices": {
+            "steps": [{"plugin": "assemble"}, {"plugin": "folder", "root": "{data_dir}/out"}],
+            "fields": [
+                {"name": "po_number", "label": "PO for {data_dir}", "type": "text", "required": true, "pattern": "[0-9]{6}"},
+                {"name": "due", "label": "Due date", "type": "date"},
+            ],
+        }});
+        store
+            .put_config_docs(
+                &[
+                    (DOC_WORKFLOWS, workflows.to_string()),
+                    (DOC_SESSION_KEY, "c2Vzc2lvbi1rZXktNzg5".into()),
+                ],
+                w,
+            )
+            .unwrap();
+        let active =
+            load_active(&store, &Registry::without_engines(), Path::new("/srv/gw-a")).unwrap();
+        assert!(
+            active.broken_workflows.is_empty(),
+            "{:?}",
+            active.broken_workflows
+        );
+        let fields = serde_json::to_value(active.workflows["invoices"].fields()).unwrap();
+        assert_eq!(
+            fields,
+            serde_json::json!([
+                {"name": "po_number", "label": "PO for {data_dir}", "type": "text", "required": true, "pattern": "[0-9]{6}", "choices": []},
+                {"name": "due", "label": "Due date", "type": "date", "required": false, "pattern": null, "choices": []},
+            ])
+        );
+        assert_eq!(active.per_server_folders, ["invoices"]);
+    }
+
+    /// A field name is a metadata key: the index field rule in `plugins`
+    /// and the manifest's key rule in `names` accept the same names.
+    #[test]
+    fn field_names_follow_the_metadata_key_rule() {
+        let long = "k".repeat(64);
+        let too_long = "k".repeat(65);
+        for name in [
+            "po_number",
+            "cost.center",
+            "a-b",
+            "9lives",
+            "A",
+            long.as_str(),
+            too_long.as_str(),
+            "",
+            "-x",
+            ".x",
+            "_x",
+            "a b",
+            "a/b",
+            "é",
+            "a:b",
+            "a\nb",
+        ] {
+            let spec = plugins::FieldSpec {
+                name: name.to_owned(),
+                label: "L".into(),
+                kind: "text".into(),
+                required: false,
+                pattern: None,
+                choices: None,
+            };
+            assert_eq!(
+                plugins::IndexField::build(&spec).is_ok(),
+                crate::names::check_metadata_key(name).is_ok(),
+                "{name:?}"
+            );
+        }
     }
 }

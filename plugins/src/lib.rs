@@ -9,6 +9,8 @@
 //! - [`page`]: page file formats, sniffing, and reading pages out of files;
 //! - [`job`]: what a step sees of a job, and the work-dir layout;
 //! - [`workflow`]: the configuration shapes and the validated workflow;
+//! - [`index_fields`]: a workflow's index fields and the check of a job's
+//!   metadata against them (the rules the device panel shares);
 //! - [`registry`]: the built-in plugins, settings parsing and capabilities;
 //! - [`plugin`]: the trait every step implements and its error type;
 //! - [`runner`]: running a job's steps in order, with resume and retries;
@@ -24,6 +26,7 @@
 pub mod assemble;
 pub mod deliver;
 pub mod fsutil;
+pub mod index_fields;
 pub mod job;
 pub mod notify;
 pub mod ocr;
@@ -34,6 +37,7 @@ pub mod runner;
 pub mod settings;
 pub mod workflow;
 
+pub use index_fields::{FieldSpec, FieldType, IndexField, MetadataRefusal, Rule};
 pub use job::{DeliveryReport, DeliveryReportKind, JobContext, JobReports, delivery_record_in};
 pub use notify::{ChannelOutcome, Notice, Notifier, NotifyError, NotifyReport, NotifySettings};
 pub use page::{PageFile, PageFormat};

@@ -169,8 +169,8 @@ impl Registry {
         list
     }
 
-    /// Builds a workflow, refusing unknown plugins, bad settings and step
-    /// orders that cannot work.
+    /// Builds a workflow, refusing unknown plugins, bad settings, step
+    /// orders that cannot work and bad index fields.
     pub fn build_workflow(&self, name: &str, spec: &WorkflowSpec) -> Result<Workflow, ConfigError> {
         if spec.steps.is_empty() {
             return Err(ConfigError {
@@ -257,7 +257,13 @@ impl Registry {
             };
             steps.push(plugin);
         }
-        Ok(Workflow::from_plugins(name, steps))
+        let fields = crate::index_fields::build_fields(&spec.fields).map_err(|e| ConfigError {
+            workflow: name.to_string(),
+            step: None,
+            plugin: None,
+            problem: ConfigProblem::Field(Box::new(e)),
+        })?;
+        Ok(Workflow::from_plugins(name, steps).with_fields(fields))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Workflows: the configuration shapes ([`WorkflowSpec`], [`StepSpec`]) as
 //! they come from the gateway's config file, the validated [`Workflow`] the
-//! runner executes, and [`ConfigError`] for everything refused on the way.
+//! runner executes (with the index fields a job's metadata is checked
+//! against), and [`ConfigError`] for everything refused on the way.
 //! It must not know the individual plugins; the registry builds them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::index_fields::{FieldError, FieldSpec, IndexField, MetadataRefusal};
 use crate::plugin::Plugin;
 use crate::settings::{SettingsError, quoted};
 
@@ -60,6 +63,10 @@ impl Serialize for StepSpec {
 pub struct WorkflowSpec {
     /// The steps, in the order they run.
     pub steps: Vec<StepSpec>,
+    /// The index fields a job's metadata is checked against, in the order
+    /// the panel shows them (`[[workflows.NAME.fields]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldSpec>,
 }
 
 /// A validated workflow, ready to run: every step's plugin built with its
@@ -68,6 +75,7 @@ pub struct WorkflowSpec {
 pub struct Workflow {
     name: String,
     steps: Vec<Arc<dyn Plugin>>,
+    fields: Vec<IndexField>,
 }
 
 impl Workflow {
@@ -78,7 +86,15 @@ impl Workflow {
         Workflow {
             name: name.into(),
             steps,
+            fields: Vec::new(),
         }
+    }
+
+    /// The same workflow with these index fields (already validated, see
+    /// [`crate::index_fields::build_fields`]).
+    pub fn with_fields(mut self, fields: Vec<IndexField>) -> Workflow {
+        self.fields = fields;
+        self
     }
 
     /// The workflow's name.
@@ -101,6 +117,20 @@ impl Workflow {
         self.steps.is_empty()
     }
 
+    /// The index fields, in their configured order.
+    pub fn fields(&self) -> &[IndexField] {
+        &self.fields
+    }
+
+    /// Checks a job's metadata against the index fields; see
+    /// [`crate::index_fields::check_metadata`].
+    pub fn check_metadata(
+        &self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), MetadataRefusal> {
+        crate::index_fields::check_metadata(&self.fields, metadata)
+    }
+
     /// Whether a step needs the OCR engine; a server without it can hand
     /// such jobs to its peer.
     pub fn needs_ocr(&self) -> bool {
@@ -117,6 +147,10 @@ impl fmt::Debug for Workflow {
         f.debug_struct("Workflow")
             .field("name", &self.name)
             .field("steps", &self.steps())
+            .field(
+                "fields",
+                &self.fields.iter().map(IndexField::name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -168,6 +202,9 @@ pub enum ConfigProblem {
     /// The step cannot work where it stands in the workflow.
     #[error("{0}")]
     Order(String),
+    /// An index field is refused (boxed: it is the largest problem).
+    #[error(transparent)]
+    Field(Box<FieldError>),
 }
 
 #[cfg(test)]

@@ -133,6 +133,113 @@ async fn refused_workflows_name_the_workflow_step_and_key() {
     }
 }
 
+/// Index fields are checked when the workflow is built; every refusal
+/// names the workflow and the field and says what to do.
+#[test]
+fn refused_index_fields_name_the_workflow_and_the_field() {
+    let registry = Registry::without_engines();
+    let steps = "steps = [{ plugin = \"assemble\" }, { plugin = \"folder\", root = \"/srv\" }]\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"string\"",
+            "workflow `invoices`: index field `po`: unknown type `string`; use text, number, choice or date",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"text\"\nchoices = [\"A\"]",
+            "workflow `invoices`: index field `po`: `choices` is only for `choice` fields, and this one is `text`; \
+             remove `choices` or make the type `choice`",
+        ),
+        (
+            "[[fields]]\nname = \"dept\"\nlabel = \"Department\"\ntype = \"choice\"",
+            "workflow `invoices`: index field `dept`: a `choice` field needs `choices`, a non-empty list of the values to pick from",
+        ),
+        (
+            "[[fields]]\nname = \"dept\"\nlabel = \"Department\"\ntype = \"choice\"\nchoices = []",
+            "workflow `invoices`: index field `dept`: a `choice` field needs `choices`, a non-empty list of the values to pick from",
+        ),
+        (
+            "[[fields]]\nname = \"dept\"\nlabel = \"Department\"\ntype = \"choice\"\nchoices = [\"A\", \"A\"]",
+            "workflow `invoices`: index field `dept`: the choice `A` is listed twice; list each choice once",
+        ),
+        (
+            "[[fields]]\nname = \"due\"\nlabel = \"Due\"\ntype = \"date\"\npattern = \"[0-9]+\"",
+            "workflow `invoices`: index field `due`: `pattern` is only for `text` fields, and this one is `date`; \
+             remove `pattern` or make the type `text`",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"text\"\n\
+             [[fields]]\nname = \"po\"\nlabel = \"PO again\"\ntype = \"text\"",
+            "workflow `invoices`: index field `po`: is declared twice; give each field of a workflow its own name",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"text\"\npattern = \"[0-9]{6\"",
+            "workflow `invoices`: index field `po`: the pattern `[0-9]{6` is not valid: `{` must start a \
+             repetition `{n}`, `{n,}` or `{n,m}` (digits only); write `\\{` for the character",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"text\"\npattern = '(?i)inv[0-9]+'",
+            "workflow `invoices`: index field `po`: the pattern `(?i)inv[0-9]+` is not valid: `(?` is only allowed \
+             as the non-capturing group `(?:`; flags, look-around and named groups are not portable",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"PO\"\ntype = \"text\"\npattern = '(ab'",
+            "workflow `invoices`: index field `po`: the pattern `(ab` is not valid: unclosed group",
+        ),
+        (
+            "[[fields]]\nname = \"po number\"\nlabel = \"PO\"\ntype = \"text\"",
+            "workflow `invoices`: index field #1: `po number` is not a valid field name: the name is the metadata \
+             key, so use 1-64 letters, digits and _ . -, starting with a letter or digit",
+        ),
+        (
+            "[[fields]]\nname = \"po\"\nlabel = \"\"\ntype = \"text\"",
+            "workflow `invoices`: index field `po`: the label must be 1-64 characters without control characters \
+             (line breaks, tabs)",
+        ),
+    ];
+    for (fields, expected) in cases {
+        let invoices = spec(&format!("{steps}{fields}"));
+        let err = registry.build_workflow("invoices", &invoices).unwrap_err();
+        assert_eq!(err.to_string(), *expected, "for\n{fields}");
+    }
+}
+
+#[test]
+fn a_workflow_carries_its_index_fields_in_order() {
+    let registry = Registry::without_engines();
+    let invoices = spec(
+        r#"
+        steps = [{ plugin = "assemble" }, { plugin = "folder", root = "/srv" }]
+
+        [[fields]]
+        name = "po_number"
+        label = "PO number"
+        type = "text"
+        required = true
+        pattern = "[0-9]{6}"
+
+        [[fields]]
+        name = "dept"
+        label = "Department"
+        type = "choice"
+        choices = ["Sales", "Legal"]
+        "#,
+    );
+    let workflow = registry.build_workflow("invoices", &invoices).unwrap();
+    let names: Vec<&str> = workflow.fields().iter().map(|f| f.name()).collect();
+    assert_eq!(names, ["po_number", "dept"]);
+    assert_eq!(workflow.fields()[0].pattern(), Some("[0-9]{6}"));
+    assert!(workflow.fields()[0].required());
+    assert_eq!(workflow.fields()[1].choices(), ["Sales", "Legal"]);
+
+    // A workflow without fields has none, and its specification writes
+    // back without a `fields` key.
+    let plain = spec("steps = [{ plugin = \"assemble\" }]");
+    assert!(plain.fields.is_empty());
+    assert!(!serde_json::to_string(&plain).unwrap().contains("fields"));
+    let workflow = registry.build_workflow("plain", &plain).unwrap();
+    assert!(workflow.fields().is_empty());
+}
+
 #[tokio::test]
 async fn a_valid_workflow_lists_its_steps_and_needs() {
     let scratch = tempfile::tempdir().unwrap();

@@ -229,7 +229,16 @@ pub async fn workflows(
     ApprovedDevice(_): ApprovedDevice,
 ) -> Result<impl IntoResponse, ApiError> {
     let config = core.active_config()?;
-    Ok(Json(json!({"workflows": config.workflow_names()})))
+    // `workflows` stays the list of names older clients read; `details`
+    // has the same workflows in the same order, with their index fields.
+    let details: Vec<serde_json::Value> = config
+        .workflows
+        .iter()
+        .map(|(name, workflow)| json!({"name": name, "fields": workflow.fields()}))
+        .collect();
+    Ok(Json(
+        json!({"workflows": config.workflow_names(), "details": details}),
+    ))
 }
 
 /// A job as the device sees it.

@@ -1,5 +1,6 @@
 //! The one error type of the HTTP API. Every error answer has the shape
-//! `{"error": {"code": "...", "message": "..."}}` with a stable code; the
+//! `{"error": {"code": "...", "message": "..."}}` with a stable code (an
+//! `invalid_metadata` answer also names the `field` and the `rule`); the
 //! status comes from one exhaustive match. A 5xx body never carries
 //! internals: those go to the log.
 
@@ -117,6 +118,10 @@ pub enum ApiError {
     /// The manifest names a workflow that is not configured.
     #[error("workflow `{name}` is not configured; configured workflows: {known}")]
     UnknownWorkflow { name: String, known: String },
+    /// The manifest's metadata breaks a rule of one of the workflow's
+    /// index fields.
+    #[error("{0}")]
+    InvalidMetadata(#[from] plugins::MetadataRefusal),
     /// More pages than allowed.
     #[error(
         "the job has {count} pages but at most {limit} are allowed; split the scan into several jobs"
@@ -165,6 +170,7 @@ impl ApiError {
             UnsupportedPageFormat { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             InvalidManifest(_)
             | UnknownWorkflow { .. }
+            | InvalidMetadata(_)
             | TooManyPages { .. }
             | PageCountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } | TooManyPendingDevices(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -205,6 +211,7 @@ impl ApiError {
             UnsupportedPageFormat { .. } => "unsupported_page_format",
             InvalidManifest(_) => "invalid_manifest",
             UnknownWorkflow { .. } => "unknown_workflow",
+            InvalidMetadata(_) => "invalid_metadata",
             TooManyPages { .. } => "too_many_pages",
             PageCountMismatch { .. } => "page_count_mismatch",
             RateLimited { .. } => "rate_limited",
@@ -246,7 +253,13 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
-        let body = json!({"error": {"code": self.code(), "message": self.public_message()}});
+        let mut error = json!({"code": self.code(), "message": self.public_message()});
+        // A panel can point at the field without reading the message.
+        if let ApiError::InvalidMetadata(refusal) = &self {
+            error["field"] = json!(refusal.field);
+            error["rule"] = json!(refusal.rule.as_str());
+        }
+        let body = json!({"error": error});
         let mut response = (status, Json(body)).into_response();
         if let Some(secs) = self.retry_after() {
             response
@@ -376,6 +389,26 @@ mod tests {
         assert!(!body.to_string().contains("/var/lib/x"));
     }
 
+    #[tokio::test]
+    async fn invalid_metadata_names_the_field_and_the_rule() {
+        let (status, _, body) = render(ApiError::InvalidMetadata(plugins::MetadataRefusal {
+            field: "po_number".into(),
+            rule: plugins::Rule::Pattern,
+            message: "index field `po_number` (PO number) does not match its pattern".into(),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body,
+            json!({"error": {
+                "code": "invalid_metadata",
+                "message": "index field `po_number` (PO number) does not match its pattern",
+                "field": "po_number",
+                "rule": "pattern",
+            }})
+        );
+    }
+
     #[test]
     fn limits_are_named_in_messages() {
         let e = ApiError::PageTooLarge {
@@ -423,6 +456,11 @@ mod tests {
                 name: String::new(),
                 known: String::new(),
             },
+            InvalidMetadata(plugins::MetadataRefusal {
+                field: String::new(),
+                rule: plugins::Rule::Required,
+                message: String::new(),
+            }),
             TooManyPages { count: 1, limit: 1 },
             PageCountMismatch {
                 declared: 1,
@@ -464,6 +502,7 @@ mod tests {
                 | UnsupportedPageFormat { .. }
                 | InvalidManifest(_)
                 | UnknownWorkflow { .. }
+                | InvalidMetadata(_)
                 | TooManyPages { .. }
                 | PageCountMismatch { .. }
                 | RateLimited { .. }

@@ -47,7 +47,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const PEER_QUESTION_MS: u64 = 1_000;
 
 /// Checks a manifest against the configuration in use: its workflow must
-/// exist and be runnable here, and its pages and metadata within limits.
+/// exist and be runnable here, its pages and metadata within limits, and
+/// its metadata must satisfy the workflow's index fields.
 fn check_manifest(manifest: &Manifest, config: &ActiveConfig) -> Result<(), ApiError> {
     if let Some(reason) = config.broken_workflows.get(&manifest.workflow) {
         return Err(ApiError::InvalidManifest(format!(
@@ -55,13 +56,14 @@ fn check_manifest(manifest: &Manifest, config: &ActiveConfig) -> Result<(), ApiE
             manifest.workflow
         )));
     }
-    if !config.workflows.contains_key(&manifest.workflow) {
+    let Some(workflow) = config.workflows.get(&manifest.workflow) else {
         return Err(ApiError::UnknownWorkflow {
             name: manifest.workflow.chars().take(64).collect(),
             known: config.workflow_names().join(", "),
         });
-    }
-    Ok(manifest.check(config.limits.max_pages)?)
+    };
+    manifest.check(config.limits.max_pages)?;
+    Ok(workflow.check_metadata(&manifest.metadata)?)
 }
 
 /// The acknowledgement of an accepted job.
@@ -182,7 +184,6 @@ async fn receive(
             })?;
     drop(field);
     let manifest = Manifest::parse(&raw_manifest)?;
-    check_manifest(&manifest, &config)?;
     let canonical = manifest.canonical();
     let manifest_sha256 = sha256_hex(canonical.as_bytes());
 
@@ -200,6 +201,9 @@ async fn receive(
             return replay(core, &known, &manifest_sha256, device.id);
         }
     }
+    // Checked only for a new job: an accepted job keeps its acknowledgement
+    // even if its workflow or index fields changed since.
+    check_manifest(&manifest, &config)?;
 
     let parts = core.data.parts()?;
     // No row exists and this connection holds the id's upload claim, so a
