@@ -116,6 +116,78 @@ pub struct DeviceInfo {
     pub within_seats: bool,
 }
 
+/// The answer to `GET /api/v1/workflows`: the workflow names and, per
+/// workflow, the index fields a job's metadata must fill. A gateway that
+/// sends no `details` has no index fields for any workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowCatalog {
+    /// The configured workflow names.
+    pub workflows: Vec<String>,
+    /// The index fields of each workflow.
+    #[serde(default)]
+    pub details: Vec<WorkflowDetail>,
+}
+
+impl WorkflowCatalog {
+    /// The index fields of `workflow`; none when the gateway declares none.
+    pub fn fields(&self, workflow: &str) -> &[IndexField] {
+        self.details
+            .iter()
+            .find(|d| d.name == workflow)
+            .map_or(&[], |d| d.fields.as_slice())
+    }
+}
+
+/// One workflow's index fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowDetail {
+    /// The workflow's name.
+    pub name: String,
+    /// Its index fields, in the order the panel shows them.
+    #[serde(default)]
+    pub fields: Vec<IndexField>,
+}
+
+/// An index field: a metadata key the gateway checks before it accepts a job
+/// (`422 invalid_metadata` when the value breaks the field's rule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexField {
+    /// The metadata key.
+    pub name: String,
+    /// What the panel shows for it.
+    #[serde(default)]
+    pub label: String,
+    /// The kind of value.
+    #[serde(rename = "type")]
+    pub kind: FieldKind,
+    /// Whether a job without a value is refused.
+    #[serde(default)]
+    pub required: bool,
+    /// For `text`: a regular expression the whole value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// For `choice`: the allowed values.
+    #[serde(default)]
+    pub choices: Vec<String>,
+}
+
+/// The kinds of [`IndexField`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// Free text, optionally matching `pattern`.
+    Text,
+    /// A decimal number: `-?[0-9]+(\.[0-9]+)?`.
+    Number,
+    /// One of `choices`.
+    Choice,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// A kind this device does not know (checked by the gateway only).
+    #[serde(other)]
+    Unknown,
+}
+
 /// A user session, valid on both servers of the pair.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -268,6 +340,24 @@ mod tests {
         assert_eq!(h.role, Role::Primary);
         assert!(h.accepting);
         assert_eq!(h.capabilities[0].name, "ocr");
+    }
+
+    #[test]
+    fn workflow_details_parse_and_may_be_missing() {
+        let text = r#"{"workflows": ["invoices", "plain"], "details": [{"name": "invoices",
+          "fields": [{"name": "po_number", "label": "PO number", "type": "text", "required": true,
+                      "pattern": "[0-9]{6}", "choices": []},
+                     {"name": "kind", "label": "Kind", "type": "hologram", "required": false,
+                      "pattern": null, "choices": []}]}]}"#;
+        let c: WorkflowCatalog = serde_json::from_str(text).unwrap();
+        let fields = c.fields("invoices");
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[0].kind, FieldKind::Text);
+        assert_eq!(fields[0].pattern.as_deref(), Some("[0-9]{6}"));
+        assert_eq!(fields[1].kind, FieldKind::Unknown);
+        assert!(c.fields("plain").is_empty());
+        let old: WorkflowCatalog = serde_json::from_str(r#"{"workflows": ["a"]}"#).unwrap();
+        assert!(old.details.is_empty() && old.fields("a").is_empty());
     }
 
     #[test]

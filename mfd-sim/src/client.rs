@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::{
-    api::{DeviceInfo, Health, JobAck, JobStatus, Registration, Session, Submitted},
+    api::{
+        DeviceInfo, Health, JobAck, JobStatus, Registration, Session, Submitted, WorkflowCatalog,
+    },
     error::{ClientError, HttpError},
     multipart::{Manifest, MultipartForm, Page},
     transport::{
@@ -220,15 +222,16 @@ impl GatewayClient {
 
     /// `GET /api/v1/workflows`: the configured workflow names.
     pub async fn workflows(&self) -> Result<Vec<String>, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Workflows {
-            workflows: Vec<String>,
-        }
+        self.workflow_catalog().await.map(|c| c.workflows)
+    }
+
+    /// `GET /api/v1/workflows` whole: the workflow names and each
+    /// workflow's index fields (none from a gateway that sends no `details`).
+    pub async fn workflow_catalog(&self) -> Result<WorkflowCatalog, ClientError> {
         let answer = self
             .call(&Call::new(Method::GET, "/api/v1/workflows"))
             .await?;
-        self.parse::<Workflows>(answer, &[StatusCode::OK])
-            .map(|w| w.workflows)
+        self.parse(answer, &[StatusCode::OK])
     }
 
     /// `PUT /api/v1/jobs/{job_id}`: uploads a job as `multipart/form-data`,

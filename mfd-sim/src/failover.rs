@@ -46,7 +46,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    api::{JobAck, Session},
+    api::{JobAck, JobStatus, Session, WorkflowCatalog},
     classify::{Classification, FailoverCause, classify_error, classify_health},
     client::GatewayClient,
     error::{ClientError, HttpError},
@@ -583,6 +583,26 @@ impl FailoverClient {
             server: self.server_url(index),
             server_index: index,
         })
+    }
+
+    /// The workflows and their index fields, from the current server
+    /// (moving down the list on a failover cause). Counts as activity of
+    /// the person's session.
+    pub async fn workflow_catalog(&self) -> Result<WorkflowCatalog, RequestError> {
+        let (catalog, _) = self
+            .walk(|client| async move { client.workflow_catalog().await })
+            .await?;
+        self.touch_session();
+        Ok(catalog)
+    }
+
+    /// One of the device's jobs as the current server sees it (moving down
+    /// the list on a failover cause).
+    pub async fn job(&self, job_id: Uuid) -> Result<JobStatus, RequestError> {
+        let (status, _) = self
+            .walk(move |client| async move { client.job(job_id).await })
+            .await?;
+        Ok(status)
     }
 
     fn touch_session(&self) {

@@ -8,12 +8,15 @@
 //! down the list on a failover cause, records what it saw, and fails back to a
 //! healthy server higher up only between user sessions (R3); scans wait in
 //! the durable [`outbox::Outbox`] until a server acknowledged them (R10). On
-//! top of that sit two tools: the simulator of many devices ([`sim`]) and the
-//! upload benchmark client ([`load`]), both driven by the `mfd-sim` binary.
+//! top of that sit the device agent ([`agent`]: one MFD, serving the panel
+//! web client) and two tools: the simulator of many devices ([`sim`]) and
+//! the upload benchmark client ([`load`]), all driven by the `mfd-sim`
+//! binary.
 //!
-//! The default feature `sim` adds the page renderer (image, fonts) and the
-//! binary's dependencies (clap); a device agent that needs only the client
-//! and the outbox builds with `default-features = false`.
+//! The default feature `sim` adds the page renderer (image, fonts), the
+//! device agent's web server (axum) and the binary's dependencies (clap); a
+//! device that embeds only the client and the outbox builds with
+//! `default-features = false`.
 //!
 //! Module map, one owner per concern:
 //! - [`transport`]: URL, TCP, TLS and one HTTP exchange with timeouts
@@ -31,12 +34,16 @@
 //! - [`pages`]: rendered text pages with known content (feature `sim`);
 //! - [`page_source`]: which of the two kinds of page a run sends (feature
 //!   `sim`);
+//! - [`agent`]: the device agent (feature `sim`): its configuration, the
+//!   scanner, the panel's web server and page, the delivery of the outbox;
 //! - [`stats`], [`progress`]: run summaries and the progress bars;
 //! - [`sim`], [`load`]: the two load generators; [`sim::fleet`] runs
 //!   devices through the failover client and outbox, watches their jobs
 //!   until delivered and reconciles them against every server and the
 //!   destination folders ([`sim::reconcile`]).
 
+#[cfg(feature = "sim")]
+pub mod agent;
 pub mod api;
 pub mod classify;
 pub mod client;

@@ -1,5 +1,6 @@
 //! The `mfd-sim` command: registers a device, submits or inspects one job,
-//! simulates many devices, or benchmarks uploads. It only parses arguments
+//! runs one device's agent with the panel web client, simulates many
+//! devices, or benchmarks uploads. It only parses arguments
 //! into validated settings and calls the library; it must not contain
 //! protocol logic.
 
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mfd_sim::{
+    agent::{self, Agent, config::AgentSettings},
     client::GatewayClient,
     failover::FailoverSettings,
     load::{self, LoadBody, LoadConfig, LoadTarget},
@@ -111,6 +113,14 @@ enum Command {
         token: String,
         /// The job to show.
         job_id: Uuid,
+    },
+    /// Runs one device: serves the panel web client and sends its scans
+    /// through the failover client and the outbox. Its timeouts come from
+    /// the configuration file, not from the global options.
+    Agent {
+        /// The agent's TOML configuration (keys in docs/agent.md).
+        #[arg(long, value_name = "FILE", env = "MFD_SIM_AGENT_CONFIG")]
+        config: PathBuf,
     },
     /// Simulates many devices submitting jobs.
     Run(RunArgs),
@@ -394,6 +404,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot get job {job_id}"))?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
+        Command::Agent { config } => run_agent(&config).await?,
         Command::Run(args) => run_sim(args, timeouts).await?,
         Command::Load(args) => run_load(args, timeouts).await?,
     }
@@ -411,6 +422,40 @@ fn load_trust(ca: Option<&Path>) -> Result<Option<TlsTrust>> {
     ca.map(TlsTrust::from_pem_file)
         .transpose()
         .map_err(Into::into)
+}
+
+/// Starts the agent, binds the panel's address, prints the panel's URL as
+/// the first line on stdout (so a caller that asked for port 0 learns the
+/// port) and serves until SIGINT or SIGTERM.
+async fn run_agent(config: &Path) -> Result<()> {
+    let settings = AgentSettings::load(config)?;
+    let listen = settings.listen;
+    let agent = Agent::start(settings)
+        .await
+        .context("the device agent cannot start")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen} for the panel (listen in {})",
+                config.display()
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    println!("panel: http://{addr}/");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    tracing::info!(%addr, "panel listening");
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    agent::run(agent, listener, shutdown).await?;
+    Ok(())
 }
 
 async fn run_sim(args: RunArgs, timeouts: Timeouts) -> Result<()> {

@@ -23,6 +23,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "curl",
     // Shifts one process's clock for the pair's clock-skew test.
     "faketime",
+    // The headless browser and its WebDriver of the panel's browser test.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// What the demo needs.
