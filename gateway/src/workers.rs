@@ -306,25 +306,58 @@ async fn process(
 
 /// What the job's steps reported for admins (a second copy a destination
 /// refused, a name already taken): logged and kept with the pair events.
+/// How long a delivery report that cannot be stored (the disk full or
+/// failing, as when a delivery could not record itself) is tried again.
+const REPORT_RETRY: Duration = Duration::from_secs(1);
+const REPORT_TRIES: u32 = 300;
+
 async fn record_reports(parts: &Arc<DataParts>, job: Uuid, reports: Vec<plugins::DeliveryReport>) {
     if reports.is_empty() {
         return;
     }
-    let store = parts.store.clone();
     let at = chrono::Utc::now();
-    let _ = tokio::task::spawn_blocking(move || {
-        for r in reports {
+    let mut pending: Vec<(String, plugins::DeliveryReport)> = reports
+        .into_iter()
+        .map(|r| {
             let kind = match serde_json::to_value(r.kind) {
                 Ok(serde_json::Value::String(k)) => k,
                 _ => "delivery_report".to_owned(),
             };
             tracing::warn!(event = kind, %job, plugin = r.plugin, "{}", r.text);
-            if let Err(e) = store.record_pair_event(at, &kind, Some(job), None, &r.text) {
-                tracing::error!(error = %e, %job, "a delivery report could not be recorded");
+            (kind, r)
+        })
+        .collect();
+    // Stored in the background until it works: the admin must learn of a
+    // possible second delivery even when the disk that would hold the
+    // report was full at the time.
+    let store = parts.store.clone();
+    tokio::spawn(async move {
+        for attempt in 1..=REPORT_TRIES {
+            let batch = std::mem::take(&mut pending);
+            let store = store.clone();
+            let left = tokio::task::spawn_blocking(move || {
+                batch
+                    .into_iter()
+                    .filter(|(kind, r)| {
+                        store
+                            .record_pair_event(at, kind, Some(job), None, &r.text)
+                            .is_err()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            if left.is_empty() {
+                return;
             }
+            if attempt == 1 {
+                tracing::error!(%job, reports = left.len(), "a delivery report could not be stored; trying again");
+            }
+            pending = left;
+            tokio::time::sleep(REPORT_RETRY).await;
         }
-    })
-    .await;
+        tracing::error!(%job, reports = pending.len(), "a delivery report could not be stored and is lost: {:?}", pending.iter().map(|(_, r)| &r.text).collect::<Vec<_>>());
+    });
 }
 
 async fn device_name(parts: &Arc<DataParts>, device: Uuid) -> String {

@@ -114,6 +114,11 @@ pub enum DeliveryReportKind {
     /// The destination name was taken by a different document; it was left
     /// as it is and the step failed.
     NameTaken,
+    /// The destination accepted the document, but the record of that could
+    /// not be written (a full or failing disk): the step fails and runs
+    /// again, so the destination may receive the document twice, with the
+    /// same idempotency key. The same report as a delivery step cut short.
+    PossibleDuplicate,
 }
 
 /// The reports of one job run: a handle that clones share, so the gateway

@@ -8,9 +8,11 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which
 //! `cargo xtask test` does).
 
+pub mod browser;
 pub mod fault;
 pub mod http;
 pub mod pair;
+pub mod scenario;
 pub mod support;
 
 use std::io::{BufRead, BufReader};
@@ -26,24 +28,56 @@ pub use http::{Response, request};
 /// The password of the test user `alice` (and `bob`).
 pub const PASSWORD: &str = "correct horse";
 
-/// Path of a workspace binary, built by `cargo build --workspace --bins`.
 /// A free loopback port, for a server that must be told its address
-/// before it starts (the port may be taken again by then; rarely).
+/// before it starts (the port may be taken again by then; rarely). It is
+/// chosen below the kernel's ephemeral range, so an outgoing connection of
+/// a test (or one left in TIME_WAIT) never holds a port a server is told
+/// to listen on, as a port the kernel hands out for `:0` can be.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TURN: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const LOWEST: u32 = 10_000;
+    if ephemeral_from > LOWEST + 1_000 {
+        let span = u64::from(ephemeral_from - LOWEST);
+        let seed = u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        for _ in 0..64 {
+            let turn = TURN.fetch_add(1, Ordering::Relaxed);
+            let mixed = (seed ^ turn.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+                .wrapping_mul(0x94d0_49bb_1331_11eb);
+            let port = (u64::from(LOWEST) + (mixed >> 17) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
         .port()
 }
 
+/// Path of a workspace binary, built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps; the binaries one up.
+    // A workspace binary that uses this library (`cargo xtask soak`, in
+    // target/<profile>) finds them beside itself.
     let exe = std::env::current_exe().expect("test executable path");
+    let beside = exe.parent().map(|d| d.join(name));
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>");
-    let path = dir.join(name);
+    let path = match beside {
+        Some(p) if p.is_file() && exe.parent().is_some_and(|d| !d.ends_with("deps")) => p,
+        _ => dir.join(name),
+    };
     assert!(
         path.exists(),
         "{} is missing: build the binaries first with `cargo build --workspace --bins` (cargo xtask test does)",
