@@ -5,9 +5,11 @@
 //! 2. runs one job of the same pages through the pipeline (`ocr` then
 //!    `assemble`) with `ocr_parallelism` P;
 //!
-//! and prints pages per second for both and their ratio.
+//! and prints pages per second for both and their ratio. With `--json` the
+//! account of each round goes to stderr and stdout carries only the figures,
+//! as one JSON object (what `cargo xtask bench ocr` reads).
 //!
-//! Usage: cargo run --release -p plugins --example ocr-bench -- --pages 16 [--parallelism P] [--rounds R]
+//! Usage: cargo run --release -p plugins --example ocr-bench -- --pages 16 [--parallelism P] [--rounds R] [--json]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ struct Options {
     pages: usize,
     parallelism: usize,
     rounds: usize,
+    json: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -34,9 +37,14 @@ fn options() -> Result<Options, String> {
             .map(|n| n.get())
             .unwrap_or(1),
         rounds: 1,
+        json: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--json" {
+            parsed.json = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let number: usize = value
             .parse()
@@ -47,7 +55,7 @@ fn options() -> Result<Options, String> {
             "--rounds" => parsed.rounds = number.max(1),
             _ => {
                 return Err(format!(
-                    "unknown option {flag}; use --pages, --parallelism, --rounds"
+                    "unknown option {flag}; use --pages, --parallelism, --rounds, --json"
                 ));
             }
         }
@@ -133,7 +141,20 @@ async fn raw_engine(pages: &[PathBuf], out: &Path, parallelism: usize) -> Durati
     start.elapsed()
 }
 
-async fn pipeline(registry: &Registry, pages: &[PathBuf], work: &Path) -> Duration {
+/// Prints the account of a run: to stdout, or to stderr when stdout
+/// carries the JSON figures.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            eprintln!($($arg)*);
+        } else {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// The pipeline's time for the job, and the assembly's alone.
+async fn pipeline(registry: &Registry, pages: &[PathBuf], work: &Path) -> (Duration, Duration) {
     let spec =
         toml::from_str("[[steps]]\nplugin = \"ocr\"\n[[steps]]\nplugin = \"assemble\"").unwrap();
     let workflow = registry.build_workflow("bench", &spec).unwrap();
@@ -177,12 +198,7 @@ async fn pipeline(registry: &Registry, pages: &[PathBuf], work: &Path) -> Durati
     );
     let start = Instant::now();
     assert_eq!(runner.run(&workflow, &job, store).await, JobOutcome::Done);
-    println!(
-        "  (assembling the {} recognised pages alone: {:.2} s)",
-        pages.len(),
-        start.elapsed().as_secs_f64()
-    );
-    elapsed
+    (elapsed, start.elapsed())
 }
 
 #[tokio::main]
@@ -218,7 +234,9 @@ async fn main() {
         registry.capabilities()[0].available,
         "tesseract is required: install tesseract-ocr tesseract-ocr-eng"
     );
-    println!(
+    let json = options.json;
+    say!(
+        json,
         "ocr-bench: {} pages (A4, 300 dpi PNG), parallelism {}, {} round(s), {}",
         options.pages,
         options.parallelism,
@@ -226,11 +244,12 @@ async fn main() {
         registry.capabilities()[0].detail
     );
     let (mut raw_total, mut pipeline_total) = (Duration::ZERO, Duration::ZERO);
+    let mut rounds = Vec::new();
     for round in 0..options.rounds {
         // Alternate the order so that neither side always runs on a warmer
         // machine.
         let work = scratch.path().join(format!("round-{round}"));
-        let (raw, piped) = if round % 2 == 0 {
+        let (raw, (piped, assembly)) = if round % 2 == 0 {
             let raw = raw_engine(&pages, &work.join("raw"), options.parallelism).await;
             (raw, pipeline(&registry, &pages, &work.join("job")).await)
         } else {
@@ -240,19 +259,52 @@ async fn main() {
                 piped,
             )
         };
-        println!(
+        say!(
+            json,
+            "  (assembling the {} recognised pages alone: {:.2} s)",
+            pages.len(),
+            assembly.as_secs_f64()
+        );
+        say!(
+            json,
             "round {}: tesseract CLI {:.2} s, pipeline {:.2} s",
             round + 1,
             raw.as_secs_f64(),
             piped.as_secs_f64()
         );
+        rounds.push(serde_json::json!({
+            "cli_seconds": raw.as_secs_f64(),
+            "pipeline_seconds": piped.as_secs_f64(),
+            "assembly_alone_seconds": assembly.as_secs_f64(),
+        }));
         raw_total += raw;
         pipeline_total += piped;
     }
     let pages_total = (options.pages * options.rounds) as f64;
     let raw_rate = pages_total / raw_total.as_secs_f64();
     let pipeline_rate = pages_total / pipeline_total.as_secs_f64();
-    println!("tesseract CLI: {raw_rate:.3} pages/s");
-    println!("pipeline (ocr + assemble): {pipeline_rate:.3} pages/s");
-    println!("ratio pipeline / CLI: {:.3}", pipeline_rate / raw_rate);
+    say!(json, "tesseract CLI: {raw_rate:.3} pages/s");
+    say!(
+        json,
+        "pipeline (ocr + assemble): {pipeline_rate:.3} pages/s"
+    );
+    say!(
+        json,
+        "ratio pipeline / CLI: {:.3}",
+        pipeline_rate / raw_rate
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "pages": options.pages,
+                "rounds": rounds,
+                "parallelism": options.parallelism,
+                "engine": registry.capabilities()[0].detail,
+                "cli_pages_per_second": raw_rate,
+                "pipeline_pages_per_second": pipeline_rate,
+                "ratio_pipeline_to_cli": pipeline_rate / raw_rate,
+            })
+        );
+    }
 }

@@ -3,8 +3,9 @@
 //!
 //! - `intake`: job uploads into the gateway vs. nginx writing the same bodies
 //!   to disk (WebDAV PUT), same load client, same transport (plain HTTP and
-//!   TLS, both with the same certificate); and the gateway's peak memory
-//!   while many large uploads stream in at once.
+//!   TLS, both with the same certificate), then small and large jobs (100 KB,
+//!   1 MB, 20 MB) from 1, 10 and 100 devices at once over TLS; and the
+//!   gateway's peak memory while many large uploads stream in at once.
 //! - `ocr`: the OCR pipeline vs. the tesseract CLI on the same pages (the
 //!   plugins crate's `ocr-bench`).
 //! - `pair` (`bench_pair`): DEAD detection time of the pair heartbeat after
@@ -24,6 +25,12 @@
 //!   acknowledged by the secondary, vs. a healthy primary's acknowledgement
 //!   and HAProxy's default check timing.
 //!
+//! - `all`: every benchmark above in turn, then one table of their headline
+//!   figures (`table`), each beside its baseline, printed and written to
+//!   `target/bench/table.md` and `table.json`; `all --quick` shrinks each
+//!   to seconds, to check that every one runs. Each single benchmark prints
+//!   its own rows of the table at its end.
+//!
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
 
@@ -35,7 +42,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::site::{Tools, listener, output};
-use crate::{Result, bench_pair, exec, root, setup};
+use crate::{Result, bench_pair, exec, root, setup, table};
 
 struct Options {
     requests: u32,
@@ -43,19 +50,40 @@ struct Options {
     size: u64,
     memory_uploads: u32,
     memory_size: u64,
-    pages: u32,
+    /// The intake's job matrix shrunk to a few requests per point.
+    quick: bool,
     pair: bench_pair::Options,
 }
 
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask bench [intake|ocr|pair|config|replication|takeover|failover|all] [options]
+  all:    [--quick] every benchmark in turn, then the table (target/bench/table.md, table.json);
+          --quick shrinks each to seconds (figures marked quick: a check that all run)
+  intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES] [--quick]
+  ocr:    [--pages N (16)] [--rounds N (4)]
+  pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
+          [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
+{}
+{}
+{}
+{}",
+        crate::bench_config::USAGE,
+        crate::bench_replication::USAGE,
+        crate::bench_takeover::USAGE,
+        crate::bench_failover::USAGE
+    )
+}
+
 fn parse(args: &[String]) -> Result<(String, Options)> {
-    let what = args.first().cloned().unwrap_or_else(|| "all".into());
+    let what = args.first().cloned().unwrap_or_default();
     let mut o = Options {
         requests: 400,
         concurrency: 16,
         size: 1_000_000,
         memory_uploads: 200,
         memory_size: 20_000_000,
-        pages: 16,
+        quick: false,
         pair: bench_pair::Options::default(),
     };
     let mut it = args.iter().skip(1);
@@ -66,64 +94,77 @@ fn parse(args: &[String]) -> Result<(String, Options)> {
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("{name} needs a positive number"))
         };
-        match a.as_str() {
-            "--requests" => o.requests = value("--requests")? as u32,
-            "--concurrency" => o.concurrency = value("--concurrency")? as u32,
-            "--size" => o.size = value("--size")?,
-            "--memory-uploads" => o.memory_uploads = value("--memory-uploads")? as u32,
-            "--memory-size" => o.memory_size = value("--memory-size")?,
-            "--pages" => o.pages = value("--pages")? as u32,
-            "--trials" => o.pair.trials = value("--trials")? as u32,
-            "--haproxy-trials" => o.pair.haproxy_trials = value("--haproxy-trials")? as u32,
-            "--soak-secs" => {
+        match (what.as_str(), a.as_str()) {
+            ("intake", "--requests") => o.requests = value("--requests")? as u32,
+            ("intake", "--concurrency") => o.concurrency = value("--concurrency")? as u32,
+            ("intake", "--size") => o.size = value("--size")?,
+            ("intake", "--memory-uploads") => {
+                o.memory_uploads = value("--memory-uploads")? as u32;
+            }
+            ("intake", "--memory-size") => o.memory_size = value("--memory-size")?,
+            ("intake", "--quick") => {
+                o.quick = true;
+                o.requests = 40;
+                o.memory_uploads = 20;
+                o.memory_size = 2_000_000;
+            }
+            ("pair", "--trials") => o.pair.trials = value("--trials")? as u32,
+            ("pair", "--haproxy-trials") => {
+                o.pair.haproxy_trials = value("--haproxy-trials")? as u32;
+            }
+            ("pair", "--soak-secs") => {
                 // 0 skips the soak.
                 o.pair.soak_secs = it
                     .next()
                     .and_then(|v| v.parse().ok())
                     .ok_or("--soak-secs needs a number of seconds (0: no soak)")?;
             }
-            "--heartbeat-interval-ms" => {
+            ("pair", "--heartbeat-interval-ms") => {
                 o.pair.heartbeat_interval_ms = value("--heartbeat-interval-ms")?;
             }
-            "--dead-threshold-ms" => o.pair.dead_threshold_ms = value("--dead-threshold-ms")?,
-            "--json" => o.pair.json = true,
-            other => return Err(format!("unknown bench option `{other}`")),
+            ("pair", "--dead-threshold-ms") => {
+                o.pair.dead_threshold_ms = value("--dead-threshold-ms")?;
+            }
+            ("pair", "--json") => o.pair.json = true,
+            (_, other) => {
+                return Err(format!(
+                    "unknown option `{other}` for bench {what}\n{}",
+                    usage()
+                ));
+            }
         }
-    }
-    if !["intake", "ocr", "pair", "all"].contains(&what.as_str()) {
-        return Err(format!("usage: cargo xtask bench [intake|ocr|pair|config|replication|takeover|failover|all] [options]
-  intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES]
-  ocr:    [--pages N]
-  pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
-          [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
-{}
-{}
-{}
-{}", crate::bench_config::USAGE, crate::bench_replication::USAGE, crate::bench_takeover::USAGE, crate::bench_failover::USAGE));
     }
     Ok((what, o))
 }
 
-pub fn run(args: &[String]) -> Result {
-    if args.first().is_some_and(|a| a == "config") {
-        return crate::bench_config::run(&args[1..]);
+/// `bench ocr`: the plugins crate's `ocr-bench` (pipeline vs. the
+/// tesseract CLI on the same pages), its figures read from its JSON.
+fn ocr(args: &[String]) -> Result {
+    let (mut pages, mut rounds) = (16u64, 4u64);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<u64> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{name} needs a positive number"))
+        };
+        match a.as_str() {
+            "--pages" => pages = value("--pages")?,
+            "--rounds" => rounds = value("--rounds")?,
+            other => {
+                return Err(format!(
+                    "unknown option `{other}` for bench ocr\n{}",
+                    usage()
+                ));
+            }
+        }
     }
-    if args.first().is_some_and(|a| a == "replication") {
-        return crate::bench_replication::run(&args[1..]);
-    }
-    if args.first().is_some_and(|a| a == "takeover") {
-        return crate::bench_takeover::run(&args[1..]);
-    }
-    if args.first().is_some_and(|a| a == "failover") {
-        return crate::bench_failover::run(&args[1..]);
-    }
-    let (what, opts) = parse(args)?;
-    if what == "intake" || what == "all" {
-        intake(&opts)?;
-    }
-    if what == "ocr" || what == "all" {
-        setup::apt(setup::DEMO_PACKAGES)?;
-        exec(Command::new("cargo").args([
+    setup::apt(setup::DEMO_PACKAGES)?;
+    // The example's account of each round goes to stderr (shown as it
+    // comes), its figures to stdout as one JSON object.
+    let out = Command::new("cargo")
+        .args([
             "run",
             "--release",
             "-p",
@@ -131,16 +172,218 @@ pub fn run(args: &[String]) -> Result {
             "--example",
             "ocr-bench",
             "--",
+        ])
+        .args([
             "--pages",
-            &opts.pages.to_string(),
+            &pages.to_string(),
             "--rounds",
-            "4",
-        ]))?;
+            &rounds.to_string(),
+            "--json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run the ocr-bench example: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "ocr-bench failed ({}): {}",
+            out.status,
+            text.trim()
+        ));
     }
-    if what == "pair" || what == "all" {
-        bench_pair::run(&opts.pair)?;
-    }
+    let v: Value =
+        serde_json::from_str(text.trim()).map_err(|e| format!("ocr-bench's JSON {text:?}: {e}"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+    );
+    let (cli, piped) = (
+        v["cli_pages_per_second"].as_f64().unwrap_or(0.0),
+        v["pipeline_pages_per_second"].as_f64().unwrap_or(0.0),
+    );
+    table::row(
+        format!(
+            "OCR: pipeline (OCR + PDF assembly), {pages} A4 pages at 300 dpi × {rounds} round(s), \
+             {} at a time",
+            v["parallelism"]
+        ),
+        format!("{piped:.3} pages/s"),
+        format!("tesseract CLI on the same pages, same parallelism: {cli:.3} pages/s"),
+        table::ratio(piped, cli),
+    );
     Ok(())
+}
+
+/// The benchmarks in the order `bench all` runs them, with the arguments it
+/// gives each: its defaults, except where a default run is long (the pair's
+/// 600 s soak and 20 HAProxy trials per fault, the failover's 50 trials per
+/// fault), and the arguments of `bench all --quick`, which shrink each to
+/// seconds (its figures are marked quick and are not the benchmarks').
+const ALL: &[(&str, &[&str], &[&str])] = &[
+    ("intake", &[], &["--quick"]),
+    ("ocr", &[], &["--pages", "2", "--rounds", "1"]),
+    (
+        "pair",
+        &[
+            "--trials",
+            "30",
+            "--haproxy-trials",
+            "6",
+            "--soak-secs",
+            "120",
+        ],
+        &["--trials", "3", "--haproxy-trials", "1", "--soak-secs", "5"],
+    ),
+    ("config", &[], &["--changes", "20"]),
+    (
+        "replication",
+        &[],
+        &["--points", "100000:10:100,1000000:4:20,100000:1:20"],
+    ),
+    ("takeover", &[], &["--rounds", "2"]),
+    (
+        "failover",
+        &["--trials", "30", "--haproxy-trials", "6"],
+        &["--trials", "2", "--haproxy-trials", "1"],
+    ),
+];
+
+pub fn run(args: &[String]) -> Result {
+    match args.first().map(String::as_str) {
+        None | Some("all") => all(args.get(1..).unwrap_or_default()),
+        Some(name) if ALL.iter().any(|(n, _, _)| *n == name) => {
+            let command = command_line(name, &args[1..]);
+            let mark = table::begin(&command);
+            let load_before = table::load_average();
+            let result = one(name, &args[1..]);
+            if let Err(e) = &result {
+                table::failed(name, e);
+            }
+            let m = table::machine(format!(
+                "{load_before} before, {} after",
+                table::load_average()
+            ));
+            println!(
+                "\n{}",
+                table::markdown(
+                    &format!("### Table rows of `{command}`"),
+                    &m,
+                    &table::since(mark)
+                )
+            );
+            result
+        }
+        Some(other) => Err(format!("unknown benchmark `{other}`\n{}", usage())),
+    }
+}
+
+fn command_line(name: &str, args: &[String]) -> String {
+    let mut c = format!("cargo xtask bench {name}");
+    for a in args {
+        c.push(' ');
+        c.push_str(a);
+    }
+    c
+}
+
+/// One benchmark with its own arguments.
+fn one(name: &str, args: &[String]) -> Result {
+    match name {
+        "config" => crate::bench_config::run(args),
+        "replication" => crate::bench_replication::run(args),
+        "takeover" => crate::bench_takeover::run(args),
+        "failover" => crate::bench_failover::run(args),
+        "ocr" => ocr(args),
+        _ => {
+            let mut all = vec![name.to_owned()];
+            all.extend(args.iter().cloned());
+            let (what, opts) = parse(&all)?;
+            if what == "intake" {
+                intake(&opts)
+            } else {
+                bench_pair::run(&opts.pair)
+            }
+        }
+    }
+}
+
+/// `bench all [--quick]`: every benchmark in turn, each failure recorded in
+/// its row and the rest still run; then the table, printed and written to
+/// `target/bench/table.md` and `table.json`.
+fn all(args: &[String]) -> Result {
+    let quick = match args {
+        [] => false,
+        [q] if q == "--quick" => true,
+        _ => return Err(format!("`bench all` takes only --quick\n{}", usage())),
+    };
+    let started = std::time::Instant::now();
+    let load_before = table::load_average();
+    let mark = table::begin("");
+    let mut failed = Vec::new();
+    for (name, full, light) in ALL {
+        let args: Vec<String> = if quick { *light } else { *full }
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        let command = command_line(name, &args);
+        eprintln!("bench all: {command}");
+        let bench_mark = table::begin(&command);
+        let bench_started = std::time::Instant::now();
+        // A panic in one benchmark (its processes stopped by their guards
+        // as it unwinds) is that benchmark's failure, not the run's end.
+        let result = std::panic::catch_unwind(|| one(name, &args)).unwrap_or_else(|p| {
+            Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .map_or("panicked".to_owned(), |m| format!("panicked: {m}")))
+        });
+        if let Err(e) = &result {
+            eprintln!("bench all: {name} failed: {e}");
+            table::failed(name, e);
+            failed.push(*name);
+        }
+        let m = table::machine(table::load_average());
+        println!(
+            "\n{}",
+            table::markdown(
+                &format!(
+                    "### Table rows of `{command}` ({:.0} s)",
+                    bench_started.elapsed().as_secs_f64()
+                ),
+                &m,
+                &table::since(bench_mark)
+            )
+        );
+    }
+    let took = started.elapsed().as_secs_f64();
+    let load = format!("{load_before} before, {} after", table::load_average());
+    let m = table::machine(load);
+    let title = if quick {
+        format!(
+            "## Benchmark table — QUICK RUN (`cargo xtask bench all --quick`, {took:.0} s): \
+             every benchmark shrunk to seconds to check that it runs; these are not the \
+             benchmarks' figures"
+        )
+    } else {
+        format!("## Benchmark table (`cargo xtask bench all`, {took:.0} s)")
+    };
+    let rows = table::since(mark);
+    let md = table::markdown(&title, &m, &rows);
+    let js = table::json(&title, &m, &rows);
+    let dir = root().join("target/bench");
+    table::write(&dir, &md, &js)?;
+    println!("\n{md}");
+    println!(
+        "table written to {} and {}",
+        dir.join("table.md").display(),
+        dir.join("table.json").display()
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("benchmarks failed: {}", failed.join(", ")))
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -425,6 +668,8 @@ fn intake(o: &Options) -> Result {
     drop(nginx);
     drop(gw);
 
+    matrix(&tools, &dir, o.quick)?;
+
     // Memory: the same number of concurrent uploads at two sizes, each on a
     // freshly started gateway and nginx so each peak is this run's own. If
     // uploads stream, the peak does not grow with the upload size.
@@ -465,6 +710,23 @@ fn intake(o: &Options) -> Result {
         )?;
         let ng_peak: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
         let total_mb = f64::from(o.memory_uploads) * size as f64 / 1e6;
+        table::row(
+            format!(
+                "memory: peak RSS while {} uploads of {} arrive at once (TLS)",
+                o.memory_uploads,
+                size_label(size)
+            ),
+            format!(
+                "gateway {peak:.1} MiB (idle {idle:.1}); {:.0} MB/s",
+                g["megabytes_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            format!(
+                "nginx {ng_peak:.1} MiB summed over {} workers (idle {ng_idle:.1}); {:.0} MB/s",
+                workers.len(),
+                ng["megabytes_per_second"].as_f64().unwrap_or(0.0)
+            ),
+            table::ratio(peak, ng_peak),
+        );
         println!("{size} bytes each ({total_mb:.0} MB in all), TLS:");
         println!(
             "  gateway: peak RSS {peak:.1} MiB (idle {idle:.1} MiB); {}",
@@ -475,6 +737,111 @@ fn intake(o: &Options) -> Result {
             workers.len(),
             describe(&ng)
         );
+    }
+    Ok(())
+}
+
+/// The table's intake matrix: job size, devices sending at once, jobs (and
+/// jobs with `--quick`). Enough jobs per point for a few seconds of load
+/// each, and at least one per device.
+const MATRIX: &[(u64, u32, u32, u32)] = &[
+    (100_000, 1, 300, 10),
+    (100_000, 10, 1000, 40),
+    (100_000, 100, 2000, 200),
+    (1_000_000, 1, 100, 5),
+    (1_000_000, 10, 300, 20),
+    (1_000_000, 100, 500, 100),
+    (20_000_000, 1, 10, 2),
+    (20_000_000, 10, 40, 10),
+    (20_000_000, 100, 100, 100),
+];
+
+fn size_label(size: u64) -> String {
+    if size >= 1_000_000 && size.is_multiple_of(1_000_000) {
+        format!("{} MB", size / 1_000_000)
+    } else if size.is_multiple_of(1000) {
+        format!("{} KB", size / 1000)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Small and large jobs from 1, 10 and 100 devices at once, over TLS as
+/// devices send them, into the gateway and into nginx; a fresh gateway and
+/// nginx for each size, their data removed after it.
+fn matrix(tools: &Tools, dir: &Path, quick: bool) -> Result {
+    println!(
+        "\n## intake by job size and devices at once, TLS{}",
+        if quick {
+            " (quick: few jobs per point)"
+        } else {
+            ""
+        }
+    );
+    let ng_args = vec![
+        "--method".to_owned(),
+        "PUT".to_owned(),
+        "--multipart-body".to_owned(),
+        "bench".to_owned(),
+    ];
+    let mut sizes: Vec<u64> = MATRIX.iter().map(|p| p.0).collect();
+    sizes.dedup();
+    for size in sizes {
+        let run_dir = dir.join(format!("matrix-{size}"));
+        std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
+        let gw = start_gateway(tools, &run_dir)?;
+        let nginx = start_nginx(&run_dir.join("nginx"), &gw.cert, &gw.key)?;
+        let gw_args = vec![
+            "--multipart-gateway".to_owned(),
+            format!("{},{},bench", gw.token, gw.session),
+        ];
+        for &(_, devices, full, light) in MATRIX.iter().filter(|p| p.0 == size) {
+            let requests = if quick { light } else { full };
+            let ng = load(
+                tools,
+                &nginx.https,
+                &gw.cert,
+                &ng_args,
+                requests,
+                devices,
+                size,
+            )?;
+            let g = load(
+                tools, &gw.https, &gw.cert, &gw_args, requests, devices, size,
+            )?;
+            let label = format!("{} × {devices}", size_label(size));
+            println!("{label}, {requests} jobs: nginx    {}", describe(&ng));
+            println!("{label}, {requests} jobs: gateway  {}", describe(&g));
+            let rate = |v: &Value| v["requests_per_second"].as_f64().unwrap_or(0.0);
+            let cell = |name: &str, v: &Value| {
+                let failed = v["failed"].as_u64().unwrap_or(0);
+                format!(
+                    "{name} {:.1} jobs/s ({:.0} MB/s), p50 {} / p99 {}{}",
+                    rate(v),
+                    v["megabytes_per_second"].as_f64().unwrap_or(0.0),
+                    table::ms(v["latency"]["p50_ms"].as_f64().unwrap_or(0.0)),
+                    table::ms(v["latency"]["p99_ms"].as_f64().unwrap_or(0.0)),
+                    if failed > 0 {
+                        format!(", **{failed} failed**")
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            table::row(
+                format!(
+                    "intake: {} jobs, {devices} device{} at once, {requests} jobs, TLS",
+                    size_label(size),
+                    if devices == 1 { "" } else { "s" }
+                ),
+                cell("gateway", &g),
+                cell("nginx (WebDAV PUT)", &ng),
+                table::ratio(rate(&g), rate(&ng)),
+            );
+        }
+        drop(nginx);
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(())
 }

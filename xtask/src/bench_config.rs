@@ -583,6 +583,32 @@ pub fn run(args: &[String]) -> Result {
         site.log("gw-b").display()
     );
 
+    if let (Some(p), Some(e)) = (summary(&by_log), summary(&echoes)) {
+        let admin = summary(&round_trips);
+        crate::table::row(
+            format!(
+                "configuration propagation primary → secondary ({} changes, `device add`, {} ms apart)",
+                o.changes,
+                o.pause.as_millis()
+            ),
+            format!(
+                "p50 {:.0} / p99 {:.0} ms (n={}; log timestamps, ±1 ms); goal p99 ≤ {GOAL_P99_MS:.0} ms",
+                p.p50, p.p99, p.n
+            ),
+            format!(
+                "loopback TCP echo of {} bytes: p50 {:.2} / p99 {:.2} ms{}",
+                o.echo_bytes,
+                e.p50,
+                e.p99,
+                admin.map_or(String::new(), |a| format!(
+                    "; the admin command's own round trip p50 {:.2} / p99 {:.2} ms",
+                    a.p50, a.p99
+                ))
+            ),
+            crate::table::ratio(p.p50, e.p50),
+        );
+    }
+
     let mut problems = Vec::new();
     if !missing.is_empty() {
         let newest = applied.keys().next_back().copied().unwrap_or(0);

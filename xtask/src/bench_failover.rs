@@ -5,7 +5,10 @@
 //! stops accepting, with its listen queue filled so that new connects get
 //! no answer, and stops moving bytes on the connections already open), set
 //! beside the acknowledgement latency of a healthy primary measured in the
-//! same run and HAProxy's default check timing. It writes nothing into the
+//! same run and beside a device that reaches the pair through a real
+//! HAProxy on the same faults: once with the shipped `deploy/haproxy.cfg`
+//! unchanged, once with that file's check timing replaced by HAProxy's
+//! defaults (`inter 2s fall 3 rise 2`). It writes nothing into the
 //! repository and talks only to loopback.
 //!
 //! Two release `gateway` processes, `gw-a` (03) and `gw-b` (04), on fixed
@@ -20,10 +23,20 @@
 //! ends with the first job `gw-b` acknowledged after it. Then `gw-a` is
 //! started again (or the proxy passes again) and the device fails back.
 //!
+//! Behind HAProxy the device knows one address, HAProxy's; both gateways
+//! take HAProxy's connections on their PROXY-protocol listeners, and for
+//! the silent fault the proxy sits between HAProxy and `gw-a` (HAProxy's
+//! probes of `gw-a` meet the same silence). A trial starts once HAProxy
+//! sees `gw-a` UP again, the device's connections to `gw-b` are shut on
+//! HAProxy's runtime API (HAProxy never moves an open connection back by
+//! itself) and `gw-a` has accepted a few of its jobs; it ends with the
+//! first job after the fault that `gw-b` accepted, by `gw-b`'s log.
+//!
 //! Every wait is bounded (each trial by [`TRIAL_LIMIT`], the run by
 //! [`RUN_LIMIT`]), and every process started here is stopped when its guard
 //! is dropped, on failure too.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -46,28 +59,31 @@ const DEAD_THRESHOLD_MS: u64 = 600;
 /// first job acknowledged by the secondary after the next fault.
 const TRIAL_LIMIT: Duration = Duration::from_secs(60);
 /// The longest the whole run may take.
-const RUN_LIMIT: Duration = Duration::from_secs(1200);
+const RUN_LIMIT: Duration = Duration::from_secs(1800);
 /// Jobs on the primary after it is back, before the next fault: the fault
 /// comes in the middle of a person's five scans, while the device is
 /// sending jobs.
 const JOBS_BEFORE_FAULT: usize = 3;
-/// HAProxy's default check timing, cited, not measured here: a server is
-/// DOWN after `fall` (3) failed probes `inter` (2 s) apart.
-const HAPROXY_DEFAULT_MS: f64 = 6000.0;
+/// The check timing of the shipped `deploy/haproxy.cfg`, and HAProxy's
+/// defaults, which replace it for the `defaults` series.
+const SHIPPED_TIMING: &str = "default-server inter 200ms fall 3 rise 5";
+const DEFAULT_TIMING: &str = "default-server inter 2s fall 3 rise 2";
 /// The design's goals, at p99.
 const GOAL_REFUSED_MS: f64 = 300.0;
 const GOAL_SILENT_MS: f64 = 1500.0;
 
-pub const USAGE: &str = "  failover: [--trials N (50 per fault)] [--json]";
+pub const USAGE: &str = "  failover: [--trials N (50 per fault)] [--haproxy-trials N (10 per fault and HAProxy timing; 0: none)] [--json]";
 
 struct Options {
     trials: u32,
+    haproxy_trials: u32,
     json: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         trials: 50,
+        haproxy_trials: 10,
         json: false,
     };
     let mut it = args.iter();
@@ -79,6 +95,13 @@ fn parse(args: &[String]) -> Result<Options> {
                     .and_then(|v| v.parse().ok())
                     .filter(|n| (1..=500).contains(n))
                     .ok_or("--trials needs a number from 1 to 500")?;
+            }
+            "--haproxy-trials" => {
+                o.haproxy_trials = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| (0..=100).contains(n))
+                    .ok_or("--haproxy-trials needs a number from 0 to 100")?;
             }
             "--json" => o.json = true,
             other => {
@@ -128,6 +151,8 @@ struct Site {
     config: PathBuf,
     /// The HTTPS ports, `gw-a` first.
     ports: [u16; 2],
+    /// The PROXY-protocol ports HAProxy connects to, `gw-a` first.
+    proxy_ports: [u16; 2],
 }
 
 impl Site {
@@ -156,6 +181,7 @@ fn make_site(tools: Tools, dir: &Path) -> Result<Site> {
         Ok(l.local_addr().map_err(io)?.port())
     };
     let ports = [free_port()?, free_port()?];
+    let proxy_ports = [free_port()?, free_port()?];
     let delivered = dir.join("delivered");
     std::fs::create_dir_all(&delivered).map_err(io)?;
     let body = format!(
@@ -175,13 +201,17 @@ dead_threshold_ms = {DEAD_THRESHOLD_MS}
 
 [instances.gw-a]
 listen = "127.0.0.1:{web_a}"
+listen_proxy = "127.0.0.1:{proxy_a}"
 
 [instances.gw-b]
 listen = "127.0.0.1:{web_b}"
+listen_proxy = "127.0.0.1:{proxy_b}"
 "#,
         delivered = delivered.display(),
         web_a = ports[0],
         web_b = ports[1],
+        proxy_a = proxy_ports[0],
+        proxy_b = proxy_ports[1],
     );
     let (config, key_a, key_b) = crate::pair_site::pair_config(&tools, dir, 5, &body)?;
     let site = Site {
@@ -189,6 +219,7 @@ listen = "127.0.0.1:{web_b}"
         dir: dir.to_owned(),
         config,
         ports,
+        proxy_ports,
     };
     site.cli("gw-a", &["license", "activate", &key_a])?;
     site.cli("gw-b", &["license", "activate", &key_b])?;
@@ -405,6 +436,198 @@ impl Events {
     }
 }
 
+/// The job ids a gateway logged as accepted, read from its log as it
+/// grows (a restarted `gw-a` starts a new log: read from its start again).
+struct Accepted {
+    path: PathBuf,
+    offset: u64,
+    ids: HashSet<String>,
+}
+
+impl Accepted {
+    fn new(path: PathBuf) -> Accepted {
+        Accepted {
+            path,
+            offset: 0,
+            ids: HashSet::new(),
+        }
+    }
+
+    fn poll(&mut self) {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        if len < self.offset {
+            self.offset = 0;
+        }
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut reader = BufReader::new(&mut file);
+        let mut line = String::new();
+        while let Ok(n) = reader.read_line(&mut line) {
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            self.offset += n as u64;
+            if line.contains("job accepted") {
+                self.ids.extend(uuids_in(&line));
+            }
+            line.clear();
+        }
+    }
+
+    fn has(&self, job: &str) -> bool {
+        self.ids.contains(job)
+    }
+}
+
+/// The UUIDs (8-4-4-4-12 hex digits) in a line.
+fn uuids_in(line: &str) -> Vec<String> {
+    let b = line.as_bytes();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i + 36 <= b.len() {
+        let candidate = &b[i..i + 36];
+        let ok = candidate.iter().enumerate().all(|(k, c)| match k {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+        if ok {
+            found.push(line[i..i + 36].to_ascii_lowercase());
+            i += 36;
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// A real HAProxy running the shipped `deploy/haproxy.cfg` (or that file
+/// with HAProxy's default check timing), its addresses from the
+/// environment as the file documents; stopped when dropped.
+struct Balancer {
+    child: Option<Child>,
+    frontend: u16,
+    socket: PathBuf,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            stop(child, "-TERM");
+        }
+    }
+}
+
+impl Balancer {
+    fn start(site: &Site, timing: Timing, gateway_a: SocketAddr) -> Result<Balancer> {
+        let shipped = crate::root().join("deploy/haproxy.cfg");
+        let text =
+            std::fs::read_to_string(&shipped).map_err(|e| format!("{}: {e}", shipped.display()))?;
+        if !text.contains(SHIPPED_TIMING) {
+            return Err(format!(
+                "{} no longer contains `{SHIPPED_TIMING}`: update the failover bench",
+                shipped.display()
+            ));
+        }
+        let file = match timing {
+            Timing::Shipped => shipped,
+            Timing::Defaults => {
+                let file = site.dir.join("haproxy-defaults.cfg");
+                std::fs::write(&file, text.replace(SHIPPED_TIMING, DEFAULT_TIMING)).map_err(io)?;
+                file
+            }
+        };
+        let free_port = || -> Result<u16> {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(io)?;
+            Ok(l.local_addr().map_err(io)?.port())
+        };
+        let (frontend, monitor) = (free_port()?, free_port()?);
+        let socket = site.dir.join(format!("haproxy-{}.sock", timing.name()));
+        let command = || {
+            let mut c = Command::new("haproxy");
+            c.env_remove("HOLD_FAILBACK")
+                .env("FRONTEND", format!("127.0.0.1:{frontend}"))
+                .env("GATEWAY_A", gateway_a.to_string())
+                .env("GATEWAY_B", format!("127.0.0.1:{}", site.proxy_ports[1]))
+                .env("MONITOR", format!("127.0.0.1:{monitor}"))
+                .env("ADMIN_SOCKET", &socket);
+            c
+        };
+        crate::site::output(command().arg("-c").arg("-f").arg(&file))
+            .map_err(|e| format!("haproxy rejects {}: {e}", file.display()))?;
+        let log = std::fs::File::create(site.dir.join(format!("haproxy-{}.log", timing.name())))
+            .map_err(io)?;
+        let child = command()
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io)?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start haproxy: {e}"))?;
+        let lb = Balancer {
+            child: Some(child),
+            frontend,
+            socket,
+        };
+        lb.wait_up("gw-a", Instant::now() + STEP_LIMIT)?;
+        Ok(lb)
+    }
+
+    /// One command on the runtime API.
+    fn api(&self, command: &str) -> Result<String> {
+        use std::io::Write;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)
+            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io)?;
+        s.write_all(format!("{command}\n").as_bytes()).map_err(io)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(io)?;
+        Ok(out)
+    }
+
+    /// HAProxy's status of `server` (`UP`, `DOWN`, `UP 1/3`, ...).
+    fn status(&self, server: &str) -> Result<String> {
+        let csv = self.api("show stat")?;
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let at = header
+            .iter()
+            .position(|c| *c == "status")
+            .ok_or_else(|| format!("unexpected `show stat`: {csv}"))?;
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.len() > at && f[0] == "gateway_pair" && f[1] == server)
+            .map(|f| f[at].to_owned())
+            .ok_or_else(|| format!("no gateway_pair/{server} in `show stat`"))
+    }
+
+    fn wait_up(&self, server: &str, deadline: Instant) -> Result {
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match self.status(server) {
+                Ok(s) if s == "UP" => return Ok(()),
+                Ok(s) => last = s,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "HAProxy did not see {server} UP in time (last: {last})"
+        ))
+    }
+}
+
 /// One trial's figures.
 struct Trial {
     /// Fault → first job acknowledged by `gw-b`, in ms.
@@ -432,6 +655,42 @@ impl Fault {
     }
 }
 
+/// HAProxy's check timing in a balancer series.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// The shipped file unchanged.
+    Shipped,
+    /// The shipped file with HAProxy's default timing.
+    Defaults,
+}
+
+impl Timing {
+    fn name(self) -> &'static str {
+        match self {
+            Timing::Shipped => "shipped",
+            Timing::Defaults => "defaults",
+        }
+    }
+}
+
+/// How the device reaches the pair.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// Both addresses, through its own failover client.
+    Device,
+    /// One address, a real HAProxy's.
+    Haproxy(Timing),
+}
+
+impl Front {
+    fn name(self) -> String {
+        match self {
+            Front::Device => "device".to_owned(),
+            Front::Haproxy(t) => format!("haproxy-{}", t.name()),
+        }
+    }
+}
+
 /// The outcome of one series of trials.
 struct Series {
     trials: Vec<Trial>,
@@ -442,6 +701,9 @@ struct Series {
 
 pub fn run(args: &[String]) -> Result {
     let o = parse(args)?;
+    if o.haproxy_trials > 0 {
+        crate::setup::apt(&["haproxy"])?;
+    }
     let tools = Tools::build("release")?;
     let dir = std::env::temp_dir().join("scangw-bench-failover");
     let _ = std::fs::remove_dir_all(&dir);
@@ -474,13 +736,37 @@ pub fn run(args: &[String]) -> Result {
     wait_in_sync(&site.tools, &site.config, STEP_LIMIT)?;
 
     let cpu_before = cpu_jiffies();
-    let refused = series(&site, &mut a, Fault::Refused, o.trials, started)?;
-    let silent = series(&site, &mut a, Fault::Silent, o.trials, started)?;
+    let refused = series(
+        &site,
+        &mut a,
+        Fault::Refused,
+        Front::Device,
+        o.trials,
+        started,
+    )?;
+    let silent = series(
+        &site,
+        &mut a,
+        Fault::Silent,
+        Front::Device,
+        o.trials,
+        started,
+    )?;
+    let mut balanced = Vec::new();
+    if o.haproxy_trials > 0 {
+        for timing in [Timing::Shipped, Timing::Defaults] {
+            for fault in [Fault::Refused, Fault::Silent] {
+                let front = Front::Haproxy(timing);
+                let s = series(&site, &mut a, fault, front, o.haproxy_trials, started)?;
+                balanced.push((timing, fault, s));
+            }
+        }
+    }
     let cpu = cpu_jiffies()
         .zip(cpu_before)
         .map(|((b1, t1), (b0, t0))| 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
 
-    report(&o, &refused, &silent, cpu, started.elapsed())
+    report(&o, &refused, &silent, &balanced, cpu, started.elapsed())
 }
 
 /// One device run through `trials` faults of one kind.
@@ -488,10 +774,19 @@ fn series(
     site: &Site,
     a: &mut Server,
     fault: Fault,
+    front: Front,
     trials: u32,
     run_started: Instant,
 ) -> Result<Series> {
-    let upstream: SocketAddr = format!("127.0.0.1:{}", site.ports[0]).parse().map_err(io)?;
+    let label = format!("{}-{}", front.name(), fault.name());
+    // What the device (or HAProxy) connects to for gw-a: its HTTPS port,
+    // or its PROXY-protocol port behind HAProxy.
+    let upstream: SocketAddr = match front {
+        Front::Device => format!("127.0.0.1:{}", site.ports[0]),
+        Front::Haproxy(_) => format!("127.0.0.1:{}", site.proxy_ports[0]),
+    }
+    .parse()
+    .map_err(io)?;
     let mut proxy = match fault {
         Fault::Silent => Some(FrontProxy::start(
             "127.0.0.1:0".parse().map_err(io)?,
@@ -500,13 +795,23 @@ fn series(
         Fault::Refused => None,
     };
     let proxy_addr = proxy.as_ref().map(|p| p.addr);
-    let front = match proxy_addr {
-        Some(addr) => format!("https://127.0.0.1:{}", addr.port()),
-        None => format!("https://127.0.0.1:{}", site.ports[0]),
+    let gateway_a = proxy_addr.unwrap_or(upstream);
+    let balancer = match front {
+        Front::Device => None,
+        Front::Haproxy(timing) => Some(Balancer::start(site, timing, gateway_a)?),
     };
-    let events_path = site.dir.join(format!("{}-events.jsonl", fault.name()));
-    let mut device = DeviceRun::start(site, fault, &front, &events_path, trials)?;
+    let servers = match &balancer {
+        None => vec![
+            format!("https://{gateway_a}"),
+            format!("https://127.0.0.1:{}", site.ports[1]),
+        ],
+        Some(lb) => vec![format!("https://127.0.0.1:{}", lb.frontend)],
+    };
+    let events_path = site.dir.join(format!("{label}-events.jsonl"));
+    let mut device = DeviceRun::start(site, &label, &servers, &events_path, trials)?;
     let mut events = Events::new(events_path);
+    let mut on_a = Accepted::new(site.dir.join("gw-a.log"));
+    let mut on_b = Accepted::new(site.dir.join("gw-b.log"));
     let mut out = Series {
         trials: Vec::new(),
         problems: Vec::new(),
@@ -516,31 +821,46 @@ fn series(
     for trial in 1..=trials {
         if run_started.elapsed() > RUN_LIMIT {
             out.problems.push(format!(
-                "{}: stopped after {} trials: the run took longer than {} s",
-                fault.name(),
+                "{label}: stopped after {} trials: the run took longer than {} s",
                 trial - 1,
                 RUN_LIMIT.as_secs()
             ));
             break;
         }
         let deadline = Instant::now() + TRIAL_LIMIT;
+        if let Some(lb) = &balancer {
+            // HAProxy keeps an open connection on the server it went to:
+            // the device's connections to gw-b are shut so that it
+            // reconnects, to gw-a now that it is UP.
+            lb.wait_up("gw-a", deadline)?;
+            lb.api("shutdown sessions server gateway_pair/gw-b")?;
+            restored_us = unix_us();
+        }
         // The device back on gw-a for a few jobs.
         loop {
             events.poll();
-            if events.acks_on(0, restored_us).count() >= JOBS_BEFORE_FAULT {
+            let back = match front {
+                Front::Device => events.acks_on(0, restored_us).count(),
+                Front::Haproxy(_) => {
+                    on_a.poll();
+                    events
+                        .acks_on(0, restored_us)
+                        .filter(|e| e["job_id"].as_str().is_some_and(|j| on_a.has(j)))
+                        .count()
+                }
+            };
+            if back >= JOBS_BEFORE_FAULT {
                 break;
             }
             if device.exited() {
                 return Err(format!(
-                    "{}: the device's run ended; see {}",
-                    fault.name(),
+                    "{label}: the device's run ended; see {}",
                     device.log.display()
                 ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "{} trial {trial}: the device did not return to gw-a within {} s",
-                    fault.name(),
+                    "{label} trial {trial}: the device did not return to gw-a within {} s",
                     TRIAL_LIMIT.as_secs()
                 ));
             }
@@ -555,7 +875,16 @@ fn series(
         let mut measured = None;
         while measured.is_none() && Instant::now() < deadline {
             events.poll();
-            measured = events.acks_on(1, fault_us).next().map(|e| {
+            let first = match front {
+                Front::Device => events.acks_on(1, fault_us).next(),
+                Front::Haproxy(_) => {
+                    on_b.poll();
+                    events
+                        .acks_on(0, fault_us)
+                        .find(|e| e["job_id"].as_str().is_some_and(|j| on_b.has(j)))
+                }
+            };
+            measured = first.map(|e| {
                 let at = e["at_unix_us"].as_i64().unwrap_or(fault_us);
                 let cause = events
                     .all
@@ -575,11 +904,17 @@ fn series(
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        match &measured {
+            Some(t) => eprintln!(
+                "bench failover: {label} trial {trial}: fault → next job acknowledged by gw-b {:.1} ms",
+                t.to_ack
+            ),
+            None => eprintln!("bench failover: {label} trial {trial}: no job acknowledged by gw-b"),
+        }
         match measured {
             Some(t) => out.trials.push(t),
             None => out.problems.push(format!(
-                "{} trial {trial}: no job acknowledged by gw-b within the trial's time",
-                fault.name()
+                "{label} trial {trial}: no job acknowledged by gw-b within the trial's time"
             )),
         }
         // Back to health: gw-a started again, or the proxy passing again.
@@ -599,11 +934,14 @@ fn series(
         restored_us = unix_us();
     }
     device.stop();
+    drop(balancer);
     events.poll();
-    out.healthy_ack_ms = events
-        .acks_on(0, 0)
-        .filter_map(|e| e["ack_ms"].as_f64())
-        .collect();
+    if front == Front::Device {
+        out.healthy_ack_ms = events
+            .acks_on(0, 0)
+            .filter_map(|e| e["ack_ms"].as_f64())
+            .collect();
+    }
     Ok(out)
 }
 
@@ -617,20 +955,22 @@ struct DeviceRun {
 impl DeviceRun {
     fn start(
         site: &Site,
-        fault: Fault,
-        front: &str,
+        label: &str,
+        servers: &[String],
         events: &Path,
         trials: u32,
     ) -> Result<DeviceRun> {
-        let log = site.dir.join(format!("{}-device.log", fault.name()));
+        let log = site.dir.join(format!("{label}-device.log"));
         let file = std::fs::File::create(&log).map_err(io)?;
         // Bounded by its job count as well as by this bench: a few hundred
         // jobs per trial at most.
         let jobs = (trials as u64 * 500).to_string();
-        let secondary = format!("https://127.0.0.1:{}", site.ports[1]);
-        let child = Command::new(site.tools.bin("mfd-sim"))
-            .arg("run")
-            .args(["--server", front, "--server", &secondary])
+        let mut command = Command::new(site.tools.bin("mfd-sim"));
+        command.arg("run");
+        for server in servers {
+            command.args(["--server", server]);
+        }
+        let child = command
             .arg("--ca")
             .arg(site.dir.join("trust.pem"))
             .arg("--devices-file")
@@ -646,7 +986,7 @@ impl DeviceRun {
             .args(["--jobs", &jobs, "--pages", "1"])
             .args(["--page-source", "random", "--page-bytes", "20000"])
             .arg("--outbox")
-            .arg(site.dir.join(format!("{}-outbox", fault.name())))
+            .arg(site.dir.join(format!("{label}-outbox")))
             .args(["--jobs-per-session", "5", "--scan-interval-ms", "10"])
             .args([
                 "--failback-probe-interval-ms",
@@ -694,6 +1034,7 @@ fn report(
     o: &Options,
     refused: &Series,
     silent: &Series,
+    balanced: &[(Timing, Fault, Series)],
     cpu: Option<f64>,
     took: Duration,
 ) -> Result {
@@ -748,9 +1089,36 @@ fn report(
         "{}",
         row("baseline: healthy gw-a, scan -> ack of a job", &healthy)
     );
-    println!(
-        "HAProxy default checks (inter 2s x fall 3, cited): {HAPROXY_DEFAULT_MS:.0} ms to mark the server down"
-    );
+    let through = |timing: Timing, fault: Fault| {
+        balanced
+            .iter()
+            .find(|(t, f, _)| *t == timing && *f == fault)
+            .map(|(_, _, s)| s)
+    };
+    let fault_to_ack = |s: Option<&Series>| {
+        s.and_then(|s| summary(&s.trials.iter().map(|t| t.to_ack).collect::<Vec<_>>()))
+    };
+    for (timing, what) in [
+        (Timing::Shipped, "the shipped deploy/haproxy.cfg"),
+        (
+            Timing::Defaults,
+            "deploy/haproxy.cfg with HAProxy's default timing (inter 2s fall 3 rise 2)",
+        ),
+    ] {
+        if o.haproxy_trials == 0 {
+            break;
+        }
+        println!("device behind a real HAProxy, {what}:");
+        for fault in [Fault::Refused, Fault::Silent] {
+            println!(
+                "{}",
+                row(
+                    &format!("  {}: fault -> next job accepted by gw-b", fault.name()),
+                    &fault_to_ack(through(timing, fault))
+                )
+            );
+        }
+    }
     let verdict = |s: &Option<crate::measure::Summary>, goal: f64| match s {
         Some(s) if s.p99 < goal => format!("met (p99 {:.1} < {goal:.0} ms)", s.p99),
         Some(s) => format!("missed (p99 {:.1} >= {goal:.0} ms)", s.p99),
@@ -767,8 +1135,62 @@ fn report(
     if let Some(cpu) = cpu {
         println!("CPU busy during the series: {cpu:.0}%");
     }
-    for p in refused.problems.iter().chain(&silent.problems) {
+    let problems: Vec<&String> = refused
+        .problems
+        .iter()
+        .chain(&silent.problems)
+        .chain(balanced.iter().flat_map(|(_, _, s)| &s.problems))
+        .collect();
+    for p in &problems {
         println!("problem: {p}");
+    }
+    let cell = |s: &Option<crate::measure::Summary>| {
+        s.as_ref()
+            .map_or("not measured".to_owned(), crate::table::p50_p99)
+    };
+    for (fault, direct, goal, what) in [
+        (
+            Fault::Refused,
+            &r_ack,
+            GOAL_REFUSED_MS,
+            "refused (kill -9 of the primary)",
+        ),
+        (
+            Fault::Silent,
+            &s_ack,
+            GOAL_SILENT_MS,
+            "silent drop (the primary's packets dropped)",
+        ),
+    ] {
+        let defaults = fault_to_ack(through(Timing::Defaults, fault));
+        let shipped = fault_to_ack(through(Timing::Shipped, fault));
+        let baseline = if o.haproxy_trials == 0 {
+            "not measured (--haproxy-trials 0)".to_owned()
+        } else {
+            format!(
+                "device behind a real HAProxy with default check timing (deploy/haproxy.cfg with inter 2s fall 3 rise 2), same fault: {}",
+                cell(&defaults)
+            )
+        };
+        let p50 = |s: &Option<crate::measure::Summary>| s.as_ref().map_or(f64::NAN, |s| s.p50);
+        crate::table::row(
+            format!(
+                "device failover, {what}: fault → next job acknowledged by the secondary; the device's own failover client (both addresses); goal p99 < {goal:.0} ms"
+            ),
+            cell(direct),
+            baseline.clone(),
+            crate::table::ratio(p50(direct), p50(&defaults)),
+        );
+        if o.haproxy_trials > 0 {
+            crate::table::row(
+                format!(
+                    "device failover, {what}: the same through a real HAProxy with the shipped deploy/haproxy.cfg (inter 200 ms, fall 3; one address)"
+                ),
+                cell(&shipped),
+                baseline,
+                crate::table::ratio(p50(&shipped), p50(&defaults)),
+            );
+        }
     }
     if o.json {
         let js = |s: &Option<crate::measure::Summary>| {
@@ -780,13 +1202,17 @@ fn report(
                 "refused": {"fault_to_ack": js(&r_ack), "job": js(&r_job), "causes": r_causes},
                 "silent": {"fault_to_ack": js(&s_ack), "job": js(&s_job), "causes": s_causes},
                 "healthy_ack": js(&healthy),
-                "haproxy_default_ms": HAPROXY_DEFAULT_MS,
+                "haproxy": balanced.iter().map(|(t, f, s)| json!({
+                    "timing": t.name(),
+                    "fault": f.name(),
+                    "fault_to_ack": js(&fault_to_ack(Some(s))),
+                })).collect::<Vec<_>>(),
                 "cpu_busy_percent": cpu,
-                "problems": refused.problems.iter().chain(&silent.problems).collect::<Vec<_>>(),
+                "problems": problems,
             })
         );
     }
-    if refused.problems.is_empty() && silent.problems.is_empty() {
+    if problems.is_empty() {
         Ok(())
     } else {
         Err("some trials failed; see the problems above".into())

@@ -820,6 +820,73 @@ fn report(points: &[Point], rows: &[Row], traces: &[(Point, Traced)], site: &Sit
         }
     }
 
+    let cell = |name: &str, r: &Row| {
+        let failed = r.load["failed"].as_u64().unwrap_or(0);
+        format!(
+            "{name} {:.1} jobs/s, p50 {} / p99 {}{}",
+            r.rate(),
+            crate::table::ms(r.latency("p50_ms")),
+            crate::table::ms(r.latency("p99_ms")),
+            if failed > 0 {
+                format!(", **{failed} failed**")
+            } else {
+                String::new()
+            }
+        )
+    };
+    for &point in points {
+        let Some(n) = find(point, NGINX) else {
+            continue;
+        };
+        for ack in [Ack::Peer, Ack::Local] {
+            if let Some(r) = find(point, &server_of(ack)) {
+                crate::table::row(
+                    format!(
+                        "intake into the pair, ack = \"{}\": {}, {} jobs, plain HTTP",
+                        ack.word(),
+                        point.label(),
+                        point.requests
+                    ),
+                    cell("pair", r),
+                    cell("nginx (WebDAV PUT)", n),
+                    crate::table::ratio(r.rate(), n.rate()),
+                );
+            }
+        }
+    }
+    for (point, t) in traces.iter().filter(|(_, t)| t.ack == Ack::Local) {
+        let (Some(s), Some(r)) = (
+            summary(&t.differences),
+            find(*point, &server_of(Ack::Local)),
+        ) else {
+            continue;
+        };
+        crate::table::row(
+            format!(
+                "replication lag with ack = \"local\" (copy stored on the peer − job accepted): {}, {} jobs",
+                point.label(),
+                point.requests
+            ),
+            format!(
+                "p50 {:.0} / p99 {:.0} ms (n={}; log timestamps, ±1 ms){}",
+                s.p50,
+                s.p99,
+                s.n,
+                if t.missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(", **{} not stored**", t.missing.len())
+                }
+            ),
+            format!(
+                "the same load's acknowledgement: p50 {} / p99 {}",
+                crate::table::ms(r.latency("p50_ms")),
+                crate::table::ms(r.latency("p99_ms"))
+            ),
+            crate::table::ratio(s.p50, r.latency("p50_ms")),
+        );
+    }
+
     let resolution = traces.iter().map(|(_, t)| t.digits).min().unwrap_or(0);
     println!();
     println!(

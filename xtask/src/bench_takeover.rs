@@ -1062,6 +1062,20 @@ fn report(o: &Options, rounds: &[Round], series_secs: f64, cpu_busy: Option<f64>
         &healthy_ack_to_hook,
         1,
     );
+    if let (Some(f), Some(h)) = (summary(&first), summary(&healthy)) {
+        crate::table::row(
+            format!(
+                "takeover: kill -9 of a job's owner → first of its {} jobs delivered by the survivor (heartbeat {HEARTBEAT_INTERVAL_MS} ms, DEAD after {DEAD_THRESHOLD_MS} ms)",
+                o.jobs
+            ),
+            crate::table::p50_p99(&f),
+            format!(
+                "healthy owner, job sent → delivered: {}",
+                crate::table::p50_p99(&h)
+            ),
+            crate::table::ratio(f.p50, h.p50),
+        );
+    }
     println!(
         "| floor: `dead_threshold_ms`, the silence any DEAD waits for (configured) | – | {DEAD_THRESHOLD_MS} | | | |"
     );

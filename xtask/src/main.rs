@@ -3,6 +3,8 @@
 //! - `cargo xtask test`  — install what is missing, then fmt, clippy and every test;
 //! - `cargo xtask demo`  — a local pair of gateways with simulated devices;
 //! - `cargo xtask bench` — the benchmarks behind BENCHMARKS.md;
+//! - `cargo xtask soak`  — thousands of jobs under a seeded fault schedule, then the checker;
+//! - `cargo xtask fuzz`  — the fuzz targets of `fuzz/`, each for a while;
 //! - `cargo xtask setup` — only the installation step.
 
 mod bench;
@@ -12,10 +14,13 @@ mod bench_pair;
 mod bench_replication;
 mod bench_takeover;
 mod demo;
+mod fuzz;
 mod measure;
 mod pair_site;
 mod setup;
 mod site;
+mod soak;
+mod table;
 
 use std::process::{Command, ExitCode};
 
@@ -28,7 +33,9 @@ fn main() -> ExitCode {
         Some("setup") => setup_all(),
         Some("demo") => demo::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
-        _ => Err("usage: cargo xtask <test|demo|bench|setup>\n  test   install what is missing, then fmt, clippy and all tests\n  demo   run a local gateway pair with simulated devices (--help for options)\n  bench  run the benchmarks (intake, ocr, pair, config, replication, takeover, failover; --help for options)\n  setup  install system packages and Rust tools only".into()),
+        Some("soak") => soak::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        _ => Err("usage: cargo xtask <test|demo|bench|soak|fuzz|setup>\n  test   install what is missing, then fmt, clippy and all tests\n  demo   run a local gateway pair with simulated devices (--help for options)\n  bench  run the benchmarks (intake, ocr, pair, config, replication, takeover, failover, or all of them and their table; --help for options)\n  soak   thousands of jobs under seeded faults, then the fault suite's checker (--jobs N, --seed S)\n  fuzz   run the fuzz targets of fuzz/ in turn ([TARGET...] [--seconds N], default 60 each)\n  setup  install system packages and Rust tools only".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -582,6 +582,8 @@ pub fn run(o: &Options) -> Result {
         );
     }
 
+    table_rows(o, &rows, soak.as_ref());
+
     let summary = json!({
         "heartbeat_interval_ms": o.heartbeat_interval_ms,
         "dead_threshold_ms": o.dead_threshold_ms,
@@ -600,4 +602,69 @@ pub fn run(o: &Options) -> Result {
         println!("\nsummary: {}", dir.join("summary.json").display());
     }
     Ok(())
+}
+
+/// The benchmark table's rows: DEAD detection beside HAProxy's on each
+/// fault, and the soak's false DEADs.
+fn table_rows(o: &Options, rows: &[(Fault, &str, Value)], soak: Option<&Value>) {
+    let cell = |s: &Value| match (s["p50_ms"].as_f64(), s["p99_ms"].as_f64()) {
+        (Some(p50), Some(p99)) => format!(
+            "p50 {} / p99 {} (n={})",
+            crate::table::ms(p50),
+            crate::table::ms(p99),
+            s["trials"]
+        ),
+        _ => "no trials".to_owned(),
+    };
+    for fault in [Fault::Stop, Fault::Kill] {
+        let of = |detector: &str| {
+            rows.iter()
+                .find(|(f, d, _)| *f == fault && *d == detector)
+                .map(|(_, _, s)| s.clone())
+                .unwrap_or(Value::Null)
+        };
+        let (gw, ha) = (of("gateway"), of("haproxy"));
+        crate::table::row(
+            format!(
+                "pair heartbeat: {} of the peer → DEAD (heartbeat {} ms, DEAD after {} ms)",
+                fault.label(),
+                o.heartbeat_interval_ms,
+                o.dead_threshold_ms
+            ),
+            cell(&gw),
+            format!(
+                "real HAProxy, default checks (inter 2 s, fall 3, rise 2), same fault → DOWN: {}",
+                cell(&ha)
+            ),
+            crate::table::ratio(
+                gw["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                ha["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            ),
+        );
+    }
+    if let Some(s) = soak {
+        crate::table::row(
+            format!(
+                "pair heartbeat: false DEADs in {:.0} s with both cores saturated ({})",
+                s["seconds"].as_f64().unwrap_or(0.0),
+                s["load"].as_str().unwrap_or_default()
+            ),
+            format!(
+                "{} DEAD reports (gw-a {}, gw-b {}); /health not `live` in {} of {} probes",
+                s["dead_reports"]["gw-a"].as_u64().unwrap_or(0)
+                    + s["dead_reports"]["gw-b"].as_u64().unwrap_or(0),
+                s["dead_reports"]["gw-a"],
+                s["dead_reports"]["gw-b"],
+                s["health_not_live"],
+                s["health_probes"]
+            ),
+            format!(
+                "goal 0; CPU busy {} over the soak",
+                s["cpu_busy_percent"]
+                    .as_f64()
+                    .map_or("?".to_owned(), |b| format!("{b:.0}%"))
+            ),
+            "–",
+        );
+    }
 }
