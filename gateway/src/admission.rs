@@ -60,10 +60,11 @@ impl Admission {
 }
 
 /// Job ids with an upload streaming right now.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug)]
 pub struct UploadClaims(Arc<Mutex<HashSet<Uuid>>>);
 
 /// Held while an upload of a job id streams; released on drop.
+#[derive(Debug)]
 pub struct UploadClaim {
     claims: UploadClaims,
     id: Uuid,

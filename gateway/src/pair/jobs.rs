@@ -28,7 +28,7 @@
 //! * both tasks run apart from the driver, so disk and network waits never
 //!   delay heartbeats.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,7 @@ use uuid::Uuid;
 use super::connection::{BULK_CHUNK_BYTES, LinkWriter};
 use super::frame;
 use super::wire::{JobOffer, OfferedPage, Wire};
+use crate::admission::UploadClaim;
 use crate::core::Core;
 use crate::spool::{PageWriter, SpoolUpload, SpooledPage};
 use crate::store::job_owners::NewsTaken;
@@ -60,6 +61,12 @@ const RESCAN: Duration = Duration::from_secs(1);
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(5);
 /// State changes sent per round, at most.
 const STATE_BATCH: u32 = 64;
+/// State changes sent and not yet answered, at most: a peer slow to store
+/// them is not buried under more.
+const NEWS_WINDOW: usize = 256;
+/// How long a state change sent waits for its answer before it is sent
+/// again on the same connection.
+const NEWS_RESEND: Duration = Duration::from_secs(5);
 /// How often replicas whose retention ran out are looked for.
 const JANITOR_EVERY: Duration = Duration::from_secs(10);
 
@@ -70,6 +77,8 @@ pub type LinkSlot = watch::Receiver<Option<(u64, LinkWriter)>>;
 #[derive(Debug)]
 pub enum Answer {
     Stored(Uuid),
+    /// The peer stored the job's news up to this revision.
+    NewsStored(Uuid, u64),
     Refused {
         job: Uuid,
         reason: String,
@@ -158,6 +167,7 @@ pub async fn send_loop(
             in_flight.is_empty() || (in_flight.len() < WINDOW && bytes + next <= WINDOW_BYTES)
         };
         let mut backoff_until: Option<tokio::time::Instant> = None;
+        let mut news_sent = NewsSent::default();
         'connection: loop {
             // Offer what waits, up to the window.
             let may_send = backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
@@ -188,7 +198,8 @@ pub async fn send_loop(
                     }
                 }
             }
-            if let Err(SendError::LinkGone) = send_state_news(&core, &writer).await {
+            if let Err(SendError::LinkGone) = send_state_news(&core, &writer, &mut news_sent).await
+            {
                 break 'connection;
             }
             let ended = core.peer_acks.take_ended_sessions();
@@ -208,6 +219,7 @@ pub async fn send_loop(
                 }
                 answer = answers.recv() => match answer {
                     None => return,
+                    Some(Answer::NewsStored(job, rev)) => news_sent.answered(job, rev),
                     Some(Answer::Stored(id)) => {
                         in_flight.retain(|(j, _)| *j != id);
                         sent.remove(&id);
@@ -235,17 +247,57 @@ pub async fn send_loop(
     }
 }
 
+/// The state changes sent on one connection and not yet answered.
+#[derive(Default)]
+struct NewsSent {
+    sent: HashMap<Uuid, (u64, tokio::time::Instant)>,
+}
+
+impl NewsSent {
+    fn answered(&mut self, job: Uuid, rev: u64) {
+        if self.sent.get(&job).is_some_and(|(sent, _)| *sent <= rev) {
+            self.sent.remove(&job);
+        }
+    }
+
+    /// Forgets what was sent longer ago than [`NEWS_RESEND`] (it is sent
+    /// again if still unanswered) and returns what is still on its way.
+    fn on_the_way(&mut self) -> HashMap<Uuid, u64> {
+        let now = tokio::time::Instant::now();
+        self.sent
+            .retain(|_, (_, at)| now.duration_since(*at) < NEWS_RESEND);
+        self.sent
+            .iter()
+            .map(|(job, (rev, _))| (*job, *rev))
+            .collect()
+    }
+}
+
 /// Sends the news of jobs the peer holds a copy of that it has not
-/// acknowledged yet (sent again each round until it does: taking it is
-/// idempotent).
-async fn send_state_news(core: &Core, writer: &LinkWriter) -> Result<(), SendError> {
+/// acknowledged yet: what is not already on its way, while fewer than
+/// [`NEWS_WINDOW`] wait for an answer; unanswered news is sent again after
+/// [`NEWS_RESEND`] (taking it is idempotent).
+async fn send_state_news(
+    core: &Core,
+    writer: &LinkWriter,
+    sent: &mut NewsSent,
+) -> Result<(), SendError> {
+    let on_the_way = sent.on_the_way();
+    let room = NEWS_WINDOW
+        .saturating_sub(on_the_way.len())
+        .min(STATE_BATCH as usize);
+    if room == 0 {
+        return Ok(());
+    }
     let news = core
         .data
-        .run(move |s| s.job_news(STATE_BATCH))
+        .run(move |s| s.job_news(room as u32, &on_the_way))
         .await
         .unwrap_or_default();
     for item in news {
+        let (job, rev) = (item.job, item.rev);
         send_bulk(writer, &Wire::JobNews(Box::new(item))).await?;
+        sent.sent.insert(job, (rev, tokio::time::Instant::now()));
     }
     Ok(())
 }
@@ -341,6 +393,8 @@ async fn send_job(core: &Core, writer: &LinkWriter, job: &JobRecord) -> Result<(
 struct Receiving {
     offer: Box<JobOffer>,
     upload: SpoolUpload,
+    /// The id's upload claim, held until the row is committed.
+    _claim: UploadClaim,
     page: Option<(u32, PageWriter)>,
     done: Vec<SpooledPage>,
     /// Set once something failed: the rest of the job is skipped and the
@@ -361,7 +415,16 @@ pub async fn receive_loop(
     // Why the peer's news cannot be stored, while that lasts: the peer
     // sends it again every round, and one warning per cause is enough.
     let mut news_failing: Option<String> = None;
-    while let Some(event) = incoming.recv().await {
+    // An item read while gathering news, handled next.
+    let mut lookahead: Option<Incoming> = None;
+    loop {
+        let event = match lookahead.take() {
+            Some(event) => event,
+            None => match incoming.recv().await {
+                Some(event) => event,
+                None => return,
+            },
+        };
         match event {
             Incoming::Reset => {
                 current = None;
@@ -400,10 +463,11 @@ pub async fn receive_loop(
                         }
                     }
                     Ok(None) => match begin(&core, id).await {
-                        Ok(upload) => {
+                        Ok((upload, claim)) => {
                             current = Some(Receiving {
                                 offer,
                                 upload,
+                                _claim: claim,
                                 page: None,
                                 done: Vec::new(),
                                 failed: None,
@@ -448,39 +512,20 @@ pub async fn receive_loop(
                 }
             }
             Incoming::News { sender, news } => {
-                let (job, rev) = (news.job, news.rev);
-                let now = core.clock.now();
-                let applied = core
-                    .data
-                    .run(move |s| {
-                        s.apply_job_news(sender, &news, now, crate::ownership::DELIVERY_PLUGINS)
-                    })
-                    .await;
-                match applied {
-                    // Answered also when nothing changed (older news, or no
-                    // such job): the sender then stops sending it. News that
-                    // must wait for a takeover announcement, and news from a
-                    // sender that has yet to apply one, are not answered, so
-                    // they come again.
-                    Ok(taken) => {
-                        if let Some(why) = news_failing.take() {
-                            tracing::info!(why, "the peer's news of jobs is stored again");
+                // Every news already waiting from the same sender is taken
+                // with it, in one transaction.
+                let mut batch = vec![*news];
+                while batch.len() < NEWS_WINDOW {
+                    match incoming.try_recv() {
+                        Ok(Incoming::News { sender: s, news }) if s == sender => batch.push(*news),
+                        Ok(other) => {
+                            lookahead = Some(other);
+                            break;
                         }
-                        if taken == NewsTaken::Applied {
-                            core.job_ready.notify_waiters();
-                        }
-                        if !matches!(taken, NewsTaken::NotYet | NewsTaken::Behind) {
-                            answer(&link, Wire::JobNewsStored { job, rev });
-                        }
-                    }
-                    Err(e) => {
-                        let why = e.to_string();
-                        if news_failing.as_deref() != Some(why.as_str()) {
-                            tracing::warn!(%job, error = why, "the peer's news of jobs cannot be stored; it is taken when it comes again");
-                            news_failing = Some(why);
-                        }
+                        Err(_) => break,
                     }
                 }
+                take_news(&core, &link, sender, batch, &mut news_failing).await;
             }
             Incoming::End { job } => {
                 if skipping == Some(job) {
@@ -510,6 +555,63 @@ pub async fn receive_loop(
     }
 }
 
+/// Stores a batch of the peer's news and answers each that was taken (or
+/// that needs nothing: older news, or no such job), so the sender stops
+/// sending it. News that must wait for a takeover announcement, and news
+/// from a sender that has yet to apply one, are not answered, so they come
+/// again.
+async fn take_news(
+    core: &Core,
+    link: &LinkSlot,
+    sender: ServerId,
+    batch: Vec<crate::store::job_owners::JobNews>,
+    failing: &mut Option<String>,
+) {
+    let revs: Vec<(Uuid, u64)> = batch.iter().map(|n| (n.job, n.rev)).collect();
+    let now = core.clock.now();
+    let applied = core
+        .data
+        .run(move |s| {
+            s.apply_job_news_batch(sender, &batch, now, crate::ownership::DELIVERY_PLUGINS)
+        })
+        .await;
+    let taken = match applied {
+        Ok(taken) => taken,
+        Err(e) => {
+            let why = e.to_string();
+            if failing.as_deref() != Some(why.as_str()) {
+                tracing::warn!(
+                    count = revs.len(),
+                    error = why,
+                    "the peer's news of jobs cannot be stored; it is taken when it comes again"
+                );
+                *failing = Some(why);
+            }
+            return;
+        }
+    };
+    if let Some(why) = failing.take() {
+        tracing::info!(why, "the peer's news of jobs is stored again");
+    }
+    let mut woken = false;
+    for ((job, rev), taken) in revs.into_iter().zip(taken) {
+        match taken {
+            Ok(NewsTaken::Applied) => {
+                woken = true;
+                answer(link, Wire::JobNewsStored { job, rev });
+            }
+            Ok(NewsTaken::Stale) => answer(link, Wire::JobNewsStored { job, rev }),
+            Ok(NewsTaken::NotYet | NewsTaken::Behind) => {}
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "the peer's news of a job is not understood")
+            }
+        }
+    }
+    if woken {
+        core.job_ready.notify_waiters();
+    }
+}
+
 fn answer(link: &LinkSlot, wire: Wire) {
     if let Some((_, writer)) = link.borrow().as_ref() {
         let _ = writer.control.try_send(frame::encode(&wire));
@@ -521,13 +623,39 @@ fn io_failure(what: &str, e: &std::io::Error) -> (String, bool) {
     (format!("{what}: {e}"), disk_full)
 }
 
-async fn begin(core: &Core, id: Uuid) -> Result<SpoolUpload, (String, bool)> {
+/// Starts storing an offered copy: claims the id as the intake does (a
+/// device uploading the same id here right now wins; the copy is offered
+/// again), checks again under the claim that no row exists, and removes a
+/// spool directory left by an attempt that never committed its row (an
+/// upload cut off between its directory and its row), since a commit never
+/// replaces one.
+async fn begin(core: &Core, id: Uuid) -> Result<(SpoolUpload, UploadClaim), (String, bool)> {
+    let claim = core.admission.uploads.claim(id).ok_or_else(|| {
+        (
+            "a device is uploading the same job id here right now".to_owned(),
+            false,
+        )
+    })?;
     let parts = core.data.parts().map_err(|e| (e.to_string(), false))?;
-    parts
+    match core.data.run(move |s| s.job(id)).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(("the job was stored here meanwhile".to_owned(), false)),
+        Err(e) => return Err((e.to_string(), false)),
+    }
+    if parts.spool.job_dir(id).exists() {
+        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
+        let spool = parts.spool.clone();
+        tokio::task::spawn_blocking(move || spool.remove_job(id))
+            .await
+            .map_err(|e| (e.to_string(), false))?
+            .map_err(|e| io_failure("removing an orphan job directory", &e))?;
+    }
+    let upload = parts
         .spool
         .begin(id)
         .await
-        .map_err(|e| io_failure("the spool cannot take the copy", &e))
+        .map_err(|e| io_failure("the spool cannot take the copy", &e))?;
+    Ok((upload, claim))
 }
 
 async fn close_page(r: &mut Receiving) -> Result<(), (String, bool)> {
@@ -692,11 +820,13 @@ mod tests {
     async fn pages_are_checked_against_the_offer_chunk_by_chunk() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = JobSpool::open(tmp.path()).unwrap();
+        let claims = crate::admission::UploadClaims::default();
         let good = b"page one".as_slice();
         let other = b"page two".as_slice();
         let o = offer(&[(good, sha(good)), (other, sha(other))]);
         let mut r = Receiving {
             upload: spool.begin(o.id).await.unwrap(),
+            _claim: claims.claim(o.id).unwrap(),
             offer: o,
             page: None,
             done: Vec::new(),
@@ -715,6 +845,7 @@ mod tests {
         let o = offer(&[(good, sha(b"something else"))]);
         let mut r = Receiving {
             upload: spool.begin(o.id).await.unwrap(),
+            _claim: claims.claim(o.id).unwrap(),
             offer: o,
             page: None,
             done: Vec::new(),
@@ -727,5 +858,65 @@ mod tests {
         let (why, _) = write_chunk(&mut r, 7, &B64.encode(good)).await.unwrap_err();
         assert!(why.contains("not in the offer"), "{why}");
         assert!(write_chunk(&mut r, 1, "%%%").await.is_err(), "not base64");
+    }
+
+    /// A directory left by an attempt that never committed its row does not
+    /// block the peer's copy forever; a device uploading the same id here
+    /// right now does (the copy is offered again), and so does a row
+    /// committed meanwhile.
+    #[tokio::test]
+    async fn an_orphan_directory_gives_way_to_the_peers_copy_but_a_live_upload_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let settings = crate::settings::load(
+            crate::settings::Source::File(&file),
+            Some("gw-b"),
+            &crate::settings::Env::none(),
+        )
+        .unwrap();
+        let core = Core::for_tests(settings, licensing::TrustedKeys::builtin());
+        core.data.start().await.unwrap();
+        let spool = core.data.parts().unwrap().spool.clone();
+        let id = Uuid::new_v4();
+        let orphan = spool.job_dir(id);
+        std::fs::create_dir_all(&orphan).unwrap();
+        std::fs::write(orphan.join("page-0001.png"), b"half a job").unwrap();
+
+        let held = core.admission.uploads.claim(id).unwrap();
+        let (why, disk_full) = begin(&core, id).await.unwrap_err();
+        assert!(why.contains("uploading the same job id"), "{why}");
+        assert!(!disk_full);
+        assert!(
+            orphan.exists(),
+            "a live upload's directory is never touched"
+        );
+        drop(held);
+
+        let (upload, claim) = begin(&core, id).await.unwrap();
+        assert!(!orphan.exists(), "the orphan was removed");
+        upload.commit(b"{}").await.unwrap();
+        assert!(orphan.join("manifest.json").exists());
+
+        let mut job = crate::store::jobs::sample_job(id);
+        job.acceptor = pair_core::ServerId::from_u128(7);
+        core.data
+            .run(move |s| s.insert_replica(&job, 1))
+            .await
+            .unwrap();
+        drop(claim);
+        let (why, _) = begin(&core, id).await.unwrap_err();
+        assert!(why.contains("stored here meanwhile"), "{why}");
+        assert!(
+            orphan.join("manifest.json").exists(),
+            "a stored job keeps its pages"
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! pair protocol's (`pair_core::ownership`); this module only keeps the
 //! records consistent.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use pair_core::{Epoch, ServerId};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -93,6 +95,95 @@ pub struct TakeoversApplied {
 /// A job row with news: id, rev, owner, term, state, reason, updated_at.
 type NewsRow = (Uuid, i64, String, i64, String, Option<String>, String);
 
+/// Takes one news of the peer's inside `tx` (the rules are
+/// [`Store::apply_job_news`]'s). Returns before writing when the news is
+/// not taken.
+fn apply_news_in(
+    tx: &Transaction<'_>,
+    sender: ServerId,
+    news: &JobNews,
+    state: JobState,
+    now: DateTime<Utc>,
+    delivery: &[&str],
+) -> Result<NewsTaken, StoreError> {
+    let id = news.job.to_string();
+    let held: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT owner_server, owner_term FROM jobs WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((owner, term)) = held else {
+        return Ok(NewsTaken::Stale);
+    };
+    let term = term as u64;
+    let owner = server(&owner)?;
+    if news.owner_term < term {
+        // The sender has not learnt that the job moved on (a takeover
+        // or handover it has yet to apply): its news is not confirmed,
+        // so it cannot start a delivery of a job that is no longer its.
+        return Ok(NewsTaken::Behind);
+    }
+    let newer_term = news.owner_term > term;
+    if newer_term && owner != sender && news.owner != owner {
+        // A job this server owns, taken by the sender: that comes with
+        // the sender's takeover announcement (which finds the steps
+        // both ran), never with news alone.
+        return Ok(NewsTaken::NotYet);
+    }
+    let from_owner =
+        news.owner == sender && (newer_term || (news.owner_term == term && owner == sender));
+    if !newer_term && !from_owner {
+        return Ok(NewsTaken::Stale);
+    }
+    if newer_term {
+        tx.execute(
+            "UPDATE jobs SET owner_server = ?2, owner_term = ?3 WHERE id = ?1",
+            params![id, news.owner.to_string(), news.owner_term as i64],
+        )?;
+    }
+    if from_owner {
+        tx.execute(
+            "UPDATE jobs SET state = ?2, reason = ?3, updated_at = ?4,
+                 replica_done_at = CASE WHEN ?2 = 'done' THEN coalesce(replica_done_at, ?5) END
+             WHERE id = ?1",
+            params![
+                id,
+                state.as_str(),
+                news.reason,
+                time_text(news.updated_at),
+                time_text(now)
+            ],
+        )?;
+        tx.execute("DELETE FROM job_steps WHERE job_id = ?1", [&id])?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO job_steps (job_id, step, attempt, plugin, started_at, finished_at, outcome, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for s in &news.steps {
+            insert.execute(params![
+                id,
+                s.step,
+                s.attempt,
+                s.plugin,
+                time_text(s.started_at),
+                s.finished_at.map(time_text),
+                s.outcome,
+                s.reason
+            ])?;
+        }
+    }
+    if newer_term && news.owner != sender {
+        // Handed to this server: the steps whose output stayed on the
+        // sender run again here; done deliveries stay done.
+        forget_local_steps(tx, news.job, delivery)?;
+    }
+    // The peer knows this; only later changes go back to it.
+    tx.execute("UPDATE jobs SET peer_rev = rev WHERE id = ?1", [&id])?;
+    Ok(NewsTaken::Applied)
+}
+
 fn server(text: &str) -> Result<ServerId, StoreError> {
     text.parse()
         .map_err(|e| StoreError::Corrupt(format!("job server id `{text}`: {e}")))
@@ -101,16 +192,24 @@ fn server(text: &str) -> Result<ServerId, StoreError> {
 impl Store {
     /// Jobs the peer holds a copy of whose progress or owner changed since
     /// the peer last acknowledged, oldest change first.
-    pub fn job_news(&self, limit: u32) -> Result<Vec<JobNews>, StoreError> {
+    ///
+    /// News already on its way (`(job, rev)` in `in_flight`) is passed
+    /// over, so a slow peer is not sent the same news again and again.
+    pub fn job_news(
+        &self,
+        limit: u32,
+        in_flight: &HashMap<Uuid, u64>,
+    ) -> Result<Vec<JobNews>, StoreError> {
         let conn = self.conn();
         let rows: Vec<NewsRow> = {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT id, rev, owner_server, owner_term, state, reason, updated_at FROM jobs
                  WHERE rev > peer_rev AND replica_state IN ('replicated', 'replica')
                    AND superseded_by IS NULL
                  ORDER BY updated_at LIMIT ?1",
             )?;
-            stmt.query_map([limit], |r| {
+            let scan = u64::from(limit) + in_flight.len() as u64;
+            stmt.query_map([scan as i64], |r| {
                 Ok((
                     uuid_col(r, 0)?,
                     r.get(1)?,
@@ -121,7 +220,11 @@ impl Store {
                     r.get(6)?,
                 ))
             })?
-            .collect::<Result<_, _>>()?
+            .collect::<Result<Vec<NewsRow>, _>>()?
+            .into_iter()
+            .filter(|row| in_flight.get(&row.0) != Some(&(row.1 as u64)))
+            .take(limit as usize)
+            .collect::<Vec<NewsRow>>()
         };
         let mut out = Vec::with_capacity(rows.len());
         for (job, rev, owner, term, state, reason, updated) in rows {
@@ -141,10 +244,22 @@ impl Store {
 
     /// The peer acknowledged the job's news up to `rev`.
     pub fn mark_peer_rev(&self, id: Uuid, rev: u64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE jobs SET peer_rev = max(peer_rev, ?2) WHERE id = ?1",
-            params![id.to_string(), rev as i64],
-        )?;
+        self.mark_peer_revs(&[(id, rev)])
+    }
+
+    /// [`Store::mark_peer_rev`] for many acknowledgements, in one
+    /// transaction.
+    pub fn mark_peer_revs(&self, acks: &[(Uuid, u64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut mark =
+                tx.prepare_cached("UPDATE jobs SET peer_rev = max(peer_rev, ?2) WHERE id = ?1")?;
+            for (id, rev) in acks {
+                mark.execute(params![id.to_string(), *rev as i64])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -171,91 +286,36 @@ impl Store {
         now: DateTime<Utc>,
         delivery: &[&str],
     ) -> Result<NewsTaken, StoreError> {
-        let Some(state) = JobState::from_name(&news.state) else {
-            return Err(StoreError::Corrupt(format!(
-                "the peer sent an unknown job state `{}`",
-                news.state
-            )));
-        };
+        let mut taken =
+            self.apply_job_news_batch(sender, std::slice::from_ref(news), now, delivery)?;
+        taken.pop().unwrap_or_else(|| Ok(NewsTaken::Stale))
+    }
+
+    /// [`Store::apply_job_news`] for many news of one sender, in one
+    /// transaction (one flush for all). The outer error is the store's
+    /// (nothing was taken); an inner one is about that news alone (an
+    /// unknown state), and the rest is taken.
+    pub fn apply_job_news_batch(
+        &self,
+        sender: ServerId,
+        news: &[JobNews],
+        now: DateTime<Utc>,
+        delivery: &[&str],
+    ) -> Result<Vec<Result<NewsTaken, StoreError>>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let id = news.job.to_string();
-        let held: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT owner_server, owner_term FROM jobs WHERE id = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((owner, term)) = held else {
-            return Ok(NewsTaken::Stale);
-        };
-        let term = term as u64;
-        let owner = server(&owner)?;
-        if news.owner_term < term {
-            // The sender has not learnt that the job moved on (a takeover
-            // or handover it has yet to apply): its news is not confirmed,
-            // so it cannot start a delivery of a job that is no longer its.
-            return Ok(NewsTaken::Behind);
+        let mut out = Vec::with_capacity(news.len());
+        for one in news {
+            out.push(match JobState::from_name(&one.state) {
+                Some(state) => Ok(apply_news_in(&tx, sender, one, state, now, delivery)?),
+                None => Err(StoreError::Corrupt(format!(
+                    "the peer sent an unknown job state `{}`",
+                    one.state
+                ))),
+            });
         }
-        let newer_term = news.owner_term > term;
-        if newer_term && owner != sender && news.owner != owner {
-            // A job this server owns, taken by the sender: that comes with
-            // the sender's takeover announcement (which finds the steps
-            // both ran), never with news alone.
-            return Ok(NewsTaken::NotYet);
-        }
-        let from_owner =
-            news.owner == sender && (newer_term || (news.owner_term == term && owner == sender));
-        if !newer_term && !from_owner {
-            return Ok(NewsTaken::Stale);
-        }
-        if newer_term {
-            tx.execute(
-                "UPDATE jobs SET owner_server = ?2, owner_term = ?3 WHERE id = ?1",
-                params![id, news.owner.to_string(), news.owner_term as i64],
-            )?;
-        }
-        if from_owner {
-            tx.execute(
-                "UPDATE jobs SET state = ?2, reason = ?3, updated_at = ?4,
-                     replica_done_at = CASE WHEN ?2 = 'done' THEN coalesce(replica_done_at, ?5) END
-                 WHERE id = ?1",
-                params![
-                    id,
-                    state.as_str(),
-                    news.reason,
-                    time_text(news.updated_at),
-                    time_text(now)
-                ],
-            )?;
-            tx.execute("DELETE FROM job_steps WHERE job_id = ?1", [&id])?;
-            let mut insert = tx.prepare(
-                "INSERT INTO job_steps (job_id, step, attempt, plugin, started_at, finished_at, outcome, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for s in &news.steps {
-                insert.execute(params![
-                    id,
-                    s.step,
-                    s.attempt,
-                    s.plugin,
-                    time_text(s.started_at),
-                    s.finished_at.map(time_text),
-                    s.outcome,
-                    s.reason
-                ])?;
-            }
-        }
-        if newer_term && news.owner != sender {
-            // Handed to this server: the steps whose output stayed on the
-            // sender run again here; done deliveries stay done.
-            forget_local_steps(&tx, news.job, delivery)?;
-        }
-        // The peer knows this; only later changes go back to it.
-        tx.execute("UPDATE jobs SET peer_rev = rev WHERE id = ?1", [&id])?;
         tx.commit()?;
-        Ok(NewsTaken::Applied)
+        Ok(out)
     }
 
     /// The peer `from` is silent and its lease is over: every unfinished
@@ -781,6 +841,66 @@ mod tests {
     }
 
     #[test]
+    fn news_in_one_batch_is_taken_each_on_its_own_merits() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b) = (replica_of_peer(&store), replica_of_peer(&store));
+        let mut processing = news(&store, a);
+        processing.state = "processing".into();
+        let mut garbled = news(&store, b);
+        garbled.state = "exploded".into();
+        let mut unknown = news(&store, b);
+        unknown.job = Uuid::new_v4();
+        let mut done = news(&store, b);
+        done.state = "done".into();
+        let taken = store
+            .apply_job_news_batch(
+                PEER,
+                &[processing, garbled, unknown, done],
+                Utc::now(),
+                DELIVERY,
+            )
+            .unwrap();
+        assert_eq!(taken.len(), 4);
+        assert!(matches!(taken[0], Ok(NewsTaken::Applied)));
+        assert!(
+            matches!(&taken[1], Err(StoreError::Corrupt(why)) if why.contains("exploded")),
+            "{:?}",
+            taken[1]
+        );
+        assert!(matches!(taken[2], Ok(NewsTaken::Stale)));
+        assert!(matches!(taken[3], Ok(NewsTaken::Applied)));
+        assert_eq!(store.job(a).unwrap().unwrap().state, JobState::Processing);
+        assert_eq!(store.job(b).unwrap().unwrap().state, JobState::Done);
+    }
+
+    #[test]
+    fn news_on_its_way_is_not_read_again_until_it_changes() {
+        let store = Store::open_in_memory().unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        for id in [a, b] {
+            store.insert_job(&sample_job(id)).unwrap();
+            store.mark_replicated(id).unwrap();
+            store.set_job_state(id, JobState::Processing, None).unwrap();
+        }
+        let all = store.job_news(10, &HashMap::new()).unwrap();
+        assert_eq!(all.len(), 2);
+        let rev_a = all.iter().find(|n| n.job == a).unwrap().rev;
+        let on_the_way = HashMap::from([(a, rev_a)]);
+        let rest = store.job_news(10, &on_the_way).unwrap();
+        assert_eq!(rest.iter().map(|n| n.job).collect::<Vec<_>>(), vec![b]);
+        // The limit counts what is read, not what is passed over.
+        assert_eq!(store.job_news(1, &on_the_way).unwrap().len(), 1);
+        // A newer revision of a job on its way is news again.
+        store.set_job_state(a, JobState::Done, None).unwrap();
+        let again = store.job_news(10, &on_the_way).unwrap();
+        assert!(again.iter().any(|n| n.job == a && n.rev > rev_a));
+        store
+            .mark_peer_revs(&[(a, u64::MAX >> 1), (b, u64::MAX >> 1)])
+            .unwrap();
+        assert!(store.job_news(10, &HashMap::new()).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_clean_stop_hands_over_only_jobs_the_peer_holds() {
         let store = Store::open_in_memory().unwrap();
         let (copied, alone) = (Uuid::new_v4(), Uuid::new_v4());
@@ -792,7 +912,7 @@ mod tests {
         assert_eq!(store.job(copied).unwrap().unwrap().owner_server, PEER);
         assert_eq!(store.job(alone).unwrap().unwrap().owner_server, ME);
         assert_eq!(store.unacknowledged(&[copied]).unwrap(), 1);
-        let n = store.job_news(10).unwrap();
+        let n = store.job_news(10, &Default::default()).unwrap();
         assert_eq!((n[0].job, n[0].owner, n[0].owner_term), (copied, PEER, 1));
         store.mark_peer_rev(copied, n[0].rev).unwrap();
         assert_eq!(store.unacknowledged(&[copied]).unwrap(), 0);

@@ -698,15 +698,15 @@ mod tests {
         assert_eq!(store.count_unreplicated(ME).unwrap(), 0);
 
         // The replicated job's progress is news until the peer has it.
-        assert!(store.job_news(10).unwrap().is_empty());
+        assert!(store.job_news(10, &Default::default()).unwrap().is_empty());
         store.set_job_state(a, JobState::Processing, None).unwrap();
-        let news = store.job_news(10).unwrap();
+        let news = store.job_news(10, &Default::default()).unwrap();
         assert_eq!(
             (news[0].job, news[0].state.as_str(), news[0].owner),
             (a, "processing", ME)
         );
         store.mark_peer_rev(a, news[0].rev).unwrap();
-        assert!(store.job_news(10).unwrap().is_empty());
+        assert!(store.job_news(10, &Default::default()).unwrap().is_empty());
 
         // A replica of the peer's job: its number, not this server's work.
         let mut theirs = sample_job(c);
@@ -750,7 +750,7 @@ mod tests {
             NewsTaken::Applied
         );
         assert!(
-            store.job_news(10).unwrap().is_empty(),
+            store.job_news(10, &Default::default()).unwrap().is_empty(),
             "news taken from the peer is not sent back"
         );
         assert!(

@@ -73,6 +73,27 @@ pub enum Command {
     },
 }
 
+/// What status shows of the store, read apart from the driver's task:
+/// open conflicts, and (when the store answered) unreplicated jobs,
+/// duplicates (superseded, delivered by both), open takeovers and the
+/// count of each kind of pair event.
+struct Figures {
+    open_conflicts: u64,
+    counts: Option<JobCounts>,
+}
+
+/// Unreplicated jobs, duplicates (superseded, delivered by both), open
+/// takeovers, and the count of each kind of pair event.
+type JobCounts = (u64, (u64, u64), u64, Vec<(String, u64)>);
+
+/// The receiving ends of the channels to the job stream's tasks, until
+/// [`Driver::run`] starts them.
+struct StreamTasks {
+    answers: mpsc::UnboundedReceiver<jobs::Answer>,
+    incoming: mpsc::UnboundedReceiver<jobs::Incoming>,
+    settle: mpsc::UnboundedReceiver<jobs_side::Settle>,
+}
+
 /// The state the driver task owns.
 pub struct Driver {
     core: Arc<Core>,
@@ -98,10 +119,13 @@ pub struct Driver {
     stream_link: watch::Sender<Option<(u64, LinkWriter)>>,
     answers: mpsc::UnboundedSender<jobs::Answer>,
     incoming: mpsc::UnboundedSender<jobs::Incoming>,
-    stream_tasks: Option<(
-        mpsc::UnboundedReceiver<jobs::Answer>,
-        mpsc::UnboundedReceiver<jobs::Incoming>,
-    )>,
+    /// The peer's answers the store records (see [`jobs_side::settle_loop`]).
+    settle: mpsc::UnboundedSender<jobs_side::Settle>,
+    stream_tasks: Option<StreamTasks>,
+    /// Where [`Driver::read_figures`] sends what it read, and whether a
+    /// read is under way.
+    figures: mpsc::UnboundedSender<Figures>,
+    figures_reading: Arc<std::sync::atomic::AtomicBool>,
     stream_state: Arc<RwLock<jobs::StreamState>>,
     /// The peer as this server's OCR engine when it has none.
     peer_ocr: ocr::PeerOcr,
@@ -164,6 +188,7 @@ impl Driver {
         let stream_link = watch::Sender::new(None);
         let peer_ocr = ocr::PeerOcr::new(core.name(), stream_link.subscribe());
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             core,
             settings,
@@ -184,7 +209,14 @@ impl Driver {
             stream_link,
             answers: answers_tx,
             incoming: incoming_tx,
-            stream_tasks: Some((answers_rx, incoming_rx)),
+            settle: settle_tx,
+            figures: mpsc::unbounded_channel().0,
+            figures_reading: Arc::default(),
+            stream_tasks: Some(StreamTasks {
+                answers: answers_rx,
+                incoming: incoming_rx,
+                settle: settle_rx,
+            }),
             stream_state: Arc::default(),
             peer_ocr,
             stopping: None,
@@ -224,24 +256,33 @@ impl Driver {
         self.core
             .registry
             .set_remote_ocr(Arc::new(self.peer_ocr.clone()));
-        if let Some((answers, incoming)) = self.stream_tasks.take() {
+        if let Some(tasks) = self.stream_tasks.take() {
             tokio::spawn(jobs::send_loop(
                 self.core.clone(),
                 self.me,
                 self.stream_link.subscribe(),
-                answers,
+                tasks.answers,
                 self.stream_state.clone(),
             ));
             tokio::spawn(jobs::receive_loop(
                 self.core.clone(),
                 self.stream_link.subscribe(),
-                incoming,
+                tasks.incoming,
+            ));
+            tokio::spawn(jobs_side::settle_loop(
+                self.core.clone(),
+                self.me,
+                self.stream_link.subscribe(),
+                self.answers.clone(),
+                tasks.settle,
             ));
             tokio::spawn(jobs::janitor_loop(
                 self.core.clone(),
                 Duration::from_secs(self.settings.replica_retention_secs),
             ));
         }
+        let (figures, mut figures_rx) = mpsc::unbounded_channel();
+        self.figures = figures;
         let start = self.node.step(0, Input::Tick);
         self.carry_out(start).await;
         loop {
@@ -256,6 +297,8 @@ impl Driver {
                 wait
             };
             let due = Instant::now() + wait;
+            // The timer comes before the connection's frames: a steady
+            // stream of job frames must never hold back heartbeats.
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
@@ -272,7 +315,6 @@ impl Driver {
                     }
                     Some(command) => self.on_command(command).await,
                 },
-                Some(event) = self.events.recv() => self.on_event(event).await,
                 _ = tokio::time::sleep(wait) => {
                     // Woken much later than due: this process itself was not
                     // running (stopped, or starved of CPU). What the peer sent
@@ -296,36 +338,66 @@ impl Driver {
                     if self.repl.last_probe.is_none_or(|t| t.elapsed() >= CLOCK_CHECK_EVERY) {
                         self.probe_clock();
                         if self.peer.is_some() {
-                            // Re-applied conflicts are marked by the admin
-                            // channel; the count in status follows here.
-                            self.repl.open_conflicts = sync::open_conflicts(&self.core).await;
-                            let me = self.me;
-                            if let Ok((n, duplicates, open, events)) = self
-                                .core
-                                .data
-                                .run(move |s| {
-                                    Ok((
-                                        s.count_unreplicated(me)?,
-                                        s.duplicate_counts()?,
-                                        s.open_takeovers(me)?,
-                                        s.pair_event_counts()?,
-                                    ))
-                                })
-                                .await
-                            {
-                                self.core.peer_acks.set_unreplicated(n);
-                                self.repl.duplicates = duplicates;
-                                let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
-                                status.jobs.taken_over_open = open;
-                                status.jobs.events = events.into_iter().collect();
-                            }
+                            self.read_figures();
                             self.check_per_server_folders();
                             self.update_status();
                         }
                     }
                 }
+                Some(event) = self.events.recv() => self.on_event(event).await,
+                Some(figures) = figures_rx.recv() => self.show_figures(figures),
             }
         }
+    }
+
+    /// Reads the figures status shows from the store, on a task of its own
+    /// (counting a large job table must not delay heartbeats); they come
+    /// back through [`Driver::show_figures`]. One read at a time.
+    fn read_figures(&mut self) {
+        if self
+            .figures_reading
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let core = self.core.clone();
+        let me = self.me;
+        let done = self.figures_reading.clone();
+        let tx = self.figures.clone();
+        tokio::spawn(async move {
+            // Re-applied conflicts are marked by the admin channel; the
+            // count in status follows here.
+            let open_conflicts = sync::open_conflicts(&core).await;
+            let counts = core
+                .data
+                .run(move |s| {
+                    Ok((
+                        s.count_unreplicated(me)?,
+                        s.duplicate_counts()?,
+                        s.open_takeovers(me)?,
+                        s.pair_event_counts()?,
+                    ))
+                })
+                .await
+                .ok();
+            done.store(false, std::sync::atomic::Ordering::Release);
+            let _ = tx.send(Figures {
+                open_conflicts,
+                counts,
+            });
+        });
+    }
+
+    fn show_figures(&mut self, figures: Figures) {
+        self.repl.open_conflicts = figures.open_conflicts;
+        if let Some((n, duplicates, open, events)) = figures.counts {
+            self.core.peer_acks.set_unreplicated(n);
+            self.repl.duplicates = duplicates;
+            let mut status = self.status.write().unwrap_or_else(|p| p.into_inner());
+            status.jobs.taken_over_open = open;
+            status.jobs.events = events.into_iter().collect();
+        }
+        self.update_status();
     }
 
     /// Announces the clean stop (the peer shows CLOSE, not DEAD) and lets
