@@ -169,12 +169,31 @@ async fn process(
 ) {
     let store = parts.store.clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((store.job(id)?, store.job_pages(id)?))
+        Ok::<_, crate::store::StoreError>((
+            store.job(id)?,
+            store.job_pages(id)?,
+            store.pages_removed(id)?,
+        ))
     })
     .await;
     let (job, pages) = match loaded {
-        Ok(Ok((Some(job), pages))) => (job, pages),
-        Ok(Ok((None, _))) => return,
+        Ok(Ok((Some(_), _, true))) => {
+            // Its pages went when it was done: it finished here, or its
+            // owner reported it done. It came back by a takeover or a
+            // handover from a server that had not heard of that (which
+            // reports the steps both ran); nothing is delivered again.
+            tracing::warn!(job = %id, "a job that was done here before came back to this server; it is recorded done again and not run");
+            let store = parts.store.clone();
+            let result =
+                tokio::task::spawn_blocking(move || store.set_job_state(id, JobState::Done, None))
+                    .await;
+            if let Ok(Err(e)) = result {
+                core.data.classify(e);
+            }
+            return;
+        }
+        Ok(Ok((Some(job), pages, false))) => (job, pages),
+        Ok(Ok((None, _, _))) => return,
         Ok(Err(e)) => {
             core.data.classify(e);
             return;
@@ -261,9 +280,15 @@ async fn process(
             finish(JobState::Done, None).await;
             // The delivered document lives at its destinations now; the
             // spool copy and the scratch files are no longer needed.
+            // Marked first: a job whose pages are gone is known to be done
+            // should it ever come back here (see above).
             let (spool, work) = (parts.spool.clone(), context.work_dir.clone());
+            let store = parts.store.clone();
+            let now = core.clock.now();
             let _ = tokio::task::spawn_blocking(move || {
-                let _ = spool.remove_job(id);
+                if store.mark_pages_removed(id, now).is_ok() {
+                    let _ = spool.remove_job(id);
+                }
                 let _ = std::fs::remove_dir_all(work);
             })
             .await;
@@ -582,5 +607,31 @@ mod tests {
         let started = text.matches("pipeline workers started").count();
         assert_eq!(started, 1, "started once, never again:\n{text}");
         assert!(text.contains("pipeline workers stopped"), "{text}");
+    }
+
+    /// A job whose pages went when it was done here, back by a takeover or
+    /// a handover (its state says unfinished again): recorded done, no step
+    /// run, nothing delivered again, never dead-lettered for its missing
+    /// pages.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_job_done_here_before_that_comes_back_is_done_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        core.data.start().await.unwrap();
+        core.load_generation(core.data.state().generation)
+            .await
+            .unwrap();
+        let parts = core.data.parts().unwrap();
+        let me = core.server_id().unwrap();
+        let id = Uuid::new_v4();
+        let mut job = crate::store::jobs::sample_job(id);
+        job.acceptor = me;
+        parts.store.insert_job(&job).unwrap();
+        parts.store.mark_pages_removed(id, Utc::now()).unwrap();
+        let runner = JobRunner::new(retry_policy(&core));
+        process(&core, &parts, &runner, id, me).await;
+        let after = parts.store.job(id).unwrap().unwrap();
+        assert_eq!(after.state, JobState::Done);
+        assert!(parts.store.job_steps(id).unwrap().is_empty(), "no step ran");
     }
 }

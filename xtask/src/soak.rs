@@ -2,7 +2,10 @@
 //! seeded schedule injects faults of every kind the fault suite knows
 //! (kill -9, SIGSTOP/SIGCONT, clean stop, blackholes between the devices and
 //! the primary, partitions between the servers, the data service stopped,
-//! maintenance, the spool made unwritable, kill -9 of the devices' client),
+//! maintenance, the spool made unwritable, kill -9 of the devices' client,
+//! promotion of the secondary during a partition, time zones made
+//! different then fixed; not the full disk, which needs gw-a's data on a
+//! small tmpfs for the whole run),
 //! then the fault suite's checker (`e2e::scenario::check`) over every job.
 //! It shows a progress bar and ends with a summary: jobs, faults by kind,
 //! lost, duplicated and how many of those were documented exceptions,
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use e2e::fault::Mode;
 use e2e::scenario::check::{check, gather, summary as check_summary, wait_delivered};
 use e2e::scenario::devices::{acknowledgements, device_jobs};
-use e2e::scenario::{Options as SiteOptions, RunSpec, Scenario, seed_from_env};
+use e2e::scenario::{Options as SiteOptions, RunSpec, Scenario, health, seed_from_env};
 use serde_json::{Value, json};
 
 use crate::measure::summary;
@@ -55,7 +58,7 @@ fn parse(args: &[String]) -> Result<Options> {
 }
 
 /// The kinds of fault the schedule draws from.
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 11] = [
     "kill9",
     "sigstop",
     "clean_stop",
@@ -65,7 +68,64 @@ const KINDS: [&str; 9] = [
     "maintenance",
     "spool_unwritable",
     "device_kill9",
+    "promotion",
+    "time_zone",
 ];
+
+/// The server `/health` calls primary, if exactly one does.
+fn primary(s: &Scenario) -> Option<usize> {
+    let said: Vec<usize> = (0..2)
+        .filter(|&i| health(s.plain(i)).is_some_and(|h| h["role"] == "primary"))
+        .collect();
+    (said.len() == 1).then(|| said[0])
+}
+
+/// Promotion of the secondary during a partition, as in a site split: the
+/// devices lose the primary too, an admin promotes the secondary, both
+/// take a configuration change; then the link heals, the old primary is
+/// fenced, and it rejoins as secondary the documented way.
+fn promotion(s: &mut Scenario, hold: Duration) {
+    let Some(old) = primary(s) else {
+        s.note("promotion not made: no single primary right now");
+        return;
+    };
+    let new = 1 - old;
+    s.partition();
+    s.device_path(old, Mode::Blackhole);
+    std::thread::sleep(hold / 2);
+    s.promote(new);
+    s.config_change(old);
+    s.config_change(new);
+    s.sample_config();
+    std::thread::sleep(hold / 2);
+    s.device_path(old, Mode::Pass);
+    s.heal();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if health(s.plain(old)).is_some_and(|h| h["role"] == "fenced") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let role = health(s.plain(old)).map(|h| h["role"].clone());
+    s.note(&format!("old primary's role after healing: {role:?}"));
+    s.rejoin_as_secondary(old);
+}
+
+/// The secondary's time zone made different (sync blocked; a change made
+/// on the primary meanwhile must not travel), then fixed.
+fn time_zone(s: &mut Scenario, hold: Duration) {
+    let Some(p) = primary(s) else {
+        s.note("time zone change not made: no single primary right now");
+        return;
+    };
+    let secondary = 1 - p;
+    s.set_time_zone(secondary, "Europe/Paris");
+    s.config_change(p);
+    s.sample_config();
+    std::thread::sleep(hold);
+    s.set_time_zone(secondary, "UTC");
+}
 
 /// What the soak measured besides the checker's verdict.
 #[derive(Default)]
@@ -344,6 +404,8 @@ fn soak(opts: &Options, seed: u64) -> (Scenario, Timing) {
                 let left = opts.jobs.saturating_sub(scanned).max(1);
                 current = s.start_devices(spec(left));
             }
+            "promotion" => promotion(&mut s, hold),
+            "time_zone" => time_zone(&mut s, hold),
             _ => unreachable!("every kind is handled"),
         }
         s.sample_config();

@@ -71,13 +71,29 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The replica's page files were removed.
+    /// The job's page files were removed (a replica's by the janitor, or
+    /// the spool copy of a job whose pipeline finished here).
     pub fn mark_pages_removed(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE jobs SET pages_removed_at = ?2 WHERE id = ?1",
             params![id.to_string(), time_text(at)],
         )?;
         Ok(())
+    }
+
+    /// Whether job `id`'s page files were removed here: after its pipeline
+    /// finished here, or (a replica) after its owner reported it done. So
+    /// the job was done when they went.
+    pub fn pages_removed(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT pages_removed_at IS NOT NULL FROM jobs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
     }
 
     /// The other server keeps job `id` (the same id was accepted on both):

@@ -18,7 +18,9 @@
 //! 5. no (epoch, version) ever named two different configurations (from
 //!    samples taken through the scenario, and the end);
 //! 6. two servers that could reach each other were never both primary
-//!    (sampled by the scenario's watcher).
+//!    (sampled by the scenario's watcher);
+//! 7. no job ended dead-lettered on either server (the scenarios'
+//!    workflows have no step that fails on its own).
 //!
 //! A failure names the scenario, its seed and the job ids involved. It never
 //! relaxes a rule to fit what it sees.
@@ -57,6 +59,8 @@ impl Arrivals {
 pub struct ServerView {
     pub status: Value,
     pub events: Vec<Value>,
+    /// Dead-lettered jobs (`job list --state failed`): id and reason.
+    pub failed: Vec<(Uuid, String)>,
     pub config_checksum: Option<String>,
     pub epoch: Option<String>,
     pub config_version: Option<u64>,
@@ -226,6 +230,25 @@ pub fn gather(s: &mut Scenario) -> Evidence {
             }
             other => s.note(&format!(
                 "{}: `pair events` failed: {:?}",
+                SERVERS[i],
+                other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            )),
+        }
+        match s.cli(i, &["job", "list", "--state", "failed"], within) {
+            Some(out) if out.status.success() => {
+                let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                let jobs = v.as_array().or_else(|| v["jobs"].as_array());
+                view.failed = jobs
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|j| {
+                        let id = Uuid::parse_str(j["id"].as_str()?).ok()?;
+                        Some((id, j["reason"].as_str().unwrap_or_default().to_owned()))
+                    })
+                    .collect();
+            }
+            other => s.note(&format!(
+                "{}: `job list --state failed` failed: {:?}",
                 SERVERS[i],
                 other.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
             )),
@@ -414,6 +437,15 @@ pub fn check(e: &Evidence) -> CheckReport {
     for line in &e.two_primaries {
         r.failures.push(format!("two primaries: {line}"));
     }
+
+    // 7. No job dead-lettered: the scenarios' workflows have no step that
+    // fails on its own, so a failed job is a fault the pair let through.
+    for (view, name) in e.servers.iter().zip(SERVERS) {
+        for (id, reason) in &view.failed {
+            r.failures
+                .push(format!("job {id} ended failed on {name}: {reason}"));
+        }
+    }
     r
 }
 
@@ -597,5 +629,24 @@ mod tests {
         same_config(&mut e);
         e.two_primaries.push("now".into());
         assert!(!check(&e).ok());
+    }
+
+    #[test]
+    fn a_dead_lettered_job_is_a_failure_even_when_delivered() {
+        let mut e = evidence();
+        same_config(&mut e);
+        let id = Uuid::new_v4();
+        e.servers[1].failed.push((
+            id,
+            "step 1 (assemble) failed: cannot read page-0001.png".into(),
+        ));
+        let r = check(&e);
+        assert!(
+            r.failures
+                .iter()
+                .any(|f| f.contains(&id.to_string()) && f.contains("gw-b")),
+            "{:?}",
+            r.failures
+        );
     }
 }
