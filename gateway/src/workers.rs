@@ -271,6 +271,14 @@ async fn process(
         core: core.clone(),
         me,
     });
+    // Workers are aborted when the data service goes down: what the steps
+    // reported until then (a delivery made but not recorded, the disk being
+    // full) must still reach the admin.
+    let _unsaved = ReportsOnAbort {
+        parts: parts.clone(),
+        job: id,
+        reports: context.reports.clone(),
+    };
     let outcome = runner.run(&workflow, &context, progress).await;
     record_reports(parts, id, context.reports.take()).await;
     match outcome {
@@ -335,6 +343,29 @@ async fn process(
 /// failing, as when a delivery could not record itself) is tried again.
 const REPORT_RETRY: Duration = Duration::from_secs(1);
 const REPORT_TRIES: u32 = 300;
+
+/// Records the reports a run made so far when the run is dropped before it
+/// could (its worker aborted mid-step).
+struct ReportsOnAbort {
+    parts: Arc<DataParts>,
+    job: Uuid,
+    reports: plugins::JobReports,
+}
+
+impl Drop for ReportsOnAbort {
+    fn drop(&mut self) {
+        let pending = self.reports.take();
+        if pending.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (parts, job) = (self.parts.clone(), self.job);
+            runtime.spawn(async move { record_reports(&parts, job, pending).await });
+        } else {
+            tracing::error!(job = %self.job, reports = pending.len(), "delivery reports of an aborted run are lost: no runtime to store them");
+        }
+    }
+}
 
 async fn record_reports(parts: &Arc<DataParts>, job: Uuid, reports: Vec<plugins::DeliveryReport>) {
     if reports.is_empty() {
@@ -633,5 +664,49 @@ mod tests {
         let after = parts.store.job(id).unwrap().unwrap();
         assert_eq!(after.state, JobState::Done);
         assert!(parts.store.job_steps(id).unwrap().is_empty(), "no step ran");
+    }
+
+    /// A worker aborted mid-run (the data service went down) still hands
+    /// what its steps reported to the store.
+    #[tokio::test(flavor = "current_thread")]
+    async fn reports_of_a_run_aborted_mid_step_are_still_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        core.data.start().await.unwrap();
+        let parts = core.data.parts().unwrap();
+        let job = Uuid::new_v4();
+        let reports = plugins::JobReports::default();
+        let run = {
+            let (parts, reports) = (parts.clone(), reports.clone());
+            tokio::spawn(async move {
+                let _unsaved = ReportsOnAbort {
+                    parts,
+                    job,
+                    reports: reports.clone(),
+                };
+                reports.push(plugins::DeliveryReport {
+                    plugin: "mail".into(),
+                    step: Some(2),
+                    kind: plugins::DeliveryReportKind::PossibleDuplicate,
+                    text: "step 3 (mail) delivered, record not written".into(),
+                });
+                std::future::pending::<()>().await;
+            })
+        };
+        tokio::task::yield_now().await;
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        let stored = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let events = parts.store.pair_events(10).unwrap();
+                if let Some(e) = events.iter().find(|e| e.job_id == Some(job)) {
+                    return e.kind.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the report was stored after the abort");
+        assert_eq!(stored, "possible_duplicate");
     }
 }

@@ -286,6 +286,24 @@ fn spool_unwritable_on_the_primary() {
 }
 
 #[test]
+fn disk_full_on_the_primary() {
+    let mut s = start(
+        "disk-full",
+        Options {
+            tmpfs_a_mib: Some(64),
+            ..Options::default()
+        },
+    );
+    let run = s.start_devices(RunSpec::plain(300));
+    let at = s.rng.range(40, 80) as usize;
+    after_acks(&mut s, run, at);
+    s.fill_disk_a();
+    std::thread::sleep(s.rng.millis(2000, 4000));
+    s.free_disk_a();
+    finish(s);
+}
+
+#[test]
 fn kill9_of_the_primary_with_ocr_in_the_workflow() {
     e2e::support::require_tesseract();
     let mut s = start("kill9-primary-ocr", Options::default());

@@ -474,6 +474,8 @@ pub fn assert_claims(s: &mut Scenario, within: Duration) -> CheckReport {
         for (i, v) in e.servers.iter().enumerate() {
             let _ = writeln!(text, "{} pair status: {}", SERVERS[i], v.status);
         }
+        let involved: BTreeSet<Uuid> = r.failures.iter().filter_map(|f| uuid_in(f)).collect();
+        text += &s.job_lines(&involved, 40);
         text += &s.logs();
         panic!("{text}");
     }

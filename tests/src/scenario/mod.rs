@@ -807,6 +807,41 @@ replication_period_secs = 1
     }
 
     /// The tail of both servers' logs.
+    /// Every line of both servers' logs that names one of `jobs`, in time
+    /// order, at most `per_job` lines each (the story of the jobs a check
+    /// failed on).
+    pub fn job_lines(
+        &self,
+        jobs: &std::collections::BTreeSet<uuid::Uuid>,
+        per_job: usize,
+    ) -> String {
+        let mut text = String::new();
+        for job in jobs.iter().take(5) {
+            let needle = job.to_string();
+            let mut lines: Vec<String> = Vec::new();
+            for name in SERVERS {
+                let log = self
+                    .site
+                    .data_dir(name)
+                    .join("logs")
+                    .join(format!("{name}.log"));
+                let body = std::fs::read_to_string(&log).unwrap_or_default();
+                lines.extend(
+                    body.lines()
+                        .filter(|l| l.contains(&needle))
+                        .map(str::to_owned),
+                );
+            }
+            lines.sort();
+            text += &format!("---- job {job}: {} log line(s) ----\n", lines.len());
+            for l in lines.iter().take(per_job) {
+                text += l;
+                text.push('\n');
+            }
+        }
+        text
+    }
+
     pub fn logs(&self) -> String {
         let mut text = String::new();
         for name in SERVERS {
