@@ -46,6 +46,10 @@ pub struct Arrivals {
     pub mail: Vec<String>,
     /// `Idempotency-Key` of each webhook request.
     pub webhook: Vec<String>,
+    /// Hidden temporary files of folder attempts cut off by a crash
+    /// (`.NAME.RANDOM.partial`, as the folder step documents): never a
+    /// delivered document, so not counted as one.
+    pub partials: Vec<String>,
 }
 
 impl Arrivals {
@@ -114,7 +118,9 @@ pub fn arrivals(s: &Scenario) -> (BTreeMap<Uuid, Arrivals>, Vec<String>) {
     let mut unreadable = Vec::new();
     for path in files_under(s.sinks.shared.path()) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let partial = name.starts_with('.') && name.ends_with(".partial");
         match uuid_in(&name) {
+            Some(id) if partial => map.entry(id).or_default().partials.push(name),
             Some(id) => map.entry(id).or_default().folder.push(name),
             None => unreadable.push(format!("folder file {name}")),
         }
@@ -487,8 +493,9 @@ pub fn summary(e: &Evidence, r: &CheckReport) -> String {
     format!(
         "scenario {} (seed {}): {} jobs submitted, {} acknowledged; {} lost; {} delivered more \
          than once ({} documented exceptions, reported: {} possible_duplicate events, {} \
-         second copies refused); {} delivered unsubmitted; configuration {:?} on both; {} \
-         watcher samples; {} failure(s)",
+         second copies refused); {} delivered unsubmitted; {} hidden partial file(s) left in \
+         the folder by cut-off attempts; configuration {:?} on both; {} watcher samples; {} \
+         failure(s)",
         e.scenario,
         e.seed,
         r.jobs_submitted,
@@ -499,6 +506,7 @@ pub fn summary(e: &Evidence, r: &CheckReport) -> String {
         r.reported_duplicates,
         r.second_copies_refused,
         r.unknown.len(),
+        e.arrivals.values().map(|a| a.partials.len()).sum::<usize>(),
         e.servers
             .iter()
             .map(|v| (v.epoch.clone(), v.config_version, v.config_checksum.clone()))
