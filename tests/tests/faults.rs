@@ -269,26 +269,23 @@ fn kill9_of_a_device_client_mid_upload() {
 
 #[test]
 fn spool_unwritable_on_the_primary() {
-    let mut s = start(
+    disk_fault_on_the_primary(
         "spool-unwritable",
-        Options {
-            tmpfs_a_mib: Some(64),
-            ..Options::default()
-        },
+        Scenario::spool_unwritable_a,
+        Scenario::spool_writable_a,
     );
-    let run = s.start_devices(RunSpec::plain(300));
-    let at = s.rng.range(40, 80) as usize;
-    after_acks(&mut s, run, at);
-    s.spool_unwritable_a();
-    std::thread::sleep(s.rng.millis(2000, 4000));
-    s.spool_writable_a();
-    finish(s);
 }
 
 #[test]
 fn disk_full_on_the_primary() {
+    disk_fault_on_the_primary("disk-full", Scenario::fill_disk_a, Scenario::free_disk_a);
+}
+
+/// gw-a's data on a small tmpfs; `make` breaks its disk a few dozen jobs
+/// in, `undo` mends it 2–4 s later.
+fn disk_fault_on_the_primary(name: &str, make: fn(&mut Scenario), undo: fn(&mut Scenario)) {
     let mut s = start(
-        "disk-full",
+        name,
         Options {
             tmpfs_a_mib: Some(64),
             ..Options::default()
@@ -297,9 +294,9 @@ fn disk_full_on_the_primary() {
     let run = s.start_devices(RunSpec::plain(300));
     let at = s.rng.range(40, 80) as usize;
     after_acks(&mut s, run, at);
-    s.fill_disk_a();
+    make(&mut s);
     std::thread::sleep(s.rng.millis(2000, 4000));
-    s.free_disk_a();
+    undo(&mut s);
     finish(s);
 }
 
