@@ -235,6 +235,20 @@ pub fn run(args: &[String]) -> Result {
         for f in &report.failures {
             eprintln!("  - {f}");
         }
+        // The site goes with the process: what explains the failures stays.
+        let involved: std::collections::BTreeSet<_> = report
+            .failures
+            .iter()
+            .filter_map(|f| e2e::scenario::uuid_in(f))
+            .collect();
+        eprint!("{}", s.job_lines(&involved, 60));
+        for name in e2e::scenario::SERVERS {
+            let log = s.dir().join(name).join("logs").join(format!("{name}.log"));
+            let kept = out.join(format!("{name}.log"));
+            if std::fs::copy(&log, &kept).is_ok() {
+                eprintln!("{name}'s log kept in {}", kept.display());
+            }
+        }
         Err(format!(
             "the soak (seed {seed}) broke a claim: {} failure(s); rerun with --seed {seed}",
             report.failures.len()
@@ -369,7 +383,9 @@ fn soak(opts: &Options, seed: u64) -> (Scenario, Timing) {
             "partition" => {
                 s.partition();
                 std::thread::sleep(hold / 2);
-                s.config_change(0);
+                // On the primary (after a promotion it may be gw-b).
+                let p = primary(&s).unwrap_or(0);
+                s.config_change(p);
                 std::thread::sleep(hold / 2);
                 s.heal();
             }

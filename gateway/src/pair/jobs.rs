@@ -217,29 +217,37 @@ pub async fn send_loop(
                         break 'connection;
                     }
                 }
-                answer = answers.recv() => match answer {
-                    None => return,
-                    Some(Answer::NewsStored(job, rev)) => news_sent.answered(job, rev),
-                    Some(Answer::Stored(id)) => {
-                        in_flight.retain(|(j, _)| *j != id);
-                        sent.remove(&id);
-                        state.write().unwrap_or_else(|p| p.into_inner()).last_error = None;
+                answer = answers.recv() => {
+                    let Some(first) = answer else { return };
+                    // Every answer already there is taken before the next
+                    // round (a batch of news answers comes at once).
+                    let mut next = Some(first);
+                    while let Some(answer) = next {
+                        match answer {
+                            Answer::NewsStored(job, rev) => news_sent.answered(job, rev),
+                            Answer::Stored(id) => {
+                                in_flight.retain(|(j, _)| *j != id);
+                                sent.remove(&id);
+                                state.write().unwrap_or_else(|p| p.into_inner()).last_error = None;
+                            }
+                            Answer::Refused { job, reason, disk_full } => {
+                                in_flight.retain(|(j, _)| *j != job);
+                                sent.remove(&job);
+                                tracing::warn!(%job, reason, disk_full, "the peer did not store a job; it is offered again");
+                                state.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(
+                                    if disk_full {
+                                        format!("the peer's disk is full: {reason}")
+                                    } else {
+                                        format!("the peer refused a job copy: {reason}")
+                                    },
+                                );
+                                let wait = if disk_full { DISK_FULL_BACKOFF } else { RESCAN };
+                                backoff_until = Some(tokio::time::Instant::now() + wait);
+                            }
+                        }
+                        next = answers.try_recv().ok();
                     }
-                    Some(Answer::Refused { job, reason, disk_full }) => {
-                        in_flight.retain(|(j, _)| *j != job);
-                        sent.remove(&job);
-                        tracing::warn!(%job, reason, disk_full, "the peer did not store a job; it is offered again");
-                        state.write().unwrap_or_else(|p| p.into_inner()).last_error = Some(
-                            if disk_full {
-                                format!("the peer's disk is full: {reason}")
-                            } else {
-                                format!("the peer refused a job copy: {reason}")
-                            },
-                        );
-                        let wait = if disk_full { DISK_FULL_BACKOFF } else { RESCAN };
-                        backoff_until = Some(tokio::time::Instant::now() + wait);
-                    }
-                },
+                }
                 _ = core.peer_acks.wait_for_jobs() => {}
                 _ = tokio::time::sleep(RESCAN) => {}
             }

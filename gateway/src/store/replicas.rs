@@ -54,6 +54,22 @@ impl Store {
         )? > 0)
     }
 
+    /// [`Store::mark_replicated`] for many jobs, in one transaction.
+    pub fn mark_replicated_all(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut mark = tx.prepare_cached(
+                "UPDATE jobs SET replica_state = 'replicated' WHERE id = ?1 AND replica_state = 'local'",
+            )?;
+            for id in ids {
+                mark.execute([id.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Replicas this server learned were done before `before` (its own
     /// clock) and whose pages are still here.
     pub fn replicas_done_before(

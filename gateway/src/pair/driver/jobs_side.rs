@@ -39,7 +39,7 @@ pub enum Settle {
     },
 }
 
-/// Acknowledgements of news recorded in one transaction, at most.
+/// Answers of one kind recorded in one transaction, at most.
 const NEWS_ACKS_BATCH: usize = 512;
 
 /// Records the peer's answers and answers its questions, in the order they
@@ -61,7 +61,20 @@ pub async fn settle_loop(
             },
         };
         match item {
-            Settle::Stored(job) => on_job_stored(&core, me, &answers, job).await,
+            Settle::Stored(job) => {
+                let mut stored = vec![job];
+                while stored.len() < NEWS_ACKS_BATCH {
+                    match settle.try_recv() {
+                        Ok(Settle::Stored(job)) => stored.push(job),
+                        Ok(other) => {
+                            lookahead = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                on_jobs_stored(&core, me, &answers, stored).await;
+            }
             Settle::NewsStored(job, rev) => {
                 let mut acks = vec![(job, rev)];
                 while acks.len() < NEWS_ACKS_BATCH {
@@ -138,30 +151,39 @@ async fn on_sessions_ended(core: &Core, sessions: Vec<EndedSession>) {
     }
 }
 
-/// The peer stored its copy of a job this server accepted: recorded
-/// first, then the waiting acknowledgement and the sender learn of it.
-async fn on_job_stored(
+/// The peer stored its copies of jobs this server accepted: recorded
+/// first (in one transaction), then the waiting acknowledgements and the
+/// sender learn of it.
+async fn on_jobs_stored(
     core: &Core,
     me: ServerId,
     answers: &mpsc::UnboundedSender<Answer>,
-    job: Uuid,
+    jobs: Vec<Uuid>,
 ) {
-    let marked = core
-        .data
-        .run(move |s| {
-            s.mark_replicated(job)?;
-            s.count_unreplicated(me)
-        })
-        .await;
+    let marked = {
+        let jobs = jobs.clone();
+        core.data
+            .run(move |s| {
+                s.mark_replicated_all(&jobs)?;
+                s.count_unreplicated(me)
+            })
+            .await
+    };
     match marked {
         Ok(left) => {
             core.peer_acks.set_unreplicated(left);
-            core.peer_acks.stored(job);
-            core.peer_acks.release(job);
+            for &job in &jobs {
+                core.peer_acks.stored(job);
+                core.peer_acks.release(job);
+            }
         }
-        Err(e) => tracing::error!(%job, error = %e, "the peer's copy could not be recorded"),
+        Err(e) => {
+            tracing::error!(count = jobs.len(), error = %e, "the peer's copies could not be recorded")
+        }
     }
-    let _ = answers.send(Answer::Stored(job));
+    for job in jobs {
+        let _ = answers.send(Answer::Stored(job));
+    }
 }
 
 impl Driver {
