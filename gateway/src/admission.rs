@@ -1,11 +1,12 @@
 //! Who may come in, kept in memory: the admin's switches (maintenance,
 //! pipeline pause), whether the web service is up, one upload at a time per
-//! job id, and a limit on failed logins per device (which also bounds the
+//! job id, a bound on the uploads streaming in at once (what bounds the
+//! memory of a rush), and a limit on failed logins per device (which also bounds the
 //! CPU an attacker can make us spend on password hashing). No I/O: the core
 //! persists the switches.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,16 +21,18 @@ pub struct Admission {
     /// Whether the web service's listeners are up (set by the web adapter).
     web_up: AtomicBool,
     pub uploads: UploadClaims,
+    pub in_flight: InFlight,
     pub logins: LoginLimiter,
 }
 
 impl Admission {
-    pub fn new(login_failures_per_minute: u32) -> Admission {
+    pub fn new(login_failures_per_minute: u32, max_uploads_in_flight: usize) -> Admission {
         Admission {
             maintenance: AtomicBool::new(false),
             pipeline_paused: AtomicBool::new(false),
             web_up: AtomicBool::new(false),
             uploads: UploadClaims::default(),
+            in_flight: InFlight::new(max_uploads_in_flight),
             logins: LoginLimiter::new(login_failures_per_minute),
         }
     }
@@ -56,6 +59,53 @@ impl Admission {
 
     pub fn set_web_up(&self, up: bool) {
         self.web_up.store(up, Ordering::SeqCst);
+    }
+}
+
+/// Uploads streaming in right now, at most `limit`: one more is turned
+/// away (`503 busy`) instead of growing memory; the device retries the same
+/// server a moment later.
+#[derive(Debug)]
+pub struct InFlight {
+    limit: usize,
+    now: Arc<AtomicUsize>,
+}
+
+/// Held while one upload streams in; released on drop.
+#[derive(Debug)]
+pub struct InFlightSlot(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub fn new(limit: usize) -> InFlight {
+        InFlight {
+            limit,
+            now: Arc::default(),
+        }
+    }
+
+    /// A slot for one more upload, or `None` when `limit` are streaming.
+    pub fn enter(&self) -> Option<InFlightSlot> {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlightSlot(self.now.clone()))
+    }
+
+    /// Uploads streaming in right now.
+    pub fn current(&self) -> usize {
+        self.now.load(Ordering::Acquire)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -144,6 +194,18 @@ impl LoginLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uploads_beyond_the_limit_are_turned_away_until_one_ends() {
+        let in_flight = InFlight::new(2);
+        let a = in_flight.enter().unwrap();
+        let _b = in_flight.enter().unwrap();
+        assert!(in_flight.enter().is_none());
+        assert_eq!(in_flight.current(), 2);
+        drop(a);
+        assert!(in_flight.enter().is_some());
+        assert_eq!(in_flight.current(), 1, "the slot taken above went with it");
+    }
 
     #[test]
     fn one_upload_per_job_id() {

@@ -162,6 +162,7 @@ const UNCHECKED_JOBS_WAIT: std::time::Duration = std::time::Duration::from_secs(
 impl Core {
     pub fn new(parts: CoreParts) -> Arc<Core> {
         let logins = parts.settings.instance.login_failures_per_minute;
+        let uploads_in_flight = parts.settings.instance.max_uploads_in_flight;
         Arc::new(Core {
             role: RoleState::new(RoleSnapshot::unlicensed(Some(
                 "not read yet: the data service is starting".into(),
@@ -169,7 +170,7 @@ impl Core {
             data: DataService::new(parts.paths.clone(), parts.timing),
             config: ConfigCell::default(),
             metrics: Metrics::default(),
-            admission: Admission::new(logins),
+            admission: Admission::new(logins, uploads_in_flight),
             peer_acks: Default::default(),
             ownership: Default::default(),
             job_ready: Notify::new(),

@@ -170,6 +170,7 @@ struct RawInstance {
     tesseract: Option<Scalar>,
     ocr_parallelism: Option<Scalar>,
     max_attempts: Option<Scalar>,
+    max_uploads_in_flight: Option<Scalar>,
     step_timeout_secs: Option<Scalar>,
     maintenance_retry_after_secs: Option<Scalar>,
     login_failures_per_minute: Option<Scalar>,
@@ -452,6 +453,7 @@ fn merge(
         tesseract,
         ocr_parallelism,
         max_attempts,
+        max_uploads_in_flight,
         step_timeout_secs,
         maintenance_retry_after_secs,
         login_failures_per_minute,
@@ -484,6 +486,7 @@ fn set_instance_field(into: &mut RawInstance, field: &str, value: Scalar) {
         "tesseract" => &mut into.tesseract,
         "ocr_parallelism" => &mut into.ocr_parallelism,
         "max_attempts" => &mut into.max_attempts,
+        "max_uploads_in_flight" => &mut into.max_uploads_in_flight,
         "step_timeout_secs" => &mut into.step_timeout_secs,
         "maintenance_retry_after_secs" => &mut into.maintenance_retry_after_secs,
         "login_failures_per_minute" => &mut into.login_failures_per_minute,
@@ -746,6 +749,13 @@ fn validate_instance(
         ocr_parallelism: number(&raw.ocr_parallelism, key, "ocr_parallelism", cores, 1..=256)?
             as usize,
         max_attempts: number(&raw.max_attempts, key, "max_attempts", 5, 1..=100)? as u32,
+        max_uploads_in_flight: number(
+            &raw.max_uploads_in_flight,
+            key,
+            "max_uploads_in_flight",
+            256,
+            1..=65_536,
+        )? as usize,
         step_timeout: Duration::from_secs(number(
             &raw.step_timeout_secs,
             key,

@@ -44,6 +44,10 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
     ),
     ("SCANGW_MAX_ATTEMPTS", EnvTarget::Instance("max_attempts")),
     (
+        "SCANGW_MAX_UPLOADS_IN_FLIGHT",
+        EnvTarget::Instance("max_uploads_in_flight"),
+    ),
+    (
         "SCANGW_STEP_TIMEOUT_SECS",
         EnvTarget::Instance("step_timeout_secs"),
     ),

@@ -140,6 +140,8 @@ pub struct InstanceSettings {
     pub tesseract: PathBuf,
     pub ocr_parallelism: usize,
     pub max_attempts: u32,
+    /// Uploads streaming in at once; one more is answered `503 busy`.
+    pub max_uploads_in_flight: usize,
     pub step_timeout: Duration,
     pub maintenance_retry_after_secs: u32,
     pub login_failures_per_minute: u32,

@@ -79,6 +79,11 @@ pub enum ApiError {
         "job {0} is being uploaded on another connection right now; retry when that upload has finished"
     )]
     UploadInProgress(String),
+    /// As many uploads as the server takes at once are streaming in.
+    #[error(
+        "this server is taking {limit} uploads at once already; send this job again in a moment (to this server: it is not down)"
+    )]
+    Busy { limit: usize },
     /// A device registration with a name already in use.
     #[error(
         "a device named `{0}` is already registered; choose another name or ask an admin to revoke the old one"
@@ -174,7 +179,7 @@ impl ApiError {
             | TooManyPages { .. }
             | PageCountMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             RateLimited { .. } | TooManyPendingDevices(_) => StatusCode::TOO_MANY_REQUESTS,
-            Maintenance { .. } | DataServiceDown { .. } | NotLicensed(_) => {
+            Maintenance { .. } | DataServiceDown { .. } | NotLicensed(_) | Busy { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -200,6 +205,7 @@ impl ApiError {
             JobIdConflict(_) => "job_id_conflict",
             JobIdTaken(_) => "job_id_taken",
             UploadInProgress(_) => "upload_in_progress",
+            Busy { .. } => "busy",
             ReadOnlySecondary(_) => "read_only_secondary",
             Fenced(_) => "fenced",
             DeviceNameTaken(_) => "device_name_taken",
@@ -229,7 +235,7 @@ impl ApiError {
                 Some(*retry_after)
             }
             ApiError::DataServiceDown { .. } | ApiError::NotLicensed(_) => Some(30),
-            ApiError::UploadInProgress(_) => Some(1),
+            ApiError::UploadInProgress(_) | ApiError::Busy { .. } => Some(1),
             _ => None,
         }
     }
@@ -442,6 +448,7 @@ mod tests {
             JobIdConflict(String::new()),
             JobIdTaken(String::new()),
             UploadInProgress(String::new()),
+            Busy { limit: 1 },
             DeviceNameTaken(String::new()),
             TooManyPendingDevices(1),
             ReadOnlySecondary(String::new()),
@@ -491,6 +498,7 @@ mod tests {
                 | JobIdConflict(_)
                 | JobIdTaken(_)
                 | UploadInProgress(_)
+                | Busy { .. }
                 | DeviceNameTaken(_)
                 | TooManyPendingDevices(_)
                 | ReadOnlySecondary(_)

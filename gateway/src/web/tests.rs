@@ -703,3 +703,38 @@ async fn admin_switches_changed_while_the_store_is_away_survive_its_return() {
     site.core.set_maintenance(false).await;
     assert!(!site.core.in_maintenance());
 }
+
+#[tokio::test]
+async fn uploads_beyond_the_limit_in_flight_are_answered_busy_and_lose_nothing() {
+    let site = Site::licensed(Role::Primary).await;
+    let token = site.device("mfd-1").await;
+    let session = site.login(&token).await;
+    let in_flight = &site.core.admission.in_flight;
+    let mut streaming = Vec::new();
+    while let Some(slot) = in_flight.enter() {
+        streaming.push(slot);
+    }
+    assert_eq!(streaming.len(), in_flight.limit());
+    let id = Uuid::new_v4();
+    let (status, body) = site.submit(&token, &session, id, 1).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "busy");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send this job again"),
+        "{body}"
+    );
+    assert_eq!(
+        crate::web::error::ApiError::Busy { limit: 1 }.retry_after(),
+        Some(1),
+        "Retry-After: 1"
+    );
+    // Nothing of the refused upload was kept; the same id goes in once a
+    // slot is free, and its slot is given back when it is done.
+    streaming.pop();
+    let (status, ack) = site.submit(&token, &session, id, 1).await;
+    assert_eq!(status, StatusCode::CREATED, "{ack}");
+    assert_eq!(in_flight.current(), in_flight.limit() - 1);
+}
