@@ -596,6 +596,11 @@ pub(crate) fn load(
                 "--json",
                 "--quiet",
             ])
+            // A load client, not a device: hundreds of TLS handshakes at
+            // once on two cores take longer than a device's 1 s connect
+            // limit, and its liveness checks would add connections of
+            // their own. Both servers get the same client.
+            .args(["--connect-timeout", "10", "--liveness-check-after", "0"])
             .args(extra),
     )?;
     serde_json::from_str(&text).map_err(|e| format!("load summary {text}: {e}"))

@@ -74,9 +74,7 @@ pub enum Command {
 }
 
 /// What status shows of the store, read apart from the driver's task:
-/// open conflicts, and (when the store answered) unreplicated jobs,
-/// duplicates (superseded, delivered by both), open takeovers and the
-/// count of each kind of pair event.
+/// open conflicts, and the job counts when the store answered.
 struct Figures {
     open_conflicts: u64,
     counts: Option<JobCounts>,
@@ -86,12 +84,13 @@ struct Figures {
 /// takeovers, and the count of each kind of pair event.
 type JobCounts = (u64, (u64, u64), u64, Vec<(String, u64)>);
 
-/// The receiving ends of the channels to the job stream's tasks, until
+/// The receiving ends of the channels to the driver's tasks, until
 /// [`Driver::run`] starts them.
 struct StreamTasks {
     answers: mpsc::UnboundedReceiver<jobs::Answer>,
     incoming: mpsc::UnboundedReceiver<jobs::Incoming>,
     settle: mpsc::UnboundedReceiver<jobs_side::Settle>,
+    figures: mpsc::UnboundedReceiver<Figures>,
 }
 
 /// The state the driver task owns.
@@ -189,6 +188,7 @@ impl Driver {
         let peer_ocr = ocr::PeerOcr::new(core.name(), stream_link.subscribe());
         let (incoming_tx, incoming_rx) = mpsc::unbounded_channel();
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let (figures_tx, figures_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             core,
             settings,
@@ -210,12 +210,13 @@ impl Driver {
             answers: answers_tx,
             incoming: incoming_tx,
             settle: settle_tx,
-            figures: mpsc::unbounded_channel().0,
+            figures: figures_tx,
             figures_reading: Arc::default(),
             stream_tasks: Some(StreamTasks {
                 answers: answers_rx,
                 incoming: incoming_rx,
                 settle: settle_rx,
+                figures: figures_rx,
             }),
             stream_state: Arc::default(),
             peer_ocr,
@@ -256,33 +257,33 @@ impl Driver {
         self.core
             .registry
             .set_remote_ocr(Arc::new(self.peer_ocr.clone()));
-        if let Some(tasks) = self.stream_tasks.take() {
-            tokio::spawn(jobs::send_loop(
-                self.core.clone(),
-                self.me,
-                self.stream_link.subscribe(),
-                tasks.answers,
-                self.stream_state.clone(),
-            ));
-            tokio::spawn(jobs::receive_loop(
-                self.core.clone(),
-                self.stream_link.subscribe(),
-                tasks.incoming,
-            ));
-            tokio::spawn(jobs_side::settle_loop(
-                self.core.clone(),
-                self.me,
-                self.stream_link.subscribe(),
-                self.answers.clone(),
-                tasks.settle,
-            ));
-            tokio::spawn(jobs::janitor_loop(
-                self.core.clone(),
-                Duration::from_secs(self.settings.replica_retention_secs),
-            ));
-        }
-        let (figures, mut figures_rx) = mpsc::unbounded_channel();
-        self.figures = figures;
+        let Some(tasks) = self.stream_tasks.take() else {
+            return;
+        };
+        tokio::spawn(jobs::send_loop(
+            self.core.clone(),
+            self.me,
+            self.stream_link.subscribe(),
+            tasks.answers,
+            self.stream_state.clone(),
+        ));
+        tokio::spawn(jobs::receive_loop(
+            self.core.clone(),
+            self.stream_link.subscribe(),
+            tasks.incoming,
+        ));
+        tokio::spawn(jobs_side::settle_loop(
+            self.core.clone(),
+            self.me,
+            self.stream_link.subscribe(),
+            self.answers.clone(),
+            tasks.settle,
+        ));
+        tokio::spawn(jobs::janitor_loop(
+            self.core.clone(),
+            Duration::from_secs(self.settings.replica_retention_secs),
+        ));
+        let mut figures_rx = tasks.figures;
         let start = self.node.step(0, Input::Tick);
         self.carry_out(start).await;
         loop {
