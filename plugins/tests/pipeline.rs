@@ -408,3 +408,31 @@ async fn reasons_for_unreadable_pages_name_the_page_and_never_a_server_path() {
         );
     }
 }
+
+/// One job accepted by both servers of a pair at different moments (cut off
+/// from each other) is assembled by both: the two documents must be the
+/// same bytes, so the shared folder refuses the second as this job's own
+/// copy instead of failing it as another document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_job_assembled_at_two_moments_is_the_same_document() {
+    require_poppler();
+    let scratch = tempfile::tempdir().unwrap();
+    let pages = rendered_upload(&scratch.path().join("spool"), &PAGE_TEXTS);
+    let first = job(&scratch.path().join("work-a"), pages.clone());
+    let mut second = job(&scratch.path().join("work-b"), pages);
+    second.job_id = first.job_id;
+    second.submitted_at = first.submitted_at + chrono::Duration::seconds(7);
+    let registry = Registry::detect(RegistrySettings::default()).await;
+    let workflow = registry
+        .build_workflow("scan-to-pdf", &spec("[[steps]]\nplugin = \"assemble\""))
+        .unwrap();
+    for j in [&first, &second] {
+        let outcome = JobRunner::new(policy())
+            .run(&workflow, j, Arc::new(MemoryStore::new()))
+            .await;
+        assert_eq!(outcome, JobOutcome::Done);
+    }
+    let a = std::fs::read(first.document_path()).unwrap();
+    let b = std::fs::read(second.document_path()).unwrap();
+    assert!(a == b, "{} and {} bytes differ", a.len(), b.len());
+}

@@ -56,10 +56,7 @@ pub async fn decide(
     }
     match keeper {
         None => {
-            core.data
-                .run(move |s| s.record_both_delivered(id, sender))
-                .await?;
-            both_delivered(core, id);
+            record_both(core, id, sender).await?;
         }
         Some(k) if k == sender => {
             tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
@@ -98,10 +95,7 @@ pub async fn on_answer(
                 tracing::warn!(job = %id, "the same job id was accepted by both servers; the peer keeps it, this copy is superseded");
                 core.metrics.pair_event("job_superseded");
             } else {
-                core.data
-                    .run(move |s| s.record_both_delivered(id, peer))
-                    .await?;
-                both_delivered(core, id);
+                record_both(core, id, peer).await?;
             }
         }
         Some(k) if k == me => {
@@ -109,12 +103,7 @@ pub async fn on_answer(
             // held there, and is no longer offered.
             core.data.run(move |s| s.mark_replicated(id)).await?;
         }
-        _ => {
-            core.data
-                .run(move |s| s.record_both_delivered(id, peer))
-                .await?;
-            both_delivered(core, id);
-        }
+        _ => record_both(core, id, peer).await?,
     }
     Ok(())
 }
@@ -127,11 +116,28 @@ fn superseded_reason(core: &Core, keeper: ServerId) -> String {
     )
 }
 
-fn both_delivered(core: &Core, id: Uuid) {
+/// Both servers accepted job `id` and started delivering it (exception 2):
+/// recorded on the job and, the first time, in the admin's pair events,
+/// the log and the notifications.
+async fn record_both(core: &Core, id: Uuid, other: ServerId) -> Result<(), crate::data::DataError> {
     let text = format!(
         "job {id} was accepted by both servers while they were cut off and both had started delivering it: its destinations may receive it twice, with the same idempotency key"
     );
-    tracing::warn!(event = "job_delivered_by_both", "{text}");
-    core.metrics.pair_event("job_delivered_by_both");
-    super::notify::send(core, "job_delivered_by_both", text);
+    let (at, detail) = (core.clock.now(), text.clone());
+    let first = core
+        .data
+        .run(move |s| {
+            let first = s.record_both_delivered(id, other)?;
+            if first {
+                s.record_pair_event(at, "job_delivered_by_both", Some(id), None, &detail)?;
+            }
+            Ok(first)
+        })
+        .await?;
+    if first {
+        tracing::warn!(event = "job_delivered_by_both", "{text}");
+        core.metrics.pair_event("job_delivered_by_both");
+        super::notify::send(core, "job_delivered_by_both", text);
+    }
+    Ok(())
 }

@@ -57,6 +57,9 @@ pub const WINDOW_BYTES: u64 = 16 << 20;
 /// How often the sender looks for work it was not told about (jobs left
 /// from before a restart, jobs refused earlier).
 const RESCAN: Duration = Duration::from_secs(1);
+/// How long a job that could not be read here waits before it is offered
+/// again (the data service may have been stopped for a moment).
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
 /// How long the sender waits after the peer said its disk is full.
 const DISK_FULL_BACKOFF: Duration = Duration::from_secs(5);
 /// State changes sent per round, at most.
@@ -168,11 +171,16 @@ pub async fn send_loop(
         };
         let mut backoff_until: Option<tokio::time::Instant> = None;
         let mut news_sent = NewsSent::default();
+        // Jobs that could not be read here (the data service down, a file
+        // missing): offered again after `LOCAL_RETRY`, reported once.
+        let mut unreadable: HashMap<Uuid, tokio::time::Instant> = HashMap::new();
         'connection: loop {
             // Offer what waits, up to the window.
             let may_send = backoff_until.is_none_or(|t| tokio::time::Instant::now() >= t);
             if may_send && in_flight.len() < WINDOW {
-                let want = (WINDOW - in_flight.len()) as u32 + sent.len() as u32;
+                let want =
+                    (WINDOW - in_flight.len()) as u32 + sent.len() as u32 + unreadable.len() as u32;
+                let now = tokio::time::Instant::now();
                 let waiting = core
                     .data
                     .run(move |s| s.unreplicated_jobs(me, want.max(WINDOW as u32)))
@@ -182,18 +190,20 @@ pub async fn send_loop(
                     if !room(&in_flight, job.bytes) {
                         break;
                     }
-                    if sent.contains(&job.id) {
+                    if sent.contains(&job.id) || unreadable.get(&job.id).is_some_and(|t| *t > now) {
                         continue;
                     }
                     match send_job(&core, &writer, &job).await {
                         Ok(()) => {
+                            unreadable.remove(&job.id);
                             sent.insert(job.id);
                             in_flight.push_back((job.id, job.bytes));
                         }
                         Err(SendError::LinkGone) => break 'connection,
                         Err(SendError::Local(why)) => {
-                            tracing::error!(job = %job.id, why, "a job could not be read for the peer");
-                            sent.insert(job.id);
+                            if unreadable.insert(job.id, now + LOCAL_RETRY).is_none() {
+                                tracing::error!(job = %job.id, why, "a job could not be read for the peer; it is offered again every few seconds");
+                            }
                         }
                     }
                 }

@@ -135,12 +135,18 @@ impl Store {
     /// Both servers had started delivering job `id` (accepted on both while
     /// cut off): recorded on this server's copy, which no longer goes to
     /// the peer.
-    pub fn record_both_delivered(&self, id: Uuid, other: ServerId) -> Result<(), StoreError> {
-        self.conn().execute(
+    /// Returns whether this is the first time it is recorded.
+    pub fn record_both_delivered(&self, id: Uuid, other: ServerId) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let first = conn.execute(
+            "UPDATE jobs SET both_delivered_with = ?2 WHERE id = ?1 AND both_delivered_with IS NULL",
+            params![id.to_string(), other.to_string()],
+        )? > 0;
+        conn.execute(
             "UPDATE jobs SET both_delivered_with = ?2, replica_state = 'replicated' WHERE id = ?1",
             params![id.to_string(), other.to_string()],
         )?;
-        Ok(())
+        Ok(first)
     }
 
     /// Jobs whose copy here was superseded, and jobs both servers

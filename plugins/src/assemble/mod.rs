@@ -134,9 +134,8 @@ fn assemble(
         }
     }
     let title = format!("Scan {}", job.job_id);
-    let created = job.submitted_at.format("D:%Y%m%d%H%M%SZ").to_string();
     let bytes = builder
-        .finish(&title, &created)
+        .finish(&title)
         .map_err(|e| StepError::permanent(format!("writing the document failed: {e}")))?;
     let target = job.document_path();
     fsutil::create_private_dir_all(&job.work_dir)

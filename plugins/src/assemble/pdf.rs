@@ -162,8 +162,12 @@ impl PdfBuilder {
     }
 
     /// Finishes the document with an information dictionary and returns
-    /// the file's bytes.
-    pub fn finish(mut self, title: &str, created: &str) -> Result<Vec<u8>, lopdf::Error> {
+    /// the file's bytes. No creation date: the bytes depend only on the
+    /// pages and the title, so both servers of a pair that assemble one job
+    /// (accepted on both sides of a partition, at different moments) make
+    /// the same document, and the shared folder refuses the second copy as
+    /// this job's own instead of failing it as another document.
+    pub fn finish(mut self, title: &str) -> Result<Vec<u8>, lopdf::Error> {
         let count = self.kids.len() as i64;
         self.doc.objects.insert(
             self.pages_id,
@@ -180,7 +184,6 @@ impl PdfBuilder {
         let info_id = self.doc.add_object(dictionary! {
             "Title" => Object::string_literal(title),
             "Producer" => Object::string_literal("scan gateway"),
-            "CreationDate" => Object::string_literal(created),
         });
         self.doc.trailer.set("Root", catalog_id);
         self.doc.trailer.set("Info", info_id);
@@ -208,7 +211,7 @@ mod tests {
     fn image_pages_get_the_paper_size_from_the_resolution() {
         let mut builder = PdfBuilder::new();
         builder.add_image_page(gray_page(300, 600), 150.0).unwrap();
-        let bytes = builder.finish("t", "D:20240101000000Z").unwrap();
+        let bytes = builder.finish("t").unwrap();
         let doc = Document::load_mem(&bytes).unwrap();
         let page = doc.page_iter().next().unwrap();
         let media = doc.get_dictionary(page).unwrap().get(b"MediaBox").unwrap();
@@ -226,7 +229,7 @@ mod tests {
         let mut first = PdfBuilder::new();
         first.add_image_page(gray_page(10, 10), 72.0).unwrap();
         first.add_image_page(gray_page(20, 10), 72.0).unwrap();
-        let first = Document::load_mem(&first.finish("a", "D:2024").unwrap()).unwrap();
+        let first = Document::load_mem(&first.finish("a").unwrap()).unwrap();
 
         // A source whose MediaBox lives on the page-tree node, not the page.
         let mut second = Document::with_version("1.5");
@@ -247,7 +250,7 @@ mod tests {
         let mut merged = PdfBuilder::new();
         assert_eq!(merged.append_document(first).unwrap(), 2);
         assert_eq!(merged.append_document(second).unwrap(), 1);
-        let doc = Document::load_mem(&merged.finish("m", "D:2024").unwrap()).unwrap();
+        let doc = Document::load_mem(&merged.finish("m").unwrap()).unwrap();
         let widths: Vec<f32> = doc
             .page_iter()
             .map(|id| {
