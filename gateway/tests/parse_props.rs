@@ -489,6 +489,7 @@ fn arb_offer() -> impl Strategy<Value = JobOffer> {
                 acceptor,
                 seq,
                 started,
+                done: started && seq % 2 == 0,
                 pages: pages
                     .into_iter()
                     .map(|(seq, file_name, bytes)| OfferedPage {

@@ -134,6 +134,7 @@ fn offer_of(job: &JobRecord, pages: Vec<NewPage>) -> JobOffer {
         acceptor: job.acceptor_server,
         seq: job.seq,
         started: job.state != JobState::Received,
+        done: job.state == JobState::Done,
         pages: pages
             .into_iter()
             .map(|p| OfferedPage {
@@ -382,6 +383,10 @@ async fn send_job(core: &Core, writer: &LinkWriter, job: &JobRecord) -> Result<(
         &Wire::JobOffer(Box::new(offer_of(job, pages.clone()))),
     )
     .await?;
+    if job.state == JobState::Done {
+        // Its pages went when it was done; the offer settles the id.
+        return send_bulk(writer, &Wire::JobEnd { job: id }).await;
+    }
     let mut buf = vec![0u8; BULK_CHUNK_BYTES];
     for page in &pages {
         let path = dir.join(&page.file_name);
@@ -479,6 +484,18 @@ pub async fn receive_loop(
                                 },
                             ),
                         }
+                    }
+                    Ok(None) if offer.done => {
+                        // Done at the acceptor before it was copied: nothing
+                        // to keep here, and no id of this server's to settle.
+                        skipping = Some(id);
+                        answer(
+                            &link,
+                            Wire::JobStored {
+                                job: id,
+                                seq: offer.seq,
+                            },
+                        );
                     }
                     Ok(None) => match begin(&core, id).await {
                         Ok((upload, claim)) => {
@@ -813,6 +830,7 @@ mod tests {
             acceptor: ServerId::from_u128(1),
             seq: 1,
             started: false,
+            done: false,
             pages: pages
                 .iter()
                 .enumerate()

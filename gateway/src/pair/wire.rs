@@ -107,6 +107,11 @@ pub struct JobOffer {
     /// Whether the acceptor has started delivering it (decides which server
     /// keeps an id both accepted).
     pub started: bool,
+    /// Done at the acceptor before it was copied: its pages are gone, so
+    /// only the offer and the end travel. The peer keeps no copy; it only
+    /// settles an id it accepted too (see `pair::duplicates`).
+    #[serde(default)]
+    pub done: bool,
     pub pages: Vec<OfferedPage>,
 }
 

@@ -26,7 +26,6 @@ impl Store {
         let conn = self.conn();
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
-                 AND state <> 'done'
              ORDER BY seq LIMIT ?2"
         );
         let mut stmt = conn.prepare(&sql)?;
