@@ -459,7 +459,14 @@ pub async fn receive_loop(
                 let id = offer.id;
                 let existing = core.data.run(move |s| s.job(id)).await;
                 match existing {
-                    Ok(Some(job)) if job.acceptor_server == offer.acceptor => {
+                    // Held here already (this acceptor's copy), or done at
+                    // the acceptor before it was copied with no id of this
+                    // server's to settle (nothing to keep): answered at once.
+                    Ok(ref held)
+                        if held
+                            .as_ref()
+                            .map_or(offer.done, |j| j.acceptor_server == offer.acceptor) =>
+                    {
                         skipping = Some(id);
                         answer(
                             &link,
@@ -484,18 +491,6 @@ pub async fn receive_loop(
                                 },
                             ),
                         }
-                    }
-                    Ok(None) if offer.done => {
-                        // Done at the acceptor before it was copied: nothing
-                        // to keep here, and no id of this server's to settle.
-                        skipping = Some(id);
-                        answer(
-                            &link,
-                            Wire::JobStored {
-                                job: id,
-                                seq: offer.seq,
-                            },
-                        );
                     }
                     Ok(None) => match begin(&core, id).await {
                         Ok((upload, claim)) => {
