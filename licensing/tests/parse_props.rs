@@ -26,7 +26,9 @@ fn arb_spec() -> impl Strategy<Value = KeySpec> {
         prop_oneof![Just(Role::Primary), Just(Role::Secondary)],
         0..=licensing::MAX_SERIAL,
         1..=u16::MAX,
-        prop_oneof![Just(None), (9_600u64..65_535).prop_map(Some)],
+        // Expiry after `today()` (2026-05-01 is day 9 617 after 2000-01-01):
+        // an issued key must verify, so it must not have expired yet.
+        prop_oneof![Just(None), (9_618u64..65_535).prop_map(Some)],
     )
         .prop_map(|(role, serial, seats, days)| KeySpec {
             role,
