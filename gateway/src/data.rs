@@ -29,6 +29,7 @@ use plugins::fsutil::create_private_dir_all;
 use serde::Serialize;
 use tokio::sync::{Mutex, watch};
 
+use crate::commit::{CommitError, Committer};
 use crate::paths::InstancePaths;
 use crate::spool::JobSpool;
 use crate::store::{Store, StoreError};
@@ -88,6 +89,8 @@ pub struct DataState {
 pub struct DataParts {
     pub store: Arc<Store>,
     pub spool: JobSpool,
+    /// Makes new jobs durable, in batches (see [`crate::commit`]).
+    pub committer: Committer,
 }
 
 /// A request could not use the data service.
@@ -224,6 +227,16 @@ impl DataService {
             self.fail(DownReason::Failed, &cause);
         }
         DataError::Down(cause)
+    }
+
+    /// Turns a failed job commit into a request error, failing the service
+    /// when the cause is the machine's.
+    pub fn commit_error(&self, e: CommitError) -> DataError {
+        match e {
+            CommitError::Spool { what, error } => self.spool_error(what, &error),
+            CommitError::Store(e) => self.classify(e),
+            CommitError::Closed => DataError::Down(self.down_cause()),
+        }
     }
 
     /// Takes the service down because of a failure; the supervisor will try
@@ -554,10 +567,14 @@ fn open_parts(paths: &InstancePaths) -> Result<(DataParts, Recovered), String> {
             orphans += 1;
         }
     }
+    let store = Arc::new(store);
+    let committer = Committer::start(store.clone(), spool.clone())
+        .map_err(|e| format!("cannot start the job commit thread: {e}"))?;
     Ok((
         DataParts {
-            store: Arc::new(store),
+            store,
             spool,
+            committer,
         },
         Recovered { requeued, orphans },
     ))

@@ -9,7 +9,9 @@
 //! 1. **values** — plain values and their rules, no state of the server:
 //!    [`names`], [`manifest`], [`role`], [`clock`], [`security`],
 //!    [`settings`], [`paths`], [`proxy_protocol`], [`logging`];
-//! 2. **storage** — [`store`] (all SQL) and [`spool`] (page files);
+//! 2. **storage** — [`store`] (all SQL), [`spool`] (page files) and
+//!    [`commit`] (a new job's directory and row made durable together, in
+//!    batches);
 //! 3. **core** — the server's state and policy: [`license`], [`data`],
 //!    [`site`], [`declared`] (the declarative configuration file),
 //!    [`changes`] (configuration changes and how they are carried out),
@@ -37,6 +39,7 @@ pub mod security;
 pub mod settings;
 
 // storage
+pub mod commit;
 pub mod spool;
 pub mod store;
 

@@ -88,6 +88,22 @@ impl KnownJob {
             replicated: job.replica_state != crate::store::ReplicaState::Local,
         }
     }
+
+    /// A job about to be committed here: no peer holds it yet.
+    pub fn of_new(job: &crate::store::NewJob) -> KnownJob {
+        KnownJob {
+            id: job.id,
+            device_id: job.device_id,
+            manifest_sha256: job.manifest_sha256.clone(),
+            accepted_by: job.accepted_by.clone(),
+            accepted_role: job.accepted_role.clone(),
+            accepted_epoch: job.accepted_epoch,
+            received_at: job.received_at,
+            pages: job.pages.len() as u32,
+            bytes: job.bytes,
+            replicated: false,
+        }
+    }
 }
 
 /// A session ended by logout, as the pair exchanges it.

@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::commit::Committer;
 use crate::spool::JobSpool;
 use crate::store::{NewJob, NewPage, Store};
 
@@ -38,14 +39,15 @@ pub async fn rate(scratch: &Path, jobs: u32, job_bytes: u64) -> anyhow::Result<R
 async fn run(dir: &Path, jobs: u32, job_bytes: u64) -> anyhow::Result<Rating> {
     let spool = JobSpool::open(&dir.join("spool"))?;
     let store = std::sync::Arc::new(Store::open(&dir.join("rate.sqlite"))?);
+    let committer = Committer::start(store, spool.clone())?;
     let chunk = vec![0x5Au8; 64 * 1024];
     let mut latencies = Vec::with_capacity(jobs as usize);
     let started = Instant::now();
     for _ in 0..jobs {
         let t = Instant::now();
         let id = Uuid::new_v4();
-        let mut upload = spool.begin(id).await?;
-        let mut page = upload.page(1, "png").await?;
+        let mut upload = spool.begin(id);
+        let mut page = upload.page(1, "png");
         let mut left = job_bytes;
         while left > 0 {
             let n = left.min(chunk.len() as u64) as usize;
@@ -53,7 +55,6 @@ async fn run(dir: &Path, jobs: u32, job_bytes: u64) -> anyhow::Result<Rating> {
             left -= n as u64;
         }
         let page = page.finish().await?;
-        upload.commit(b"{}").await?;
         let job = NewJob {
             id,
             device_id: Uuid::nil(),
@@ -76,8 +77,7 @@ async fn run(dir: &Path, jobs: u32, job_bytes: u64) -> anyhow::Result<Rating> {
                 sha256: page.sha256,
             }],
         };
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.insert_job(&job)).await??;
+        committer.commit(upload, job, None).await?;
         latencies.push(t.elapsed());
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -1,10 +1,12 @@
 //! The job spool: where uploaded page files become durable before a job is
-//! acknowledged. An upload streams into its own directory under `tmp/`; on
-//! commit every file and the directory are fsynced and the directory is
-//! renamed to `jobs/<job id>/` in one step, so a job directory is either
-//! complete or absent. The database row is written after that rename (by the
-//! intake), and a directory without a row — a crash between the two — is an
-//! orphan the data service removes at start-up.
+//! acknowledged. An upload streams straight into its job directory,
+//! `jobs/<job id>/`, created with its first page; each page file is fsynced
+//! as it ends. The job commit ([`crate::commit`]) then fsyncs the directory
+//! and `jobs/`, and only after that commits the job's row. So a job row
+//! always has its complete directory, and a directory without a row — an
+//! upload in progress, or one a crash or a refusal cut off — belongs to
+//! whoever holds the id's upload claim: an upload that fails removes its
+//! own, and the data service removes those left at start-up.
 //!
 //! This module knows files only: no SQL, no HTTP. Every directory and file
 //! it makes is private to the service user (0700, 0600).
@@ -13,6 +15,8 @@ use std::io;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use plugins::fsutil::{PRIVATE_DIR_MODE, create_private_dir_all, create_private_file};
 
@@ -42,8 +46,8 @@ pub struct SpooledPage {
 }
 
 impl JobSpool {
-    /// Opens the spool, creating its directories, and empties `tmp/` (what is
-    /// there belongs to uploads that were never acknowledged).
+    /// Opens the spool, creating its directories, and empties `tmp/` (the
+    /// write probe's scratch space).
     pub fn open(root: &Path) -> io::Result<JobSpool> {
         // Private to the service user: page files are people's documents.
         create_private_dir_all(root)?;
@@ -66,9 +70,14 @@ impl JobSpool {
         &self.root
     }
 
-    /// The directory of a committed job.
+    /// The directory holding every job directory.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join("jobs")
+    }
+
+    /// The directory of a job.
     pub fn job_dir(&self, id: Uuid) -> PathBuf {
-        self.root.join("jobs").join(id.to_string())
+        self.jobs_dir().join(id.to_string())
     }
 
     /// Proves the spool takes writes right now: creates, fsyncs and removes a
@@ -88,32 +97,25 @@ impl JobSpool {
         result
     }
 
-    /// Starts a new upload for `id`.
-    pub async fn begin(&self, id: Uuid) -> io::Result<SpoolUpload> {
-        let dir = self
-            .root
-            .join("tmp")
-            .join(format!("{id}.{}", Uuid::new_v4().simple()));
-        let create = dir.clone();
-        blocking(move || {
-            std::fs::DirBuilder::new()
-                .mode(PRIVATE_DIR_MODE)
-                .create(&create)?;
-            // The mode asked for is filtered by the umask; set it outright.
-            std::fs::set_permissions(&create, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
-        })
-        .await?;
-        Ok(SpoolUpload {
-            spool: self.clone(),
+    /// Starts a new upload for `id`, in its job directory (made with the
+    /// first page, so this does no I/O). The caller holds the id's upload
+    /// claim and knows no row exists for it; a directory already there is
+    /// an orphan the caller removes first, since the upload's first page
+    /// fails with `AlreadyExists` rather than write into it.
+    pub fn begin(&self, id: Uuid) -> SpoolUpload {
+        SpoolUpload {
             id,
-            dir: Some(dir),
-        })
+            dir: self.job_dir(id),
+            made: Arc::new(AtomicBool::new(false)),
+            pages: 0,
+            committed: false,
+        }
     }
 
     /// Ids of the job directories present.
     pub fn job_ids(&self) -> io::Result<Vec<Uuid>> {
         let mut ids = Vec::new();
-        for entry in std::fs::read_dir(self.root.join("jobs"))? {
+        for entry in std::fs::read_dir(self.jobs_dir())? {
             if let Some(id) = entry?
                 .file_name()
                 .to_str()
@@ -134,78 +136,73 @@ impl JobSpool {
     }
 }
 
-/// One upload in progress. Dropping it without `commit` removes its files.
+/// One upload in progress. Dropping it before [`SpoolUpload::committed`]
+/// removes the directory it made.
 #[derive(Debug)]
 pub struct SpoolUpload {
-    spool: JobSpool,
     id: Uuid,
-    dir: Option<PathBuf>,
+    dir: PathBuf,
+    /// Set once the directory was made by this upload (and only then is it
+    /// this upload's to remove).
+    made: Arc<AtomicBool>,
+    pages: u32,
+    committed: bool,
 }
 
 impl SpoolUpload {
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
     /// Opens the file for page `seq` (1-based) with the given extension.
-    pub async fn page(&mut self, seq: u32, extension: &str) -> io::Result<PageWriter> {
+    /// The file (and, for the first page, the directory) is created with
+    /// the page's first bytes, in the same trip to the blocking pool.
+    pub fn page(&mut self, seq: u32, extension: &str) -> PageWriter {
         let file_name = format!("page-{seq:04}.{extension}");
-        let path = self
-            .dir
-            .as_ref()
-            .expect("upload not committed yet")
-            .join(&file_name);
-        let file = blocking(move || create_private_file(&path)).await?;
-        Ok(PageWriter {
-            file: Some(file),
+        let make_dir = (self.pages == 0).then(|| (self.dir.clone(), self.made.clone()));
+        self.pages += 1;
+        PageWriter {
+            file: None,
+            path: self.dir.join(&file_name),
+            make_dir,
             buffer: Vec::with_capacity(WRITE_BUFFER),
             digest: digest::Context::new(&digest::SHA256),
             bytes: 0,
             file_name,
-        })
+        }
     }
 
-    /// Makes the upload a durable job directory: writes the manifest, fsyncs
-    /// the directory, renames it into `jobs/` and fsyncs `jobs/`. An
-    /// existing directory for the id is never replaced: the commit fails
-    /// with `AlreadyExists` (the caller decides whether that directory is an
-    /// orphan to remove, knowing whether a job row exists).
-    pub async fn commit(mut self, manifest: &[u8]) -> io::Result<PathBuf> {
-        let dir = self.dir.take().expect("commit once");
-        let target = self.spool.job_dir(self.id);
-        let jobs = self.spool.root.join("jobs");
-        let manifest = manifest.to_vec();
-        tokio::task::spawn_blocking(move || -> io::Result<PathBuf> {
-            let mut f = create_private_file(&dir.join("manifest.json"))?;
-            f.write_all(&manifest)?;
-            f.sync_all()?;
-            sync_dir(&dir)?;
-            if target.exists() {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("job directory {} already exists", target.display()),
-                ));
-            }
-            std::fs::rename(&dir, &target).inspect_err(|_| {
-                let _ = std::fs::remove_dir_all(&dir);
-            })?;
-            sync_dir(&jobs)?;
-            Ok(target)
-        })
-        .await
-        .map_err(io::Error::other)?
+    /// Makes the directory of an upload that has no page (its first page
+    /// makes it otherwise), and fsyncs it: every page file of the upload is
+    /// then durable under its name. Blocking: for the job commit.
+    pub fn sync(&self) -> io::Result<()> {
+        if self.pages == 0 {
+            make_private_dir(&self.dir)?;
+            self.made.store(true, Ordering::SeqCst);
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Keeps the directory: its job row is committed.
+    pub fn committed(mut self) {
+        self.committed = true;
     }
 }
 
 impl Drop for SpoolUpload {
     fn drop(&mut self) {
-        if let Some(dir) = self.dir.take() {
-            // An upload cut off or refused leaves nothing behind. Removal is
-            // blocking I/O, so it goes to the blocking pool when there is one.
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn_blocking(move || std::fs::remove_dir_all(dir));
-                }
-                Err(_) => {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+        if self.committed || !self.made.load(Ordering::SeqCst) {
+            return;
+        }
+        let dir = self.dir.clone();
+        // An upload cut off or refused leaves nothing behind. Removal is
+        // blocking I/O, so it goes to the blocking pool when there is one.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || std::fs::remove_dir_all(dir));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(dir);
             }
         }
     }
@@ -213,7 +210,11 @@ impl Drop for SpoolUpload {
 
 /// Streams one page file to disk while hashing it.
 pub struct PageWriter {
+    /// Opened with the first bytes written out.
     file: Option<std::fs::File>,
+    path: PathBuf,
+    /// The upload's directory, for the first page: made with the file.
+    make_dir: Option<(PathBuf, Arc<AtomicBool>)>,
     buffer: Vec<u8>,
     digest: digest::Context,
     bytes: u64,
@@ -230,21 +231,37 @@ impl PageWriter {
             self.buffer.extend_from_slice(&chunk[..n]);
             chunk = &chunk[n..];
             if self.buffer.len() == WRITE_BUFFER {
-                self.flush().await?;
+                self.flush(false).await?;
             }
         }
         Ok(())
     }
 
-    /// Writes the buffer out on the blocking pool.
-    async fn flush(&mut self) -> io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let mut file = self.file.take().expect("file present between writes");
+    /// Writes the buffer out on the blocking pool (opening the file first
+    /// if this is its first write), and with `sync` fsyncs the file: one
+    /// trip to the pool either way.
+    async fn flush(&mut self, sync: bool) -> io::Result<()> {
+        let file = self.file.take();
+        let path = self.path.clone();
+        let make_dir = self.make_dir.take();
         let buffer = std::mem::take(&mut self.buffer);
         let (file, mut buffer) = blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => {
+                    if let Some((dir, made)) = make_dir {
+                        make_private_dir(&dir)?;
+                        made.store(true, Ordering::SeqCst);
+                    }
+                    create_private_file(&path)?
+                }
+            };
             file.write_all(&buffer)?;
+            if sync {
+                // The data and the size; the name is made durable by the
+                // directory's fsync at commit.
+                file.sync_data()?;
+            }
             Ok((file, buffer))
         })
         .await?;
@@ -259,11 +276,9 @@ impl PageWriter {
         self.bytes
     }
 
-    /// Flushes and fsyncs the file.
+    /// Writes what is left and fsyncs the file.
     pub async fn finish(mut self) -> io::Result<SpooledPage> {
-        self.flush().await?;
-        let file = self.file.take().expect("file present");
-        blocking(move || file.sync_all()).await?;
+        self.flush(true).await?;
         Ok(SpooledPage {
             file_name: self.file_name,
             bytes: self.bytes,
@@ -281,7 +296,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(io::Error::other)?
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes one private directory; fails with `AlreadyExists` if it is there.
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("job directory {} already exists", dir.display()),
+                )
+            } else {
+                e
+            }
+        })?;
+    // The mode asked for is filtered by the umask; set it outright.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -289,30 +323,41 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    async fn write_page(
+        up: &mut SpoolUpload,
+        seq: u32,
+        parts: &[&[u8]],
+    ) -> io::Result<SpooledPage> {
+        let mut page = up.page(seq, "png");
+        for part in parts {
+            page.write(part).await?;
+        }
+        page.finish().await
+    }
+
     #[tokio::test]
-    async fn committed_upload_becomes_a_job_directory() {
+    async fn an_upload_writes_its_job_directory_and_a_commit_keeps_it() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = JobSpool::open(tmp.path()).unwrap();
         let id = Uuid::new_v4();
-        let mut up = spool.begin(id).await.unwrap();
-        let mut page = up.page(1, "png").await.unwrap();
-        page.write(b"abc").await.unwrap();
-        page.write(b"def").await.unwrap();
-        let done = page.finish().await.unwrap();
+        let mut up = spool.begin(id);
+        assert!(!spool.job_dir(id).exists(), "nothing is made before a page");
+        let done = write_page(&mut up, 1, &[b"abc", b"def"]).await.unwrap();
         assert_eq!(done.bytes, 6);
         assert_eq!(
             done.sha256,
             hex(digest::digest(&digest::SHA256, b"abcdef").as_ref())
         );
-        let dir = up.commit(b"{}").await.unwrap();
-        assert_eq!(dir, spool.job_dir(id));
+        // A page larger than the write buffer goes out in several writes.
+        let big = vec![7u8; WRITE_BUFFER * 2 + 5];
+        let second = write_page(&mut up, 2, &[&big]).await.unwrap();
+        assert_eq!(second.bytes, big.len() as u64);
+        up.sync().unwrap();
+        up.committed();
+        let dir = spool.job_dir(id);
         assert_eq!(std::fs::read(dir.join("page-0001.png")).unwrap(), b"abcdef");
-        assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), b"{}");
+        assert_eq!(std::fs::read(dir.join("page-0002.png")).unwrap(), big);
         assert_eq!(spool.job_ids().unwrap(), vec![id]);
-        assert_eq!(
-            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
-            0
-        );
     }
 
     // Regression: spooled pages were 0644 in 0755 directories, readable by
@@ -322,47 +367,44 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("spool");
         let spool = JobSpool::open(&root).unwrap();
-        let mut up = spool.begin(Uuid::new_v4()).await.unwrap();
-        let mut page = up.page(1, "png").await.unwrap();
-        page.write(b"abc").await.unwrap();
-        page.finish().await.unwrap();
-        let dir = up.commit(b"{}").await.unwrap();
+        let id = Uuid::new_v4();
+        let mut up = spool.begin(id);
+        write_page(&mut up, 1, &[b"abc"]).await.unwrap();
+        up.sync().unwrap();
+        up.committed();
+        let dir = spool.job_dir(id);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         for d in [&root, &root.join("tmp"), &root.join("jobs"), &dir] {
             assert_eq!(mode(d), 0o700, "{}", d.display());
         }
-        for f in [dir.join("page-0001.png"), dir.join("manifest.json")] {
-            assert_eq!(mode(&f), 0o600, "{}", f.display());
-        }
+        assert_eq!(mode(&dir.join("page-0001.png")), 0o600);
     }
 
     #[tokio::test]
-    async fn dropped_upload_leaves_nothing() {
+    async fn a_dropped_upload_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = JobSpool::open(tmp.path()).unwrap();
         {
-            let mut up = spool.begin(Uuid::new_v4()).await.unwrap();
-            let mut page = up.page(1, "pdf").await.unwrap();
-            page.write(b"%PDF-").await.unwrap();
+            let mut up = spool.begin(Uuid::new_v4());
+            write_page(&mut up, 1, &[b"%PDF-"]).await.unwrap();
+            let mut second = up.page(2, "pdf");
+            second.write(b"%PDF-").await.unwrap();
         }
         // Removal runs on the blocking pool; give it a moment.
         for _ in 0..100 {
-            if std::fs::read_dir(tmp.path().join("tmp")).unwrap().count() == 0 {
+            if spool.job_ids().unwrap().is_empty() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(
-            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
-            0
-        );
         assert!(spool.job_ids().unwrap().is_empty());
     }
 
-    /// A commit never replaces an existing job directory: whether one is an
-    /// orphan is for the caller to decide (it knows whether a row exists).
+    /// An upload never writes into an existing job directory, nor removes
+    /// it: whether one is an orphan is for the caller to decide (it knows
+    /// whether a row exists).
     #[tokio::test]
-    async fn commit_never_replaces_a_job_directory_and_tmp_is_cleared_on_open() {
+    async fn an_upload_never_writes_into_an_existing_directory_and_tmp_is_cleared_on_open() {
         let tmp = tempfile::tempdir().unwrap();
         let spool = JobSpool::open(tmp.path()).unwrap();
         let id = Uuid::new_v4();
@@ -374,19 +416,21 @@ mod tests {
             std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
             0
         );
-        let up = spool.begin(id).await.unwrap();
-        let err = up.commit(b"{}").await.unwrap_err();
+        let mut up = spool.begin(id);
+        let err = write_page(&mut up, 1, &[b"abc"]).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        drop(up);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(spool.job_dir(id).join("stale").exists(), "left untouched");
-        assert_eq!(
-            std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
-            0,
-            "the refused upload left nothing behind"
-        );
+        assert!(!spool.job_dir(id).join("page-0001.png").exists());
         spool.remove_job(id).unwrap();
-        let up = spool.begin(id).await.unwrap();
-        up.commit(b"{}").await.unwrap();
-        assert!(spool.job_dir(id).join("manifest.json").exists());
+        let up = spool.begin(id);
+        up.sync().unwrap();
+        up.committed();
+        assert!(
+            spool.job_dir(id).is_dir(),
+            "a job without pages has its directory"
+        );
         spool.probe().unwrap();
     }
 

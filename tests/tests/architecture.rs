@@ -198,7 +198,7 @@ const GATEWAY_LAYERS: &[(&str, &[&str])] = &[
             "settings",
         ],
     ),
-    ("storage", &["spool", "store"]),
+    ("storage", &["commit", "spool", "store"]),
     (
         "core",
         &[

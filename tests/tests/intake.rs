@@ -170,17 +170,17 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&body[..body.len() / 2]).unwrap();
     stream.flush().unwrap();
-    // The upload is in the spool's temporary area before it is cut off;
-    // otherwise "nothing left behind" below would prove nothing.
-    let tmp = site.data_dir("gw-a").join("gw-a-spool/tmp");
+    // The upload is in the spool before it is cut off; otherwise "nothing
+    // left behind" below would prove nothing.
+    let jobs_dir = site.data_dir("gw-a").join(format!("gw-a-spool/jobs/{job}"));
     let started = eventually(Duration::from_secs(10), || {
-        (std::fs::read_dir(&tmp).unwrap().count() > 0).then_some(())
+        jobs_dir.join("page-0001.png").exists().then_some(())
     });
     assert!(started.is_some(), "the upload never reached the spool");
     drop(stream);
 
     let emptied = eventually(Duration::from_secs(10), || {
-        (std::fs::read_dir(&tmp).unwrap().count() == 0).then_some(())
+        (!jobs_dir.exists()).then_some(())
     });
     assert!(
         emptied.is_some(),
@@ -190,7 +190,6 @@ fn upload_cut_off_midway_leaves_nothing_and_the_retry_is_clean() {
 
     let retry = dev.submit_raw(&session, job, &body);
     assert_eq!(retry.status, 201, "the retry is a fresh, complete upload");
-    let jobs_dir = site.data_dir("gw-a").join(format!("gw-a-spool/jobs/{job}"));
     assert_eq!(
         std::fs::metadata(jobs_dir.join("page-0001.png"))
             .unwrap()

@@ -41,7 +41,7 @@ fn a_removed_admin_socket_neither_hides_the_instance_nor_lets_a_second_one_start
         "the lock file names its holder"
     );
 
-    // An upload in flight: half its body is in the spool's temporary area.
+    // An upload in flight: half its body is in its spool directory.
     let dev = Device::new(&gw.plain(), &token);
     let session = dev.login("alice");
     let job = Uuid::new_v4();
@@ -58,10 +58,8 @@ fn a_removed_admin_socket_neither_hides_the_instance_nor_lets_a_second_one_start
     upload.write_all(head.as_bytes()).unwrap();
     upload.write_all(&body[..body.len() / 2]).unwrap();
     upload.flush().unwrap();
-    let tmp = data_dir.join("gw-a-spool/tmp");
-    let in_flight = eventually(Duration::from_secs(10), || {
-        (std::fs::read_dir(&tmp).unwrap().count() > 0).then_some(())
-    });
+    let page = data_dir.join(format!("gw-a-spool/jobs/{job}/page-0001.png"));
+    let in_flight = eventually(Duration::from_secs(10), || page.exists().then_some(()));
     assert!(in_flight.is_some(), "the upload never reached the spool");
 
     let socket = data_dir.join("gw-a.admin.sock");
@@ -78,8 +76,8 @@ fn a_removed_admin_socket_neither_hides_the_instance_nor_lets_a_second_one_start
     );
     assert!(msg.contains("gw-a.lock"), "{msg}");
     assert!(
-        std::fs::read_dir(&tmp).unwrap().count() > 0,
-        "the refused serve emptied the spool's temporary directory"
+        page.exists(),
+        "the refused serve removed the upload's spool directory"
     );
 
     // status still says running, from the same process, and the socket is

@@ -43,6 +43,7 @@ use super::connection::{BULK_CHUNK_BYTES, LinkWriter};
 use super::frame;
 use super::wire::{JobOffer, OfferedPage, Wire};
 use crate::admission::UploadClaim;
+use crate::commit::CommitError;
 use crate::core::Core;
 use crate::spool::{PageWriter, SpoolUpload, SpooledPage};
 use crate::store::job_owners::NewsTaken;
@@ -680,12 +681,7 @@ async fn begin(core: &Core, id: Uuid) -> Result<(SpoolUpload, UploadClaim), (Str
             .map_err(|e| (e.to_string(), false))?
             .map_err(|e| io_failure("removing an orphan job directory", &e))?;
     }
-    let upload = parts
-        .spool
-        .begin(id)
-        .await
-        .map_err(|e| io_failure("the spool cannot take the copy", &e))?;
-    Ok((upload, claim))
+    Ok((parts.spool.begin(id), claim))
 }
 
 async fn close_page(r: &mut Receiving) -> Result<(), (String, bool)> {
@@ -724,11 +720,7 @@ async fn write_chunk(r: &mut Receiving, page: u32, data: &str) -> Result<(), (St
             .rsplit_once('.')
             .map_or("bin", |(_, e)| e)
             .to_owned();
-        let writer = r
-            .upload
-            .page(page, &extension)
-            .await
-            .map_err(|e| io_failure("creating a page file", &e))?;
+        let writer = r.upload.page(page, &extension);
         r.page = Some((page, writer));
     }
     let (_, writer) = r.page.as_mut().expect("opened above");
@@ -751,17 +743,8 @@ async fn finish(core: &Core, mut r: Receiving) -> Result<(), (String, bool)> {
         ));
     }
     let offer = r.offer;
-    let spool = core
-        .data
-        .parts()
-        .map_err(|e| (e.to_string(), false))?
-        .spool
-        .clone();
+    let parts = core.data.parts().map_err(|e| (e.to_string(), false))?;
     let id = offer.id;
-    r.upload
-        .commit(offer.manifest.as_bytes())
-        .await
-        .map_err(|e| io_failure("committing the copy", &e))?;
     let job = NewJob {
         id,
         device_id: offer.device_id,
@@ -789,17 +772,15 @@ async fn finish(core: &Core, mut r: Receiving) -> Result<(), (String, bool)> {
             .collect(),
     };
     let seq = offer.seq;
-    let bytes = offer.bytes;
-    let stored = core.data.run(move |s| s.insert_replica(&job, seq)).await;
-    match stored {
+    // Stored meanwhile (`Ok(false)`) is stored too: the peer may stop
+    // sending it.
+    match parts.committer.commit(r.upload, job, Some(seq)).await {
         Ok(_) => {
-            tracing::info!(job = %id, seq, bytes, accepted_by = offer.accepted_by, "replica stored");
+            tracing::info!(job = %id, seq, bytes = offer.bytes, accepted_by = offer.accepted_by, "replica stored");
             Ok(())
         }
-        Err(e) => {
-            let _ = spool.remove_job(id);
-            Err((format!("storing the copy: {e}"), false))
-        }
+        Err(CommitError::Spool { what, error }) => Err(io_failure(what, &error)),
+        Err(e) => Err((format!("storing the copy: {e}"), false)),
     }
 }
 
@@ -856,7 +837,7 @@ mod tests {
         let other = b"page two".as_slice();
         let o = offer(&[(good, sha(good)), (other, sha(other))]);
         let mut r = Receiving {
-            upload: spool.begin(o.id).await.unwrap(),
+            upload: spool.begin(o.id),
             _claim: claims.claim(o.id).unwrap(),
             offer: o,
             page: None,
@@ -875,7 +856,7 @@ mod tests {
 
         let o = offer(&[(good, sha(b"something else"))]);
         let mut r = Receiving {
-            upload: spool.begin(o.id).await.unwrap(),
+            upload: spool.begin(o.id),
             _claim: claims.claim(o.id).unwrap(),
             offer: o,
             page: None,
@@ -931,22 +912,24 @@ mod tests {
         );
         drop(held);
 
-        let (upload, claim) = begin(&core, id).await.unwrap();
+        let (mut upload, claim) = begin(&core, id).await.unwrap();
         assert!(!orphan.exists(), "the orphan was removed");
-        upload.commit(b"{}").await.unwrap();
-        assert!(orphan.join("manifest.json").exists());
-
+        let mut page = upload.page(1, "png");
+        page.write(b"the copy").await.unwrap();
+        page.finish().await.unwrap();
         let mut job = crate::store::jobs::sample_job(id);
         job.acceptor = pair_core::ServerId::from_u128(7);
-        core.data
-            .run(move |s| s.insert_replica(&job, 1))
-            .await
-            .unwrap();
+        let parts = core.data.parts().unwrap();
+        assert!(parts.committer.commit(upload, job, Some(1)).await.unwrap());
+        assert_eq!(
+            std::fs::read(orphan.join("page-0001.png")).unwrap(),
+            b"the copy"
+        );
         drop(claim);
         let (why, _) = begin(&core, id).await.unwrap_err();
         assert!(why.contains("stored here meanwhile"), "{why}");
         assert!(
-            orphan.join("manifest.json").exists(),
+            orphan.join("page-0001.png").exists(),
             "a stored job keeps its pages"
         );
     }

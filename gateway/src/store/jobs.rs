@@ -215,7 +215,7 @@ impl Store {
     /// Commits a job and its pages in one transaction. Returns `false` (and
     /// changes nothing) when a job with this id already exists.
     pub fn insert_job(&self, job: &NewJob) -> Result<bool, StoreError> {
-        self.insert_job_row(job, None)
+        Ok(self.insert_jobs(&[(job, None)])?[0])
     }
 
     /// Stores a copy of a job the peer accepted (manifest and page rows;
@@ -224,58 +224,66 @@ impl Store {
     /// does not process it. Returns `false` (and changes nothing) when a
     /// job with this id already exists.
     pub fn insert_replica(&self, job: &NewJob, seq: u64) -> Result<bool, StoreError> {
-        self.insert_job_row(job, Some(seq))
+        Ok(self.insert_jobs(&[(job, Some(seq))])?[0])
     }
 
-    fn insert_job_row(&self, job: &NewJob, replica_seq: Option<u64>) -> Result<bool, StoreError> {
+    /// Commits several jobs in one transaction (one WAL fsync for all): each
+    /// a job accepted here (`None`) or a copy of the peer's under its
+    /// sequence number. Returns, per job, whether it was stored: `false`
+    /// when a job with its id already existed (that one is left as it was).
+    pub fn insert_jobs(&self, jobs: &[(&NewJob, Option<u64>)]) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let inserted = tx.execute(
-            "INSERT INTO jobs (id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes,
-                               accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at,
-                               acceptor_server, owner_server, seq, replica_state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13, ?14, ?14,
-                     coalesce(?15, (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?14)),
-                     CASE WHEN ?15 IS NULL THEN 'local' ELSE 'replica' END)
-             ON CONFLICT (id) DO NOTHING",
-            params![
-                job.id.to_string(),
-                job.device_id.to_string(),
-                job.user,
-                job.workflow,
-                job.manifest,
-                job.manifest_sha256,
-                job.pages.len() as u32,
-                job.bytes as i64,
-                job.accepted_by,
-                job.accepted_role,
-                job.accepted_epoch as i64,
-                job.client_addr,
-                time_text(job.received_at),
-                job.acceptor.to_string(),
-                replica_seq.map(|s| s as i64),
-            ],
-        )?;
-        if inserted == 0 {
-            return Ok(false);
-        }
+        let mut stored = Vec::with_capacity(jobs.len());
         {
-            let mut stmt = tx.prepare(
+            let mut job_stmt = tx.prepare_cached(
+                "INSERT INTO jobs (id, device_id, user_name, workflow, manifest, manifest_sha256, page_count, bytes,
+                                   accepted_by, accepted_role, accepted_epoch, client_addr, state, reason, received_at, updated_at,
+                                   acceptor_server, owner_server, seq, replica_state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'received', NULL, ?13, ?13, ?14, ?14,
+                         coalesce(?15, (SELECT coalesce(max(seq), 0) + 1 FROM jobs WHERE acceptor_server = ?14)),
+                         CASE WHEN ?15 IS NULL THEN 'local' ELSE 'replica' END)
+                 ON CONFLICT (id) DO NOTHING",
+            )?;
+            let mut page_stmt = tx.prepare_cached(
                 "INSERT INTO job_pages (job_id, seq, file_name, format, bytes, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
-            for page in &job.pages {
-                stmt.execute(params![
-                    job.id.to_string(),
-                    page.seq,
-                    page.file_name,
-                    page.format,
-                    page.bytes as i64,
-                    page.sha256
-                ])?;
+            for (job, replica_seq) in jobs {
+                let id = job.id.to_string();
+                let inserted = job_stmt.execute(params![
+                    id,
+                    job.device_id.to_string(),
+                    job.user,
+                    job.workflow,
+                    job.manifest,
+                    job.manifest_sha256,
+                    job.pages.len() as u32,
+                    job.bytes as i64,
+                    job.accepted_by,
+                    job.accepted_role,
+                    job.accepted_epoch as i64,
+                    job.client_addr,
+                    time_text(job.received_at),
+                    job.acceptor.to_string(),
+                    replica_seq.map(|s| s as i64),
+                ])? == 1;
+                if inserted {
+                    for page in &job.pages {
+                        page_stmt.execute(params![
+                            id,
+                            page.seq,
+                            page.file_name,
+                            page.format,
+                            page.bytes as i64,
+                            page.sha256
+                        ])?;
+                    }
+                }
+                stored.push(inserted);
             }
         }
         tx.commit()?;
-        Ok(true)
+        Ok(stored)
     }
 
     /// One job by id.

@@ -426,6 +426,13 @@ pub fn time_text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A moment as the store keeps it (to the millisecond): a value answered
+/// before it is read back must be this, so it equals the stored one.
+pub fn stored_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(3)
+}
+
 pub(crate) fn now_text() -> String {
     time_text(Utc::now())
 }

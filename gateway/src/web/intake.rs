@@ -2,13 +2,15 @@
 //! manifest, then one part per page file).
 //!
 //! The promise to the device: a `201` means the job is durable. Pages are
-//! streamed to the spool chunk by chunk (never a whole page in memory),
-//! every file and directory is fsynced, the job directory is renamed into
-//! place, the job row is committed with `synchronous=FULL`, and only then is
-//! the acknowledgement written. The job id is the device's idempotency key: a
-//! resubmission of an accepted job gets the original acknowledgement (`200`)
-//! without its pages being read or stored again; an upload cut off midway
-//! leaves nothing behind, so its retry starts clean.
+//! streamed to the spool chunk by chunk (never a whole page in memory) and
+//! each page file is fsynced; then the job commit ([`crate::commit`])
+//! fsyncs the job's directory and commits its row with `synchronous=FULL`,
+//! sharing those flushes with every job finishing at the same moment; only
+//! then is the acknowledgement written, made of the values committed. The
+//! job id is the device's idempotency key: a resubmission of an accepted
+//! job gets the original acknowledgement (`200`) without its pages being
+//! read or stored again; an upload cut off midway leaves nothing behind, so
+//! its retry starts clean.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use crate::peer_ack::KnownJob;
 use crate::security::sha256_hex;
 use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
-use crate::store::{JobRecord, NewJob, NewPage, ReplicaState, Store, StoreError};
+use crate::store::{NewJob, NewPage, stored_time};
 use crate::web::api::parse_job_id;
 use crate::web::auth::{ApprovedDevice, check_seat, verify_job_session};
 use crate::web::error::ApiError;
@@ -84,10 +86,6 @@ pub struct JobAck {
 }
 
 impl JobAck {
-    fn of(job: &JobRecord, replayed: bool) -> JobAck {
-        JobAck::known(&KnownJob::of(job), replayed)
-    }
-
     fn known(job: &KnownJob, replayed: bool) -> JobAck {
         JobAck {
             job_id: job.id,
@@ -221,11 +219,7 @@ async fn receive(
                 .spool_error("removing an orphan job directory", &e)
         })?;
     }
-    let mut upload = parts
-        .spool
-        .begin(id)
-        .await
-        .map_err(|e| core.data.spool_error("starting the upload", &e))?;
+    let mut upload = parts.spool.begin(id);
     let mut total = raw_manifest.len() as u64;
     let mut pages: Vec<NewPage> = Vec::new();
     while let Some(mut field) = next_field(&mut multipart).await? {
@@ -258,10 +252,7 @@ async fn receive(
         }
         let format =
             PageFormat::sniff(&head).ok_or(ApiError::UnsupportedPageFormat { page: seq })?;
-        let mut writer = upload
-            .page(seq, format.extension())
-            .await
-            .map_err(|e| core.data.spool_error("creating a page file", &e))?;
+        let mut writer = upload.page(seq, format.extension());
         let mut chunk = Some(bytes::Bytes::from(head));
         while let Some(data) = chunk {
             total += data.len() as u64;
@@ -300,11 +291,6 @@ async fn receive(
             received: pages.len() as u32,
         });
     }
-    upload
-        .commit(canonical.as_bytes())
-        .await
-        .map_err(|e| core.data.spool_error("committing the job directory", &e))?;
-
     let role = core.role.snapshot();
     let acceptor = core.server_id().ok_or_else(|| ApiError::DataServiceDown {
         cause: "the store has not been read yet".into(),
@@ -321,7 +307,8 @@ async fn receive(
         accepted_role: role.role.as_str().to_owned(),
         accepted_epoch: role.epoch.number,
         client_addr: client.map(|a| a.to_string()),
-        received_at: core.clock.now(),
+        // As stored: the acknowledgement is made of these values.
+        received_at: stored_time(core.clock.now()),
         acceptor,
         pages,
     };
@@ -333,35 +320,33 @@ async fn receive(
         .as_ref()
         .filter(|p| p.ack == PeerAck::Peer)
         .map(|p| (core.peer_acks.register(id), p.peer_ack_timeout_ms));
-    let (inserted, mut record) = {
-        let job = job.clone();
-        let committed = core.data.run(move |s| insert_and_read(s, &job)).await;
-        match committed {
-            Ok(found) => found,
-            Err(e) => {
-                // The directory is durable but no row points to it: remove
-                // it now rather than at the next start, so a retry of the
-                // same id starts clean.
-                let _ = parts.spool.remove_job(id);
-                if let Some((wait, _)) = peer_wait {
-                    core.peer_acks.cancel(wait);
-                }
-                return Err(e.into());
-            }
-        }
-    };
-    if !inserted {
-        // Another path stored the id between the check above and this
-        // insert: answer as a replay (or a conflict), never a second 201.
-        // The directory committed here is not the stored job's and goes.
-        let _ = parts.spool.remove_job(id);
+    // The acknowledgement is made of the values committed, not read back.
+    let mut known = KnownJob::of_new(&job);
+    let (user, workflow, client) = (
+        job.user.clone(),
+        job.workflow.clone(),
+        job.client_addr.clone(),
+    );
+    let committed = parts.committer.commit(upload, job, None).await;
+    if !matches!(committed, Ok(true)) {
         if let Some((wait, _)) = peer_wait {
             core.peer_acks.cancel(wait);
         }
+        committed.map_err(|e| core.data.commit_error(e))?;
+        // Another path stored the id between the check above and this
+        // commit: answer as a replay (or a conflict), never a second 201.
+        // The directory written here was not the stored job's and is gone.
+        let stored =
+            core.data
+                .run(move |s| s.job(id))
+                .await?
+                .ok_or_else(|| ApiError::DataServiceDown {
+                    cause: format!("job {id} was stored meanwhile but cannot be read"),
+                })?;
         return replay(
             core,
-            &KnownJob::of(&record),
-            &job.manifest_sha256,
+            &KnownJob::of(&stored),
+            &known.manifest_sha256,
             device.id,
         );
     }
@@ -373,30 +358,20 @@ async fn receive(
             .wait(wait, Duration::from_millis(limit_ms))
             .await
     {
-        record.replica_state = ReplicaState::Replicated;
+        known.replicated = true;
     }
-    core.metrics.job_accepted(job.bytes, started.elapsed());
+    core.metrics.job_accepted(known.bytes, started.elapsed());
     tracing::info!(
         job = %id,
         device = %device.id,
-        user = job.user,
-        workflow = job.workflow,
-        pages = job.pages.len(),
-        bytes = job.bytes,
-        client = job.client_addr.as_deref().unwrap_or("-"),
+        user,
+        workflow,
+        pages = known.pages,
+        bytes = known.bytes,
+        client = client.as_deref().unwrap_or("-"),
         "job accepted"
     );
-    Ok((StatusCode::CREATED, Json(JobAck::of(&record, false))).into_response())
-}
-
-/// Inserts the job and reads it back: `(false, existing)` when a job with
-/// its id was already stored.
-fn insert_and_read(store: &Store, job: &NewJob) -> Result<(bool, JobRecord), StoreError> {
-    let inserted = store.insert_job(job)?;
-    let record = store
-        .job(job.id)?
-        .ok_or_else(|| StoreError::Corrupt(format!("job {} missing right after commit", job.id)))?;
-    Ok((inserted, record))
+    Ok((StatusCode::CREATED, Json(JobAck::known(&known, false))).into_response())
 }
 
 /// The answer to an id that is already stored: the original
