@@ -484,8 +484,9 @@ impl Store {
     /// The device a token belongs to.
     pub fn device_by_token(&self, token_sha256: &str) -> Result<Option<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE token_sha256 = ?1");
-        self.conn()
-            .query_row(&sql, [token_sha256], device_from_row)
+        self.reader()
+            .prepare_cached(&sql)?
+            .query_row([token_sha256], device_from_row)
             .optional()?
             .transpose()
     }
@@ -571,13 +572,12 @@ impl Store {
     /// approval: license seats go to the devices approved first.
     pub fn seat_rank(&self, id: Uuid) -> Result<Option<u64>, StoreError> {
         Ok(self
-            .conn()
-            .query_row(
+            .reader()
+            .prepare_cached(
                 "SELECT rank FROM (SELECT id, row_number() OVER (ORDER BY approval_seq) AS rank
                                    FROM devices WHERE status = 'approved') WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get::<_, i64>(0),
-            )
+            )?
+            .query_row([id.to_string()], |r| r.get::<_, i64>(0))
             .optional()?
             .map(|r| r as u64))
     }

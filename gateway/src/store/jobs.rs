@@ -288,9 +288,10 @@ impl Store {
 
     /// One job by id.
     pub fn job(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let conn = self.conn();
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
-        conn.query_row(&sql, [id.to_string()], job_from_row)
+        self.reader()
+            .prepare_cached(&sql)?
+            .query_row([id.to_string()], job_from_row)
             .optional()?
             .transpose()
     }

@@ -167,6 +167,11 @@ pub struct ColumnInfo {
 /// The instance's database.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second connection for the intake's hot lookups (device, seat,
+    /// session, job), so they do not queue behind a commit's fsync on the
+    /// writing connection: WAL lets a reader in beside the writer, and it
+    /// sees every committed write. `None` for an in-memory store.
+    reader: Option<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -177,8 +182,11 @@ impl Store {
         make_private(path);
         let mut conn = Connection::open(path)?;
         Self::configure(&mut conn)?;
+        let reader = Connection::open(path)?;
+        reader.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: Some(Mutex::new(reader)),
             path: path.to_owned(),
         })
     }
@@ -195,6 +203,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: None,
             path: path.to_owned(),
         })
     }
@@ -205,6 +214,7 @@ impl Store {
         Self::configure(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            reader: None,
             path: PathBuf::from(":memory:"),
         })
     }
@@ -231,6 +241,15 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite half-written
         // (statements are atomic), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection for the intake's hot lookups: reads only, of what
+    /// is committed.
+    pub(crate) fn reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.conn(),
+        }
     }
 
     /// A cheap write that proves the database accepts writes right now.
@@ -333,12 +352,9 @@ impl Store {
     /// device said it scanned.
     pub fn session_end(&self, session_id: &str) -> Result<Option<Option<u64>>, StoreError> {
         Ok(self
-            .conn()
-            .query_row(
-                "SELECT jobs_scanned FROM ended_sessions WHERE session_id = ?1",
-                [session_id],
-                |r| r.get::<_, Option<i64>>(0),
-            )
+            .reader()
+            .prepare_cached("SELECT jobs_scanned FROM ended_sessions WHERE session_id = ?1")?
+            .query_row([session_id], |r| r.get::<_, Option<i64>>(0))
             .optional()?
             .map(|n| n.map(|n| n as u64)))
     }

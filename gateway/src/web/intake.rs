@@ -33,7 +33,7 @@ use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
 use crate::store::{NewJob, NewPage, stored_time};
 use crate::web::api::parse_job_id;
-use crate::web::auth::{ApprovedDevice, check_seat, verify_job_session};
+use crate::web::auth::admit_job_upload;
 use crate::web::error::ApiError;
 use crate::web::serve::ClientAddr;
 
@@ -107,12 +107,11 @@ pub async fn submit(
     Path(job_id): Path<String>,
     client: Option<axum::Extension<ClientAddr>>,
     headers: HeaderMap,
-    device: Result<ApprovedDevice, ApiError>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     let started = Instant::now();
     let client = client.map(|c| c.0.0);
-    let result = receive(&core, &job_id, client, &headers, device, multipart, started).await;
+    let result = receive(&core, &job_id, client, &headers, multipart, started).await;
     match result {
         Ok(response) => response,
         Err(e) => {
@@ -127,15 +126,12 @@ async fn receive(
     job_id: &str,
     client: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
-    device: Result<ApprovedDevice, ApiError>,
     multipart: Result<Multipart, MultipartRejection>,
     started: Instant,
 ) -> Result<Response, ApiError> {
     let id = parse_job_id(job_id)?;
     core.check_accepting()?;
-    let ApprovedDevice(device) = device?;
-    check_seat(core, &device).await?;
-    let session = verify_job_session(core, headers, &device).await?;
+    let (device, session) = admit_job_upload(core, headers).await?;
     let config = core.active_config()?;
     let limits = config.limits;
 
