@@ -73,10 +73,73 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream = send(addr, method, path, headers, body, &mut |_| {})
+        .unwrap_or_else(|e| panic!("send to {addr}: {e}"));
+    read_response(&mut stream)
+}
+
+/// Sends one request as [`request`] does, but a failure is an answer rather
+/// than a panic: a refused or reset connection, or an answer cut short (no
+/// end of head, a body shorter than its `Content-Length`, a chunked body
+/// without its last chunk) is an `Err`. So a test can tell an answer the
+/// client fully received from one a crashed server never finished.
+/// `on_sent` is told the size of each piece of the body once it is written,
+/// so a test can follow an upload's progress.
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    on_sent: &mut dyn FnMut(usize),
+) -> std::io::Result<Response> {
+    let mut stream = send(addr, method, path, headers, body, on_sent)?;
+    let mut raw = Vec::new();
+    // An error after the whole answer arrived (a reset as the server dies)
+    // does not undo the answer: what was read is judged below.
+    let read = stream.read_to_end(&mut raw);
+    let cut_short = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{what} ({} bytes read, {read:?})", raw.len()),
+        )
+    };
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| cut_short("the answer ended before its head did"))?;
+    let response = parse_response(&raw).ok_or_else(|| cut_short("no status line"))?;
+    let received = raw.len() - (split + 4);
+    let complete = match response.header("content-length") {
+        Some(len) => len.parse::<usize>().ok() == Some(received),
+        None if response
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked")) =>
+        {
+            raw.ends_with(b"0\r\n\r\n")
+        }
+        // Delimited by the close: complete only if it closed cleanly.
+        None => read.is_ok(),
+    };
+    if complete {
+        Ok(response)
+    } else {
+        Err(cut_short("the answer's body was cut short"))
+    }
+}
+
+/// Connects, writes the head and as much of the body as the server takes,
+/// and returns the stream to read the answer from.
+fn send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    on_sent: &mut dyn FnMut(usize),
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     // A test may declare its own (even false) length.
     if !headers
@@ -89,30 +152,31 @@ pub fn request(
         head += &format!("{k}: {v}\r\n");
     }
     head += "\r\n";
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes())?;
     // The server may answer (and close) before reading a body it refuses.
-    let _ = stream.write_all(body);
-    read_response(&mut stream)
+    for piece in body.chunks(64 * 1024) {
+        if stream.write_all(piece).is_err() {
+            break;
+        }
+        on_sent(piece.len());
+    }
+    Ok(stream)
 }
 
 /// Reads and parses an HTTP/1.1 answer until the connection closes.
 pub fn read_response(stream: &mut impl Read) -> Response {
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&raw)));
+    parse_response(&raw)
+        .unwrap_or_else(|| panic!("no complete answer: {:?}", String::from_utf8_lossy(&raw)))
+}
+
+/// Parses a raw answer; `None` when its head is incomplete.
+fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| {
             l.split_once(':')
@@ -126,11 +190,11 @@ pub fn read_response(stream: &mut impl Read) -> Response {
     if chunked {
         body = dechunk(&body);
     }
-    Response {
+    Some(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -231,6 +295,34 @@ impl Device {
             &format!("/api/v1/jobs/{job}"),
             &[("Content-Type", &ctype), ("X-Scan-Session", session)],
             body,
+        )
+    }
+
+    /// Submits a job as [`Device::submit`] does, through [`try_request`]: a
+    /// connection that fails or an answer cut short is an `Err`, and
+    /// `on_sent` follows the upload.
+    pub fn try_submit(
+        &self,
+        session: &str,
+        job: Uuid,
+        workflow: &str,
+        pages: &[Vec<u8>],
+        on_sent: &mut dyn FnMut(usize),
+    ) -> std::io::Result<Response> {
+        let manifest = serde_json::json!({"workflow": workflow, "page_count": pages.len()});
+        let auth = self.auth();
+        let ctype = format!("multipart/form-data; boundary={BOUNDARY}");
+        try_request(
+            &self.addr,
+            "PUT",
+            &format!("/api/v1/jobs/{job}"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", &ctype),
+                ("X-Scan-Session", session),
+            ],
+            &job_body(&manifest, pages),
+            on_sent,
         )
     }
 
