@@ -6,6 +6,13 @@
 //!   TLS, both with the same certificate), then small and large jobs (100 KB,
 //!   1 MB, 20 MB) from 1, 10 and 100 devices at once over TLS; and the
 //!   gateway's peak memory while many large uploads stream in at once.
+//!   Every point runs three times per server, interleaved (nginx, gateway,
+//!   nginx, ...), and its figure is the median run (one run with
+//!   `--quick`). Each run reports how many uploads were acknowledged (one
+//!   missing fails the benchmark, after everything is printed) and the CPU
+//!   time per job of each server's processes; at one device the gateway's
+//!   acknowledgement latency is set beside its floor, one write + fsync of
+//!   the same number of bytes on the same disk.
 //! - `ocr`: the OCR pipeline vs. the tesseract CLI on the same pages (the
 //!   plugins crate's `ocr-bench`).
 //! - `pair` (`bench_pair`): DEAD detection time of the pair heartbeat after
@@ -34,13 +41,17 @@
 //! Release builds, loopback only, every run bounded by its request count,
 //! trial count or duration.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::measure::{
+    Summary, clock_ticks_per_second, io, median_index, process_cpu_ticks, summary,
+};
 use crate::site::{Tools, listener, output};
 use crate::{Result, bench_pair, exec, root, setup, table};
 
@@ -50,7 +61,8 @@ struct Options {
     size: u64,
     memory_uploads: u32,
     memory_size: u64,
-    /// The intake's job matrix shrunk to a few requests per point.
+    /// The intake's job matrix shrunk to a few requests per point, one run
+    /// per point instead of the median of three.
     quick: bool,
     pair: bench_pair::Options,
 }
@@ -61,6 +73,8 @@ fn usage() -> String {
   all:    [--quick] every benchmark in turn, then the table (target/bench/table.md, table.json);
           --quick shrinks each to seconds (figures marked quick: a check that all run)
   intake: [--requests N] [--concurrency N] [--size BYTES] [--memory-uploads N] [--memory-size BYTES] [--quick]
+          each point runs 3 times per server and the median run is reported;
+          --quick: a few jobs per point, 1 run each
   ocr:    [--pages N (16)] [--rounds N (4)]
   pair:   [--trials N (50 per fault)] [--haproxy-trials N (20 per fault)] [--soak-secs N (600; 0: none)]
           [--heartbeat-interval-ms N (100)] [--dead-threshold-ms N (600)] [--json]
@@ -399,6 +413,13 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Resets the peak resident memory (VmHWM) of a process to its present
+/// resident memory, so that the next reading is the peak since now.
+fn reset_peak_rss(pid: u32) -> Result {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .map_err(|e| format!("cannot reset the peak memory of process {pid}: {e}"))
+}
+
 /// Children of a process (nginx's workers).
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -566,6 +587,10 @@ http {{
     })
 }
 
+/// One run of `mfd-sim load`: its JSON summary. A run in which uploads
+/// failed still returns its summary (the load client exits non-zero after
+/// printing it), so that the caller can report the failures beside the
+/// figures; only a run without a summary is an error.
 pub(crate) fn load(
     tools: &Tools,
     url: &str,
@@ -578,43 +603,356 @@ pub(crate) fn load(
     // Each run starts with page-cache writeback done: otherwise one server's
     // unflushed writes slow down the next server's fsyncs.
     exec(&mut Command::new("sync"))?;
-    let text = output(
-        Command::new(tools.bin("mfd-sim"))
-            .arg("load")
-            .args(["--url", url])
-            .arg("--ca")
-            .arg(cert)
-            .args([
-                "--size",
-                &size.to_string(),
-                "--requests",
-                &requests.to_string(),
-            ])
-            .args([
-                "--concurrency",
-                &concurrency.to_string(),
-                "--json",
-                "--quiet",
-            ])
-            // A load client, not a device: hundreds of TLS handshakes at
-            // once on two cores take longer than a device's 1 s connect
-            // limit, and its liveness checks would add connections of
-            // their own. Both servers get the same client.
-            .args(["--connect-timeout", "10", "--liveness-check-after", "0"])
-            .args(extra),
-    )?;
-    serde_json::from_str(&text).map_err(|e| format!("load summary {text}: {e}"))
+    let mut client = Command::new(tools.bin("mfd-sim"));
+    client
+        .arg("load")
+        .args(["--url", url])
+        .arg("--ca")
+        .arg(cert)
+        .args([
+            "--size",
+            &size.to_string(),
+            "--requests",
+            &requests.to_string(),
+        ])
+        .args([
+            "--concurrency",
+            &concurrency.to_string(),
+            "--json",
+            "--quiet",
+        ])
+        // A load client, not a device: hundreds of TLS handshakes at
+        // once on two cores take longer than a device's 1 s connect
+        // limit, and its liveness checks would add connections of
+        // their own. Both servers get the same client.
+        .args(["--connect-timeout", "10", "--liveness-check-after", "0"])
+        .args(extra);
+    let out = client
+        .output()
+        .map_err(|e| format!("cannot run {client:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).map_err(|e| {
+        format!(
+            "{client:?} failed ({}) without a summary ({e}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            text.trim()
+        )
+    })
 }
 
-fn describe(v: &Value) -> String {
-    format!(
-        "{:.1} req/s, {:.1} MB/s, p50 {:.1} ms, p99 {:.1} ms, {} failed",
-        v["requests_per_second"].as_f64().unwrap_or(0.0),
-        v["megabytes_per_second"].as_f64().unwrap_or(0.0),
-        v["latency"]["p50_ms"].as_f64().unwrap_or(0.0),
-        v["latency"]["p99_ms"].as_f64().unwrap_or(0.0),
-        v["failed"].as_u64().unwrap_or(0)
-    )
+/// Runs of each intake point and server; the figure is the median run.
+const RUNS: usize = 3;
+
+/// How the load client reaches a server.
+#[derive(Clone, Copy)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain HTTP",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// The two servers every intake figure compares.
+#[derive(Clone, Copy)]
+enum Side {
+    Nginx,
+    Gateway,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Nginx => "nginx",
+            Side::Gateway => "gateway",
+        }
+    }
+}
+
+/// One load: `requests` uploads of `size` bytes, `concurrency` at once.
+#[derive(Clone, Copy)]
+struct Point {
+    size: u64,
+    concurrency: u32,
+    requests: u32,
+}
+
+/// A gateway and nginx started side by side in one directory, nginx with
+/// the gateway's certificate. Dropping it stops nginx, then the gateway.
+struct Servers {
+    nginx: Nginx,
+    gateway: Gateway,
+}
+
+impl Servers {
+    fn start(tools: &Tools, dir: &Path) -> Result<Servers> {
+        let gateway = start_gateway(tools, dir)?;
+        let nginx = start_nginx(&dir.join("nginx"), &gateway.cert, &gateway.key)?;
+        Ok(Servers { nginx, gateway })
+    }
+
+    /// Where the load client sends to `side`, and the arguments that make
+    /// it send the same job body to both: a multipart upload as a device
+    /// to the gateway, the same multipart bytes as a WebDAV PUT to nginx.
+    fn target(&self, side: Side, transport: Transport) -> (&str, Vec<String>) {
+        let tls = matches!(transport, Transport::Tls);
+        match side {
+            Side::Nginx => {
+                let n = &self.nginx;
+                let args = ["--method", "PUT", "--multipart-body", "bench"];
+                (
+                    if tls { &n.https } else { &n.plain },
+                    args.map(str::to_owned).to_vec(),
+                )
+            }
+            Side::Gateway => {
+                let g = &self.gateway;
+                (
+                    if tls { &g.https } else { &g.plain },
+                    vec![
+                        "--multipart-gateway".to_owned(),
+                        format!("{},{},bench", g.token, g.session),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// The processes of `side` whose CPU time counts (nginx: its master and
+    /// all its workers), and those whose peak memory does (nginx: its
+    /// workers, where the uploads are handled).
+    fn processes(&self, side: Side) -> (Vec<u32>, Vec<u32>) {
+        match side {
+            Side::Gateway => {
+                let pid = self.gateway.child.id();
+                (vec![pid], vec![pid])
+            }
+            Side::Nginx => {
+                let master = self.nginx.child.id();
+                let workers = children(master);
+                let mut all = vec![master];
+                all.extend(&workers);
+                (all, workers)
+            }
+        }
+    }
+
+    /// The peak memory of `side` so far, in MiB: before any load, its idle
+    /// memory.
+    fn peak_mib(&self, side: Side) -> f64 {
+        self.processes(side)
+            .1
+            .iter()
+            .filter_map(|p| peak_rss_mib(*p))
+            .sum()
+    }
+}
+
+/// One load run against one server.
+struct Run {
+    /// The load client's JSON summary.
+    load: Value,
+    /// CPU time (user + system) of the server's processes over the run
+    /// per job sent, in ms.
+    cpu_ms_per_job: f64,
+    /// The same in all, in clock ticks: its resolution.
+    cpu_ticks: u64,
+    /// Peak resident memory during the run, in MiB, summed over the
+    /// server's processes (their high-water marks are reset before it).
+    peak_mib: f64,
+}
+
+impl Run {
+    fn number(&self, key: &str) -> f64 {
+        self.load[key].as_f64().unwrap_or(0.0)
+    }
+
+    fn jobs_per_second(&self) -> f64 {
+        self.number("requests_per_second")
+    }
+
+    fn megabytes_per_second(&self) -> f64 {
+        self.number("megabytes_per_second")
+    }
+
+    fn latency_ms(&self, key: &str) -> f64 {
+        self.load["latency"][key].as_f64().unwrap_or(0.0)
+    }
+
+    /// Uploads sent and uploads acknowledged (answered 2xx).
+    fn acknowledged(&self) -> (u64, u64) {
+        let sent = self.load["requests"].as_u64().unwrap_or(0);
+        (
+            sent,
+            sent - self.load["failed"].as_u64().unwrap_or(0).min(sent),
+        )
+    }
+
+    fn describe(&self) -> String {
+        let (sent, acked) = self.acknowledged();
+        format!(
+            "{:.1} jobs/s, {:.1} MB/s, p50 {} / p99 {}, {acked} of {sent} acknowledged{}, \
+             CPU {}/job ({} ticks), peak RSS {:.1} MiB",
+            self.jobs_per_second(),
+            self.megabytes_per_second(),
+            table::ms(self.latency_ms("p50_ms")),
+            table::ms(self.latency_ms("p99_ms")),
+            if acked < sent { " (NOT ALL)" } else { "" },
+            cpu_ms(self.cpu_ms_per_job),
+            self.cpu_ticks,
+            self.peak_mib
+        )
+    }
+}
+
+/// Each server's runs of one point, in the order they ran.
+struct Compared {
+    nginx: Vec<Run>,
+    gateway: Vec<Run>,
+}
+
+impl Compared {
+    /// The median run of each server by `key`: (gateway, nginx).
+    fn median(&self, key: fn(&Run) -> f64) -> (&Run, &Run) {
+        fn pick(runs: &[Run], key: fn(&Run) -> f64) -> &Run {
+            let values: Vec<f64> = runs.iter().map(key).collect();
+            &runs[median_index(&values)]
+        }
+        (pick(&self.gateway, key), pick(&self.nginx, key))
+    }
+}
+
+/// Records a row of the table and prints it at once, so that each figure
+/// can be read as soon as it is made.
+fn report(what: String, figure: String, baseline: String, ratio: String) {
+    println!("=> {what}\n   {figure}\n   beside {baseline}\n   ratio {ratio}");
+    table::row(what, figure, baseline, ratio);
+}
+
+/// A CPU time in ms, with two decimals below 1 ms.
+fn cpu_ms(v: f64) -> String {
+    if v >= 1.0 {
+        table::ms(v)
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// Every run's `key`, in the order they ran: the spread behind a median.
+fn spread(runs: &[Run], key: fn(&Run) -> f64) -> String {
+    let all: Vec<String> = runs.iter().map(|r| format!("{:.1}", key(r))).collect();
+    all.join(" / ")
+}
+
+/// The start of a table cell: the runs in which not every upload was
+/// acknowledged, in bold; nothing when all were.
+fn unacknowledged_note(runs: &[Run]) -> String {
+    let missing: Vec<String> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let (sent, acked) = r.acknowledged();
+            (acked < sent).then(|| format!("run {}: {acked} of {sent}", i + 1))
+        })
+        .collect();
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!("**NOT ALL UPLOADS ACKNOWLEDGED ({})** ", missing.join("; "))
+    }
+}
+
+/// What the intake's measurements share: the binaries, the runs per point,
+/// the clock tick of the CPU times, and the runs so far in which not every
+/// upload was acknowledged.
+struct Intake<'a> {
+    tools: &'a Tools,
+    quick: bool,
+    runs: usize,
+    tick_ms: f64,
+    unacknowledged: Vec<String>,
+}
+
+impl Intake<'_> {
+    /// `self.runs` runs of `point` into each server, interleaved (nginx,
+    /// gateway, nginx, gateway, ...) so that a drift of the machine
+    /// (writeback, other load) touches both alike; each printed as it ends.
+    fn compare(
+        &mut self,
+        label: &str,
+        servers: &Servers,
+        transport: Transport,
+        point: Point,
+    ) -> Result<Compared> {
+        let mut compared = Compared {
+            nginx: Vec::new(),
+            gateway: Vec::new(),
+        };
+        for i in 1..=self.runs {
+            for side in [Side::Nginx, Side::Gateway] {
+                let run = self.run(servers, side, transport, point)?;
+                println!(
+                    "{label}: {:<7} run {i}/{}: {}",
+                    side.name(),
+                    self.runs,
+                    run.describe()
+                );
+                let (sent, acked) = run.acknowledged();
+                if acked < sent {
+                    self.unacknowledged.push(format!(
+                        "{label}, {} run {i}: {acked} of {sent}",
+                        side.name()
+                    ));
+                }
+                match side {
+                    Side::Nginx => compared.nginx.push(run),
+                    Side::Gateway => compared.gateway.push(run),
+                }
+            }
+        }
+        Ok(compared)
+    }
+
+    fn run(&self, servers: &Servers, side: Side, transport: Transport, p: Point) -> Result<Run> {
+        let (url, args) = servers.target(side, transport);
+        let (cpu, memory) = servers.processes(side);
+        for pid in &memory {
+            reset_peak_rss(*pid)?;
+        }
+        let before = process_cpu_ticks(&cpu);
+        let load = load(
+            self.tools,
+            url,
+            &servers.gateway.cert,
+            &args,
+            p.requests,
+            p.concurrency,
+            p.size,
+        )?;
+        let ticks = process_cpu_ticks(&cpu).saturating_sub(before);
+        Ok(Run {
+            load,
+            cpu_ms_per_job: ticks as f64 * self.tick_ms / f64::from(p.requests),
+            cpu_ticks: ticks,
+            peak_mib: memory.iter().filter_map(|p| peak_rss_mib(*p)).sum(),
+        })
+    }
+
+    /// How a figure was made, for the table: "median of 3" or "1 run".
+    fn runs_label(&self) -> String {
+        if self.runs == 1 {
+            "1 run (quick)".to_owned()
+        } else {
+            format!("median of {}", self.runs)
+        }
+    }
 }
 
 fn intake(o: &Options) -> Result {
@@ -624,60 +962,76 @@ fn intake(o: &Options) -> Result {
     let dir = root().join("target/bench-intake");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let gw = start_gateway(&tools, &dir)?;
-    let nginx = start_nginx(&dir.join("nginx"), &gw.cert, &gw.key)?;
-    let gw_args = vec![
-        "--multipart-gateway".to_owned(),
-        format!("{},{},bench", gw.token, gw.session),
-    ];
-    let ng_args = vec![
-        "--method".to_owned(),
-        "PUT".to_owned(),
-        "--multipart-body".to_owned(),
-        "bench".to_owned(),
-    ];
-
+    let (ticks, tick_source) = match clock_ticks_per_second() {
+        Some(t) => (t, "getconf CLK_TCK"),
+        None => (100.0, "getconf CLK_TCK unavailable: 100 assumed"),
+    };
+    let mut bench = Intake {
+        tools: &tools,
+        quick: o.quick,
+        runs: if o.quick { 1 } else { RUNS },
+        tick_ms: 1000.0 / ticks,
+        unacknowledged: Vec::new(),
+    };
+    if o.quick {
+        println!("quick: one run per point and server, not the median of {RUNS}");
+    } else {
+        println!(
+            "each point: {RUNS} runs per server, interleaved (nginx, gateway, nginx, ...); \
+             the median run is the figure"
+        );
+    }
     println!(
-        "## intake throughput: {} uploads of {} bytes, {} concurrent",
+        "CPU time: utime + stime of /proc/<pid>/stat over the run, the gateway's process and \
+         nginx's master and workers; {ticks} ticks/s ({tick_source}), so per run a process's \
+         time is known to {:.0} ms",
+        bench.tick_ms
+    );
+
+    let servers = Servers::start(&tools, &dir)?;
+    println!(
+        "\n## intake throughput: {} uploads of {} bytes, {} concurrent",
         o.requests, o.size, o.concurrency
     );
-    for (transport, gw_url, ng_url) in [
-        ("plain HTTP", gw.plain.clone(), nginx.plain.clone()),
-        ("TLS", gw.https.clone(), nginx.https.clone()),
-    ] {
-        let ng = load(
-            &tools,
-            &ng_url,
-            &gw.cert,
-            &ng_args,
-            o.requests,
-            o.concurrency,
-            o.size,
-        )?;
-        let g = load(
-            &tools,
-            &gw_url,
-            &gw.cert,
-            &gw_args,
-            o.requests,
-            o.concurrency,
-            o.size,
-        )?;
-        let ratio = g["megabytes_per_second"].as_f64().unwrap_or(0.0)
-            / ng["megabytes_per_second"].as_f64().unwrap_or(1.0);
-        println!("{transport}: nginx    {}", describe(&ng));
-        println!("{transport}: gateway  {}", describe(&g));
-        println!("{transport}: gateway/nginx throughput ratio {ratio:.2}");
+    let point = Point {
+        size: o.size,
+        concurrency: o.concurrency,
+        requests: o.requests,
+    };
+    for transport in [Transport::Plain, Transport::Tls] {
+        let label = transport.label();
+        let compared = bench.compare(label, &servers, transport, point)?;
+        let (g, ng) = compared.median(Run::megabytes_per_second);
+        println!(
+            "{label}: {}: gateway {:.1} MB/s, nginx {:.1} MB/s, gateway/nginx throughput \
+             ratio {}",
+            bench.runs_label(),
+            g.megabytes_per_second(),
+            ng.megabytes_per_second(),
+            table::ratio(g.megabytes_per_second(), ng.megabytes_per_second())
+        );
     }
+    drop(servers);
 
-    drop(nginx);
-    drop(gw);
+    matrix(&mut bench, &dir)?;
+    memory(&mut bench, &dir, o)?;
 
-    matrix(&tools, &dir, o.quick)?;
+    if bench.unacknowledged.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not every upload was acknowledged in {} run(s): {}",
+            bench.unacknowledged.len(),
+            bench.unacknowledged.join("; ")
+        ))
+    }
+}
 
-    // Memory: the same number of concurrent uploads at two sizes, each on a
-    // freshly started gateway and nginx so each peak is this run's own. If
-    // uploads stream, the peak does not grow with the upload size.
+/// Memory: the same number of concurrent uploads at two sizes, each size
+/// on a freshly started gateway and nginx whose idle memory is read before
+/// any load. If uploads stream, the peak does not grow with the upload
+/// size.
+fn memory(bench: &mut Intake, dir: &Path, o: &Options) -> Result {
     println!(
         "\n## memory: {} concurrent uploads, peak resident memory",
         o.memory_uploads
@@ -685,62 +1039,49 @@ fn intake(o: &Options) -> Result {
     for size in [o.memory_size / 10, o.memory_size] {
         let run_dir = dir.join(format!("memory-{size}"));
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
-        let gw = start_gateway(&tools, &run_dir)?;
-        let nginx = start_nginx(&run_dir.join("nginx"), &gw.cert, &gw.key)?;
-        let gw_args = vec![
-            "--multipart-gateway".to_owned(),
-            format!("{},{},bench", gw.token, gw.session),
-        ];
-        let idle = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
-        let g = load(
-            &tools,
-            &gw.https,
-            &gw.cert,
-            &gw_args,
-            o.memory_uploads,
-            o.memory_uploads,
-            size,
-        )?;
-        let peak = peak_rss_mib(gw.child.id()).unwrap_or(0.0);
-        let workers = children(nginx.child.id());
-        let ng_idle: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
-        let ng = load(
-            &tools,
-            &nginx.https,
-            &gw.cert,
-            &ng_args,
-            o.memory_uploads,
-            o.memory_uploads,
-            size,
-        )?;
-        let ng_peak: f64 = workers.iter().filter_map(|p| peak_rss_mib(*p)).sum();
+        let servers = Servers::start(bench.tools, &run_dir)?;
+        let (idle, ng_idle) = (
+            servers.peak_mib(Side::Gateway),
+            servers.peak_mib(Side::Nginx),
+        );
+        let workers = servers.processes(Side::Nginx).1.len();
         let total_mb = f64::from(o.memory_uploads) * size as f64 / 1e6;
-        table::row(
+        let label = format!(
+            "{} × {} at once ({total_mb:.0} MB in all), TLS",
+            size_label(size),
+            o.memory_uploads
+        );
+        let point = Point {
+            size,
+            concurrency: o.memory_uploads,
+            requests: o.memory_uploads,
+        };
+        let compared = bench.compare(&label, &servers, Transport::Tls, point)?;
+        let peak = |r: &Run| r.peak_mib;
+        let (g, ng) = compared.median(peak);
+        report(
             format!(
-                "memory: peak RSS while {} uploads of {} arrive at once (TLS)",
+                "memory: peak RSS while {} uploads of {} arrive at once (TLS), {}",
                 o.memory_uploads,
-                size_label(size)
+                size_label(size),
+                bench.runs_label()
             ),
             format!(
-                "gateway {peak:.1} MiB (idle {idle:.1}); {:.0} MB/s",
-                g["megabytes_per_second"].as_f64().unwrap_or(0.0)
+                "{}gateway {:.1} MiB (idle {idle:.1}; runs {}); {:.0} MB/s",
+                unacknowledged_note(&compared.gateway),
+                g.peak_mib,
+                spread(&compared.gateway, peak),
+                g.megabytes_per_second()
             ),
             format!(
-                "nginx {ng_peak:.1} MiB summed over {} workers (idle {ng_idle:.1}); {:.0} MB/s",
-                workers.len(),
-                ng["megabytes_per_second"].as_f64().unwrap_or(0.0)
+                "{}nginx {:.1} MiB summed over {workers} workers (idle {ng_idle:.1}; runs {}); \
+                 {:.0} MB/s",
+                unacknowledged_note(&compared.nginx),
+                ng.peak_mib,
+                spread(&compared.nginx, peak),
+                ng.megabytes_per_second()
             ),
-            table::ratio(peak, ng_peak),
-        );
-        println!("{size} bytes each ({total_mb:.0} MB in all), TLS:");
-        println!(
-            "  gateway: peak RSS {peak:.1} MiB (idle {idle:.1} MiB); {}",
-            describe(&g)
-        );
-        println!(
-            "  nginx:   peak RSS {ng_peak:.1} MiB summed over {} workers (idle {ng_idle:.1} MiB); {}",
-            workers.len(),
-            describe(&ng)
+            table::ratio(g.peak_mib, ng.peak_mib),
         );
     }
     Ok(())
@@ -773,80 +1114,129 @@ fn size_label(size: u64) -> String {
 
 /// Small and large jobs from 1, 10 and 100 devices at once, over TLS as
 /// devices send them, into the gateway and into nginx; a fresh gateway and
-/// nginx for each size, their data removed after it.
-fn matrix(tools: &Tools, dir: &Path, quick: bool) -> Result {
+/// nginx for each size, their data removed after it. Before the servers
+/// start, the latency floor of that size on the same disk; at one device,
+/// the gateway's acknowledgement is set beside it.
+fn matrix(bench: &mut Intake, dir: &Path) -> Result {
     println!(
         "\n## intake by job size and devices at once, TLS{}",
-        if quick {
+        if bench.quick {
             " (quick: few jobs per point)"
         } else {
             ""
         }
     );
-    let ng_args = vec![
-        "--method".to_owned(),
-        "PUT".to_owned(),
-        "--multipart-body".to_owned(),
-        "bench".to_owned(),
-    ];
     let mut sizes: Vec<u64> = MATRIX.iter().map(|p| p.0).collect();
     sizes.dedup();
     for size in sizes {
         let run_dir = dir.join(format!("matrix-{size}"));
         std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
-        let gw = start_gateway(tools, &run_dir)?;
-        let nginx = start_nginx(&run_dir.join("nginx"), &gw.cert, &gw.key)?;
-        let gw_args = vec![
-            "--multipart-gateway".to_owned(),
-            format!("{},{},bench", gw.token, gw.session),
-        ];
+        let floor = write_fsync_floor(&run_dir, size)?;
+        println!(
+            "floor: create + write + fsync of a new {} file on the same disk: {}",
+            size_label(size),
+            table::p50_p99(&floor)
+        );
+        let servers = Servers::start(bench.tools, &run_dir)?;
         for &(_, devices, full, light) in MATRIX.iter().filter(|p| p.0 == size) {
-            let requests = if quick { light } else { full };
-            let ng = load(
-                tools,
-                &nginx.https,
-                &gw.cert,
-                &ng_args,
-                requests,
-                devices,
+            let requests = if bench.quick { light } else { full };
+            let label = format!("{} × {devices}, {requests} jobs", size_label(size));
+            let point = Point {
                 size,
-            )?;
-            let g = load(
-                tools, &gw.https, &gw.cert, &gw_args, requests, devices, size,
-            )?;
-            let label = format!("{} × {devices}", size_label(size));
-            println!("{label}, {requests} jobs: nginx    {}", describe(&ng));
-            println!("{label}, {requests} jobs: gateway  {}", describe(&g));
-            let rate = |v: &Value| v["requests_per_second"].as_f64().unwrap_or(0.0);
-            let cell = |name: &str, v: &Value| {
-                let failed = v["failed"].as_u64().unwrap_or(0);
-                format!(
-                    "{name} {:.1} jobs/s ({:.0} MB/s), p50 {} / p99 {}{}",
-                    rate(v),
-                    v["megabytes_per_second"].as_f64().unwrap_or(0.0),
-                    table::ms(v["latency"]["p50_ms"].as_f64().unwrap_or(0.0)),
-                    table::ms(v["latency"]["p99_ms"].as_f64().unwrap_or(0.0)),
-                    if failed > 0 {
-                        format!(", **{failed} failed**")
-                    } else {
-                        String::new()
-                    }
-                )
+                concurrency: devices,
+                requests,
             };
-            table::row(
+            let compared = bench.compare(&label, &servers, Transport::Tls, point)?;
+            let (g, ng) = compared.median(Run::jobs_per_second);
+            let cpu_ratio = table::ratio(g.cpu_ms_per_job, ng.cpu_ms_per_job);
+            report(
                 format!(
-                    "intake: {} jobs, {devices} device{} at once, {requests} jobs, TLS",
+                    "intake: {} jobs, {devices} device{} at once, {requests} jobs, TLS, {}",
                     size_label(size),
-                    if devices == 1 { "" } else { "s" }
+                    if devices == 1 { "" } else { "s" },
+                    bench.runs_label()
                 ),
-                cell("gateway", &g),
-                cell("nginx (WebDAV PUT)", &ng),
-                table::ratio(rate(&g), rate(&ng)),
+                matrix_cell(
+                    "gateway",
+                    &compared.gateway,
+                    g,
+                    &format!(" (gateway / nginx {cpu_ratio})"),
+                ),
+                matrix_cell("nginx (WebDAV PUT)", &compared.nginx, ng, ""),
+                table::ratio(g.jobs_per_second(), ng.jobs_per_second()),
             );
+            if devices == 1 {
+                floor_row(bench, size, g, &floor);
+            }
         }
-        drop(nginx);
-        drop(gw);
+        drop(servers);
         let _ = std::fs::remove_dir_all(&run_dir);
     }
     Ok(())
+}
+
+/// A cell of the matrix's table row: `median`'s figures, CPU time per job
+/// (with `cpu_note`) and every run's jobs/s.
+fn matrix_cell(name: &str, runs: &[Run], median: &Run, cpu_note: &str) -> String {
+    format!(
+        "{}{name} {:.1} jobs/s ({:.0} MB/s), p50 {} / p99 {}, CPU {}/job{cpu_note}; runs {} jobs/s",
+        unacknowledged_note(runs),
+        median.jobs_per_second(),
+        median.megabytes_per_second(),
+        table::ms(median.latency_ms("p50_ms")),
+        table::ms(median.latency_ms("p99_ms")),
+        cpu_ms(median.cpu_ms_per_job),
+        spread(runs, Run::jobs_per_second)
+    )
+}
+
+/// The gateway's acknowledgement latency at one device beside the floor
+/// (one write + fsync of the same bytes: what making them durable once
+/// costs on this disk) and twice the floor.
+fn floor_row(bench: &Intake, size: u64, gateway: &Run, floor: &Summary) {
+    let p50 = gateway.latency_ms("p50_ms");
+    report(
+        format!(
+            "intake: {} ack latency at one device vs one write+fsync of the same bytes, {}",
+            size_label(size),
+            bench.runs_label()
+        ),
+        format!(
+            "gateway ack p50 {} (2× the floor: {})",
+            table::ms(p50),
+            table::ms(2.0 * floor.p50)
+        ),
+        format!(
+            "create + write + fsync of a new {} file on the same disk: {}",
+            size_label(size),
+            table::p50_p99(floor)
+        ),
+        table::ratio(p50, floor.p50),
+    );
+}
+
+/// The latency floor of a durable acknowledgement of `size` bytes: creating
+/// a new file in `dir` (on the servers' disk), writing the bytes and
+/// fsyncing it, timed in ms; 200 times, or fewer for large sizes so that
+/// at most about 200 MB are written (at least 5).
+fn write_fsync_floor(dir: &Path, size: u64) -> Result<Summary> {
+    let repetitions = (200_000_000 / size).clamp(5, 200);
+    // Not zeros: a disk or file system may store runs of zeros cheaply.
+    let bytes: Vec<u8> = (0..size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let path = dir.join("floor");
+    let mut times = Vec::new();
+    // Each time a new file, as each job's page is: its blocks are
+    // allocated anew, not overwritten in place.
+    for _ in 0..repetitions {
+        let started = Instant::now();
+        let mut file = std::fs::File::create(&path).map_err(io)?;
+        file.write_all(&bytes).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(file);
+        std::fs::remove_file(&path).map_err(io)?;
+    }
+    summary(&times).ok_or_else(|| "no write + fsync timed".to_owned())
 }

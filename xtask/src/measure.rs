@@ -1,6 +1,7 @@
-//! Small measuring helpers the benchmarks share: reading the machine's
-//! CPU time, parsing the gateways' log timestamps, and summarising samples
-//! (nearest-rank percentiles).
+//! Small measuring helpers the benchmarks share: reading the CPU time of
+//! the machine and of processes, parsing the gateways' log timestamps,
+//! summarising samples (nearest-rank percentiles) and picking the median
+//! of repeated runs. They start nothing and print nothing.
 
 /// An error as the text the benchmarks report.
 pub fn io(e: impl std::fmt::Display) -> String {
@@ -73,4 +74,67 @@ pub fn summary(samples: &[f64]) -> Option<Summary> {
         min,
         max,
     })
+}
+
+/// User + system CPU time the processes `pids` have used so far, in clock
+/// ticks (`utime` + `stime` of `/proc/<pid>/stat`); a process that is gone
+/// counts nothing.
+pub fn process_cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| stat_cpu_ticks(&stat))
+        .sum()
+}
+
+/// `utime` + `stime` (fields 14 and 15) of one `/proc/<pid>/stat` line.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may itself hold
+    // spaces and parentheses: fields are counted from the last `)`, after
+    // which field 3 begins.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some(field(14)? + field(15)?)
+}
+
+/// Clock ticks per second, the unit of [`process_cpu_ticks`], as
+/// `getconf CLK_TCK` tells; `None` when it cannot be asked.
+pub fn clock_ticks_per_second() -> Option<f64> {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()?;
+    let ticks: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (out.status.success() && ticks > 0.0).then_some(ticks)
+}
+
+/// The index of the median of `values`: the middle one by value, the lower
+/// middle one of an even count; 0 when there are none.
+pub fn median_index(values: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|a, b| values[*a].total_cmp(&values[*b]));
+    order
+        .get(values.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_run_is_the_middle_one_by_value() {
+        assert_eq!(median_index(&[361.4, 350.1, 370.2]), 0);
+        assert_eq!(median_index(&[5.0]), 0);
+        assert_eq!(median_index(&[2.0, 1.0]), 1);
+        assert_eq!(median_index(&[]), 0);
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (nginx: worker) S 4241 4241 4241 0 -1 4194624 1502 0 0 0 \
+                    37 12 0 0 20 0 1 0 1234 10000 500";
+        assert_eq!(stat_cpu_ticks(stat), Some(49));
+        assert_eq!(stat_cpu_ticks("4242 (odd) name) R 1"), None);
+    }
 }
