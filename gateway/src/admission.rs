@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// The switches that decide whether new work is let in.
@@ -26,13 +27,17 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(login_failures_per_minute: u32, max_uploads_in_flight: usize) -> Admission {
+    pub fn new(
+        login_failures_per_minute: u32,
+        max_uploads_in_flight: usize,
+        upload_slot_wait: Duration,
+    ) -> Admission {
         Admission {
             maintenance: AtomicBool::new(false),
             pipeline_paused: AtomicBool::new(false),
             web_up: AtomicBool::new(false),
             uploads: UploadClaims::default(),
-            in_flight: InFlight::new(max_uploads_in_flight),
+            in_flight: InFlight::new(max_uploads_in_flight, upload_slot_wait),
             logins: LoginLimiter::new(login_failures_per_minute),
         }
     }
@@ -62,50 +67,65 @@ impl Admission {
     }
 }
 
-/// Uploads streaming in right now, at most `limit`: one more is turned
-/// away (`503 busy`) instead of growing memory; the device retries the same
-/// server a moment later.
+/// Uploads streaming in right now, at most `limit`, so memory stays
+/// bounded in a rush: one more waits (its body unread, in the kernel's
+/// socket buffer rather than this process) for a slot, up to `wait`, and
+/// is then turned away (`503 busy`); the device retries the same server a
+/// moment later. Slots go in the order asked for.
 #[derive(Debug)]
 pub struct InFlight {
     limit: usize,
-    now: Arc<AtomicUsize>,
+    wait: Duration,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
 }
 
 /// Held while one upload streams in; released on drop.
 #[derive(Debug)]
-pub struct InFlightSlot(Arc<AtomicUsize>);
+pub struct InFlightSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl InFlight {
-    pub fn new(limit: usize) -> InFlight {
+    pub fn new(limit: usize, wait: Duration) -> InFlight {
         InFlight {
             limit,
-            now: Arc::default(),
+            wait,
+            slots: Arc::new(Semaphore::new(limit)),
+            waiting: AtomicUsize::new(0),
         }
     }
 
-    /// A slot for one more upload, or `None` when `limit` are streaming.
-    pub fn enter(&self) -> Option<InFlightSlot> {
-        self.now
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| InFlightSlot(self.now.clone()))
+    /// A slot for one more upload: at once when fewer than `limit` are
+    /// streaming, else the first to free up within `wait`; `None` after.
+    pub async fn enter(&self) -> Option<InFlightSlot> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(InFlightSlot(permit));
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let permit = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match permit {
+            Ok(Ok(permit)) => Some(InFlightSlot(permit)),
+            _ => None,
+        }
     }
 
     /// Uploads streaming in right now.
     pub fn current(&self) -> usize {
-        self.now.load(Ordering::Acquire)
+        self.limit - self.slots.available_permits()
+    }
+
+    /// Uploads waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     pub fn limit(&self) -> usize {
         self.limit
     }
-}
 
-impl Drop for InFlightSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+    /// How long an upload waits for a slot before it is turned away.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 }
 
@@ -195,16 +215,32 @@ impl LoginLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn uploads_beyond_the_limit_are_turned_away_until_one_ends() {
-        let in_flight = InFlight::new(2);
-        let a = in_flight.enter().unwrap();
-        let _b = in_flight.enter().unwrap();
-        assert!(in_flight.enter().is_none());
+    #[tokio::test(start_paused = true)]
+    async fn uploads_beyond_the_limit_wait_for_a_slot_and_are_turned_away_after_the_wait() {
+        let in_flight = Arc::new(InFlight::new(2, Duration::from_secs(5)));
+        let a = in_flight.enter().await.unwrap();
+        let _b = in_flight.enter().await.unwrap();
         assert_eq!(in_flight.current(), 2);
+        // A third waits, and gets the first slot that frees up.
+        let third = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.enter().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(in_flight.waiting(), 1);
         drop(a);
-        assert!(in_flight.enter().is_some());
-        assert_eq!(in_flight.current(), 1, "the slot taken above went with it");
+        let _third = third
+            .await
+            .unwrap()
+            .expect("the waiting upload got the freed slot");
+        assert_eq!(in_flight.waiting(), 0);
+        assert_eq!(in_flight.current(), 2, "the slot passed on, not returned");
+        // With every slot held for longer than the wait, one more is
+        // turned away once the wait is over.
+        let started = tokio::time::Instant::now();
+        assert!(in_flight.enter().await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(in_flight.waiting(), 0);
     }
 
     #[test]

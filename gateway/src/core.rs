@@ -163,6 +163,7 @@ impl Core {
     pub fn new(parts: CoreParts) -> Arc<Core> {
         let logins = parts.settings.instance.login_failures_per_minute;
         let uploads_in_flight = parts.settings.instance.max_uploads_in_flight;
+        let upload_slot_wait = parts.settings.instance.upload_slot_wait;
         Arc::new(Core {
             role: RoleState::new(RoleSnapshot::unlicensed(Some(
                 "not read yet: the data service is starting".into(),
@@ -170,7 +171,7 @@ impl Core {
             data: DataService::new(parts.paths.clone(), parts.timing),
             config: ConfigCell::default(),
             metrics: Metrics::default(),
-            admission: Admission::new(logins, uploads_in_flight),
+            admission: Admission::new(logins, uploads_in_flight, upload_slot_wait),
             peer_acks: Default::default(),
             ownership: Default::default(),
             job_ready: Notify::new(),

@@ -48,6 +48,10 @@ pub const ENV_VARS: &[(&str, EnvTarget)] = &[
         EnvTarget::Instance("max_uploads_in_flight"),
     ),
     (
+        "SCANGW_UPLOAD_SLOT_WAIT_MS",
+        EnvTarget::Instance("upload_slot_wait_ms"),
+    ),
+    (
         "SCANGW_STEP_TIMEOUT_SECS",
         EnvTarget::Instance("step_timeout_secs"),
     ),

@@ -286,6 +286,7 @@ fn every_instance_setting_has_an_environment_variable_that_overrides_it() {
         "ocr_parallelism",
         "max_attempts",
         "max_uploads_in_flight",
+        "upload_slot_wait_ms",
         "step_timeout_secs",
         "maintenance_retry_after_secs",
         "login_failures_per_minute",

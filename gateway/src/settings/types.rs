@@ -140,8 +140,10 @@ pub struct InstanceSettings {
     pub tesseract: PathBuf,
     pub ocr_parallelism: usize,
     pub max_attempts: u32,
-    /// Uploads streaming in at once; one more is answered `503 busy`.
+    /// Uploads streaming in at once; one more waits for a slot.
     pub max_uploads_in_flight: usize,
+    /// How long an upload waits for a slot before it is answered `503 busy`.
+    pub upload_slot_wait: Duration,
     pub step_timeout: Duration,
     pub maintenance_retry_after_secs: u32,
     pub login_failures_per_minute: u32,

@@ -81,7 +81,7 @@ pub enum ApiError {
     UploadInProgress(String),
     /// As many uploads as the server takes at once are streaming in.
     #[error(
-        "this server is taking {limit} uploads at once already; send this job again in a moment (to this server: it is not down)"
+        "this server is taking {limit} uploads at once and none ended while this one waited; send this job again in a moment (to this server: it is not down)"
     )]
     Busy { limit: usize },
     /// A device registration with a name already in use.

@@ -152,11 +152,17 @@ async fn receive(
             e.body_text()
         ))
     })?;
-    // Bounded before any of the body is read: a rush waits at the devices
-    // (`busy` is not a failover cause), not in this server's memory.
-    let _slot = core.admission.in_flight.enter().ok_or(ApiError::Busy {
-        limit: core.admission.in_flight.limit(),
-    })?;
+    // Bounded before any of the body is read: a rush waits in the kernel's
+    // socket buffers and at the devices (`busy` after the wait is not a
+    // failover cause), not in this server's memory.
+    let _slot = core
+        .admission
+        .in_flight
+        .enter()
+        .await
+        .ok_or(ApiError::Busy {
+            limit: core.admission.in_flight.limit(),
+        })?;
     let _claim = core
         .admission
         .uploads

@@ -42,6 +42,7 @@ impl Site {
 [defaults]
 listen = "127.0.0.1:0"
 data_dir = "{}/{{instance}}"
+upload_slot_wait_ms = 300
 
 [users.ann]
 password_hash = "{hash}"
@@ -705,16 +706,18 @@ async fn admin_switches_changed_while_the_store_is_away_survive_its_return() {
 }
 
 #[tokio::test]
-async fn uploads_beyond_the_limit_in_flight_are_answered_busy_and_lose_nothing() {
+async fn uploads_beyond_the_limit_in_flight_wait_for_a_slot_then_are_answered_busy_and_lose_nothing()
+ {
     let site = Site::licensed(Role::Primary).await;
     let token = site.device("mfd-1").await;
     let session = site.login(&token).await;
     let in_flight = &site.core.admission.in_flight;
+    assert_eq!(in_flight.wait(), std::time::Duration::from_millis(300));
     let mut streaming = Vec::new();
-    while let Some(slot) = in_flight.enter() {
-        streaming.push(slot);
+    while streaming.len() < in_flight.limit() {
+        streaming.push(in_flight.enter().await.unwrap());
     }
-    assert_eq!(streaming.len(), in_flight.limit());
+    // Every slot stays taken for longer than the wait: `busy`.
     let id = Uuid::new_v4();
     let (status, body) = site.submit(&token, &session, id, 1).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -731,10 +734,18 @@ async fn uploads_beyond_the_limit_in_flight_are_answered_busy_and_lose_nothing()
         Some(1),
         "Retry-After: 1"
     );
-    // Nothing of the refused upload was kept; the same id goes in once a
-    // slot is free, and its slot is given back when it is done.
-    streaming.pop();
-    let (status, ack) = site.submit(&token, &session, id, 1).await;
+    let kept = site.core.data.run(move |s| s.job_exists(id)).await.unwrap();
+    let spool = site.core.data.parts().unwrap().spool.clone();
+    assert!(!kept && !spool.job_dir(id).exists(), "nothing was kept");
+    // An upload that waits gets the first slot freed within the wait, and
+    // gives it back when it is done.
+    let waiting = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(in_flight.waiting(), 1, "the upload waits for a slot");
+        streaming.pop();
+    };
+    let ((status, ack), ()) = tokio::join!(site.submit(&token, &session, id, 1), waiting);
     assert_eq!(status, StatusCode::CREATED, "{ack}");
     assert_eq!(in_flight.current(), in_flight.limit() - 1);
+    assert_eq!(in_flight.waiting(), 0);
 }
