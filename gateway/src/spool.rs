@@ -106,7 +106,7 @@ impl JobSpool {
         SpoolUpload {
             id,
             dir: self.job_dir(id),
-            made: Arc::new(AtomicBool::new(false)),
+            dir_state: Arc::default(),
             pages: 0,
             committed: false,
         }
@@ -142,9 +142,9 @@ impl JobSpool {
 pub struct SpoolUpload {
     id: Uuid,
     dir: PathBuf,
-    /// Set once the directory was made by this upload (and only then is it
-    /// this upload's to remove).
-    made: Arc<AtomicBool>,
+    /// Whether this upload made its directory (only then is it this
+    /// upload's to remove), shared with the page writer that makes it.
+    dir_state: Arc<DirState>,
     pages: u32,
     committed: bool,
 }
@@ -159,7 +159,7 @@ impl SpoolUpload {
     /// the page's first bytes, in the same trip to the blocking pool.
     pub fn page(&mut self, seq: u32, extension: &str) -> PageWriter {
         let file_name = format!("page-{seq:04}.{extension}");
-        let make_dir = (self.pages == 0).then(|| (self.dir.clone(), self.made.clone()));
+        let make_dir = (self.pages == 0).then(|| (self.dir.clone(), self.dir_state.clone()));
         self.pages += 1;
         PageWriter {
             file: None,
@@ -178,7 +178,7 @@ impl SpoolUpload {
     pub fn sync(&self) -> io::Result<()> {
         if self.pages == 0 {
             make_private_dir(&self.dir)?;
-            self.made.store(true, Ordering::SeqCst);
+            self.dir_state.made.store(true, Ordering::SeqCst);
         }
         sync_dir(&self.dir)
     }
@@ -191,7 +191,14 @@ impl SpoolUpload {
 
 impl Drop for SpoolUpload {
     fn drop(&mut self) {
-        if self.committed || !self.made.load(Ordering::SeqCst) {
+        if self.committed {
+            return;
+        }
+        // Said before `made` is read: a page writer making the directory
+        // right now sets `made` before it reads `abandoned`, so one of the
+        // two sees the other and removes the directory.
+        self.dir_state.abandoned.store(true, Ordering::SeqCst);
+        if !self.dir_state.made.load(Ordering::SeqCst) {
             return;
         }
         let dir = self.dir.clone();
@@ -208,13 +215,23 @@ impl Drop for SpoolUpload {
     }
 }
 
+/// Who removes the directory of an upload that ends without a commit: the
+/// upload when it is dropped after the directory was made, or the page
+/// writer that makes it after the upload was dropped (a device that hung
+/// up while its first bytes were on their way to the disk).
+#[derive(Debug, Default)]
+struct DirState {
+    made: AtomicBool,
+    abandoned: AtomicBool,
+}
+
 /// Streams one page file to disk while hashing it.
 pub struct PageWriter {
     /// Opened with the first bytes written out.
     file: Option<std::fs::File>,
     path: PathBuf,
     /// The upload's directory, for the first page: made with the file.
-    make_dir: Option<(PathBuf, Arc<AtomicBool>)>,
+    make_dir: Option<(PathBuf, Arc<DirState>)>,
     buffer: Vec<u8>,
     digest: digest::Context,
     bytes: u64,
@@ -249,9 +266,16 @@ impl PageWriter {
             let mut file = match file {
                 Some(file) => file,
                 None => {
-                    if let Some((dir, made)) = make_dir {
+                    if let Some((dir, state)) = make_dir {
                         make_private_dir(&dir)?;
-                        made.store(true, Ordering::SeqCst);
+                        state.made.store(true, Ordering::SeqCst);
+                        if state.abandoned.load(Ordering::SeqCst) {
+                            let _ = std::fs::remove_dir_all(&dir);
+                            return Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                "the upload ended while its directory was being made",
+                            ));
+                        }
                     }
                     create_private_file(&path)?
                 }
@@ -398,6 +422,23 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(spool.job_ids().unwrap().is_empty());
+    }
+
+    /// A device that hangs up while its first bytes are on their way to
+    /// the disk: the upload is dropped before its directory exists, and the
+    /// page writer that makes it then removes it.
+    #[tokio::test]
+    async fn a_directory_made_after_its_upload_was_dropped_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = JobSpool::open(tmp.path()).unwrap();
+        let id = Uuid::new_v4();
+        let mut up = spool.begin(id);
+        let mut page = up.page(1, "png");
+        page.write(b"late").await.unwrap();
+        drop(up);
+        let err = page.finish().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(!spool.job_dir(id).exists());
     }
 
     /// An upload never writes into an existing job directory, nor removes
