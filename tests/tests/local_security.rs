@@ -115,10 +115,7 @@ fn an_unprivileged_local_user_can_read_nothing_of_the_data_directory() {
     assert_eq!(ack.status, 201, "{}", String::from_utf8_lossy(&ack.body));
     let spooled = data_dir.join(format!("gw-a-spool/jobs/{job}"));
     assert!(spooled.is_dir(), "the job waits in the spool");
-    assert!(
-        files_under(&spooled).len() >= 2,
-        "pages and manifest are spooled"
-    );
+    assert_eq!(files_under(&spooled).len(), 1, "the page is spooled");
     assert_private(&data_dir, &user, "with a job in the spool");
 
     // The job delivered into the instance's folder.
