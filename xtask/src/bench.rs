@@ -644,6 +644,9 @@ pub(crate) fn load(
 /// Runs of each intake point and server; the figure is the median run.
 const RUNS: usize = 3;
 
+/// A run that wrote this much has its files removed after it.
+const DISCARD_AFTER_BYTES: u64 = 1_000_000_000;
+
 /// How the load client reaches a server.
 #[derive(Clone, Copy)]
 enum Transport {
@@ -707,6 +710,9 @@ impl Servers {
     /// runs of a point do not fill the disk (three runs of 200 uploads of
     /// 20 MB into each server are 24 GB). The gateway's pipeline stays
     /// paused, so nothing reads the job rows left without their pages.
+    /// Only after runs of [`DISCARD_AFTER_BYTES`] or more: removing files
+    /// costs the disk work of its own (this file system may discard the
+    /// freed blocks), which would weigh on the small jobs' next runs.
     fn discard(&self, side: Side) -> Result {
         let uploads = match side {
             Side::Nginx => self.dir.join("nginx/www/upload"),
@@ -966,7 +972,9 @@ impl Intake<'_> {
             p.size,
         )?;
         let ticks = process_cpu_ticks(&cpu).saturating_sub(before);
-        servers.discard(side)?;
+        if u64::from(p.requests) * p.size >= DISCARD_AFTER_BYTES {
+            servers.discard(side)?;
+        }
         Ok(Run {
             load,
             cpu_ms_per_job: ticks as f64 * self.tick_ms / f64::from(p.requests),
