@@ -50,7 +50,7 @@ use crate::store::job_owners::NewsTaken;
 use crate::store::{JobRecord, JobState, NewJob, NewPage};
 
 /// Jobs offered and not yet answered, at most.
-pub const WINDOW: usize = 4;
+pub const WINDOW: usize = 16;
 /// Bytes of page data offered and not yet answered, at most (one job is
 /// always allowed, whatever its size): what the receiver may have to hold
 /// while its disk catches up.
@@ -441,7 +441,11 @@ pub async fn receive_loop(
     let mut news_failing: Option<String> = None;
     // An item read while gathering news, handled next.
     let mut lookahead: Option<Incoming> = None;
+    // Copies whose pages all arrived, being committed (at most the
+    // sender's window of them).
+    let mut committing = tokio::task::JoinSet::new();
     loop {
+        while committing.try_join_next().is_some() {}
         let event = match lookahead.take() {
             Some(event) => event,
             None => match incoming.recv().await {
@@ -545,6 +549,10 @@ pub async fn receive_loop(
             Incoming::News { sender, news } => {
                 // Every news already waiting from the same sender is taken
                 // with it, in one transaction.
+                // News may be about a copy still being committed: it is
+                // taken once that copy is stored, as when copies were
+                // committed one after the other.
+                while committing.join_next().await.is_some() {}
                 let mut batch = vec![*news];
                 while batch.len() < NEWS_WINDOW {
                     match incoming.try_recv() {
@@ -566,21 +574,26 @@ pub async fn receive_loop(
                 let Some(r) = current.take().filter(|r| r.offer.id == job) else {
                     continue;
                 };
-                let seq = r.offer.seq;
-                match finish(&core, r).await {
-                    Ok(()) => answer(&link, Wire::JobStored { job, seq }),
-                    Err((reason, disk_full)) => {
-                        tracing::warn!(%job, reason, "a job copy from the peer was not stored");
-                        answer(
-                            &link,
-                            Wire::JobRefused {
-                                job,
-                                reason,
-                                disk_full,
-                            },
-                        )
+                // Committed beside the next copies streaming in, so the
+                // copies in the sender's window share the commit's batches.
+                let (core, link) = (core.clone(), link.clone());
+                committing.spawn(async move {
+                    let seq = r.offer.seq;
+                    match finish(&core, r).await {
+                        Ok(()) => answer(&link, Wire::JobStored { job, seq }),
+                        Err((reason, disk_full)) => {
+                            tracing::warn!(%job, reason, "a job copy from the peer was not stored");
+                            answer(
+                                &link,
+                                Wire::JobRefused {
+                                    job,
+                                    reason,
+                                    disk_full,
+                                },
+                            )
+                        }
                     }
-                }
+                });
             }
         }
     }
