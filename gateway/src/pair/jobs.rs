@@ -13,9 +13,12 @@
 //!   peer answers an offer of a job it already holds at once);
 //! * the receiver checks every page's size and SHA-256 against the offer
 //!   before it commits anything, and a job directory and its row are made
-//!   as an accepted job's are (files fsynced, directory renamed, row
-//!   committed); a page that does not match is refused and re-sent, a full
-//!   disk is reported as such;
+//!   as an accepted job's are (page files fsynced, then the group commit:
+//!   directory fsynced, row committed), each copy committed beside the next
+//!   ones streaming in so the window's copies share commits, and the
+//!   peer's news taken only once the copies before it are stored; a page
+//!   that does not match is refused and re-sent, a full disk is reported
+//!   as such;
 //! * a job's news (state, step attempts, owner and ownership term) goes to
 //!   the peer whenever the peer holds a copy and has not acknowledged the
 //!   job's latest revision, whichever server changed it (so each server
