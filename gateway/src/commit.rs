@@ -143,15 +143,12 @@ fn commit_batch(store: &Store, spool: &JobSpool, batch: Vec<Request>) {
     }
     // Step 2: the directories' names, for the whole batch.
     if let Err(error) = sync_dir(&spool.jobs_dir()) {
-        let kind = error.kind();
-        let message = error.to_string();
         for request in ready {
-            let error = std::io::Error::new(kind, message.clone());
             answer(
                 request,
                 Err(CommitError::Spool {
                     what: "syncing the spool's job directories",
-                    error,
+                    error: same_error(&error),
                 }),
             );
         }
@@ -176,6 +173,16 @@ fn commit_batch(store: &Store, spool: &JobSpool, batch: Vec<Request>) {
                 answer(request, result);
             }
         }
+    }
+}
+
+/// A copy of an I/O error for each job of a batch, keeping what the data
+/// service and the pair link judge it by: its OS error code (a full disk,
+/// EIO) or else its kind, and its message.
+fn same_error(error: &std::io::Error) -> std::io::Error {
+    match error.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(error.kind(), error.to_string()),
     }
 }
 
@@ -294,6 +301,18 @@ mod tests {
         );
         assert!(f.store.job_exists(good).unwrap());
         assert!(f.spool.job_dir(good).join("page-0001.png").exists());
+    }
+
+    #[test]
+    fn each_job_of_a_failed_batch_gets_the_same_os_error() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let copy = same_error(&full);
+        assert_eq!(copy.raw_os_error(), Some(28));
+        assert_eq!(copy.kind(), std::io::ErrorKind::StorageFull);
+        let other = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let copy = same_error(&other);
+        assert_eq!(copy.kind(), std::io::ErrorKind::NotFound);
+        assert!(copy.to_string().contains("gone"));
     }
 
     /// A job stored meanwhile by another path keeps its row; the upload's
