@@ -154,16 +154,7 @@ pub async fn verify_session(
     headers: &HeaderMap,
     device: &Device,
 ) -> Result<Session, ApiError> {
-    verify_session_for(core, headers, device, false).await
-}
-
-async fn verify_session_for(
-    core: &Core,
-    headers: &HeaderMap,
-    device: &Device,
-    job_upload: bool,
-) -> Result<Session, ApiError> {
-    let (session, replay_seq) = session_claims(core, headers, job_upload)?;
+    let (session, replay_seq) = session_claims(core, headers, false)?;
     let sid = session.id.to_string();
     let ended = core.data.run(move |s| s.session_end(&sid)).await?;
     session_standing(core, &session, device, replay_seq, ended)?;
