@@ -12,6 +12,9 @@
 //!   the link is down: a closed link degrades at once;
 //! * a waiter is registered before the job is committed, so an answer that
 //!   comes quickly is never missed;
+//! * a waiting acknowledgement is released as soon as the peer says its
+//!   copy is stored (it says so only once the copy is durable), before
+//!   this server records it;
 //! * this module only passes news between the two sides: whether a job is
 //!   replicated is the store's record (`replica_state`).
 
@@ -122,6 +125,41 @@ pub struct PeerWait {
     rx: oneshot::Receiver<()>,
 }
 
+/// A question to the peer about one job id, asked and not yet answered.
+pub struct Question<'a> {
+    acks: &'a PeerAcks,
+    id: Uuid,
+    rx: oneshot::Receiver<Option<KnownJob>>,
+    deadline: tokio::time::Instant,
+}
+
+impl Question<'_> {
+    /// The peer's answer, waiting until the question's deadline at most.
+    /// `None`: no answer in time (or the link went); `Some(None)`: the
+    /// peer does not hold the job.
+    pub async fn answer(mut self) -> Option<Option<KnownJob>> {
+        tokio::time::timeout_at(self.deadline, &mut self.rx)
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+impl Drop for Question<'_> {
+    /// An unanswered question leaves nothing behind: its slot goes, and
+    /// the id's entry with it once no other question waits on it.
+    fn drop(&mut self) {
+        self.rx.close();
+        let mut queries = self.acks.queries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queries.get_mut(&self.id) {
+            waiting.retain(|tx| !tx.is_closed());
+            if waiting.is_empty() {
+                queries.remove(&self.id);
+            }
+        }
+    }
+}
+
 impl PeerAcks {
     /// Whether the pair link is connected now.
     pub fn link_up(&self) -> bool {
@@ -215,10 +253,11 @@ impl PeerAcks {
         let _ = self.asker.set(asker);
     }
 
-    /// Asks the peer whether it holds job `id`, waiting at most `limit`.
-    /// `None`: no answer (no link, no pair link, or too slow); `Some(None)`:
-    /// the peer does not hold it.
-    pub async fn ask(&self, id: Uuid, limit: Duration) -> Option<Option<KnownJob>> {
+    /// Asks the peer whether it holds job `id`; the answer is awaited
+    /// later ([`Question::answer`]), at most `limit` after this call, so
+    /// the asker can do other work meanwhile. `None`: nobody to ask (no
+    /// pair link, or its link is down).
+    pub fn ask(&self, id: Uuid, limit: Duration) -> Option<Question<'_>> {
         let asker = self.asker.get()?;
         if !self.link_up() {
             return None;
@@ -231,14 +270,12 @@ impl PeerAcks {
             .or_default()
             .push(tx);
         asker(id);
-        let answer = tokio::time::timeout(limit, rx).await.ok()?.ok();
-        if answer.is_none() {
-            self.queries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
-        answer
+        Some(Question {
+            acks: self,
+            id,
+            rx,
+            deadline: tokio::time::Instant::now() + limit,
+        })
     }
 
     /// The peer's answer about job `id`.
@@ -381,6 +418,7 @@ impl PeerAcks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_wait_ends_with_the_copy_the_limit_or_at_once_without_a_link() {
@@ -417,5 +455,42 @@ mod tests {
         assert_eq!(acks.held(), vec![y]);
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(acks.held().is_empty(), "the hold is bounded");
+    }
+
+    #[tokio::test]
+    async fn a_question_is_answered_after_other_work_or_leaves_nothing_behind() {
+        let acks = PeerAcks::default();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        acks.set_asker(Box::new(move |id| log.lock().unwrap().push(id)));
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        // Link down: nobody is asked.
+        assert!(acks.ask(a, Duration::from_secs(1)).is_none());
+        assert!(asked.lock().unwrap().is_empty());
+
+        acks.set_link_up(true);
+        // Asked at once; the answer that comes before it is awaited is kept.
+        let q = acks.ask(a, Duration::from_secs(5)).expect("the link is up");
+        assert_eq!(*asked.lock().unwrap(), vec![a]);
+        acks.answered(a, None);
+        assert_eq!(q.answer().await, Some(None));
+
+        // The limit runs from the question, not from the wait.
+        let q = acks.ask(b, Duration::from_millis(30)).unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let t = std::time::Instant::now();
+        assert_eq!(q.answer().await, None);
+        assert!(t.elapsed() < Duration::from_millis(20));
+
+        // Two questions about one id: dropping one leaves the other's slot.
+        let q1 = acks.ask(a, Duration::from_secs(5)).unwrap();
+        let q2 = acks.ask(a, Duration::from_secs(5)).unwrap();
+        drop(q1);
+        assert_eq!(acks.queries.lock().unwrap()[&a].len(), 1);
+        drop(q2);
+        assert!(
+            acks.queries.lock().unwrap().is_empty(),
+            "no question left behind"
+        );
     }
 }

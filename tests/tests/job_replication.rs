@@ -328,6 +328,12 @@ fn a_job_resubmitted_to_the_other_server_gets_the_original_acknowledgement() {
     );
     assert_eq!(again.json()["accepted_by"], "gw-a");
     assert_eq!(again.json()["received_at"], first.json()["received_at"]);
+    // The pages gw-b read while waiting for gw-a's answer went with the
+    // dropped upload.
+    assert!(
+        !spool_dir(&site, "gw-b", lone).exists(),
+        "gw-b kept the pages of a job its peer holds"
+    );
     let everywhere: Vec<Value> = ["received", "processing", "done", "failed"]
         .iter()
         .flat_map(|state| {

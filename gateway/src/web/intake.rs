@@ -9,8 +9,10 @@
 //! then is the acknowledgement written, made of the values committed. The
 //! job id is the device's idempotency key: a resubmission of an accepted
 //! job gets the original acknowledgement (`200`) without its pages being
-//! read or stored again; an upload cut off midway leaves nothing behind, so
-//! its retry starts clean.
+//! stored again (nor read, when this server holds it; when the peer does,
+//! only the pages that came before the peer's answer are read, and
+//! dropped); an upload cut off midway leaves nothing behind, so its retry
+//! starts clean.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,11 +28,13 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::core::Core;
+use crate::data::DataParts;
 use crate::manifest::Manifest;
 use crate::peer_ack::KnownJob;
 use crate::security::sha256_hex;
 use crate::settings::PeerAck;
 use crate::site::ActiveConfig;
+use crate::spool::SpoolUpload;
 use crate::store::{NewJob, NewPage, stored_time};
 use crate::web::api::parse_job_id;
 use crate::web::auth::admit_job_upload;
@@ -194,105 +198,49 @@ async fn receive(
 
     // Idempotency: an accepted job id answers with its acknowledgement,
     // whichever server of the pair accepted it (seed 000: a device that
-    // resubmits to the other server is not stored twice). The peer is asked
-    // only while the link is up, and only for a bounded time.
+    // resubmits to the other server is not stored twice).
     if let Some(existing) = core.data.run(move |s| s.job(id)).await? {
         return replay(core, &KnownJob::of(&existing), &manifest_sha256, device.id);
     }
-    if let Some(pair) = &core.settings.instance.pair {
+    // The peer is asked only while the link is up, and only for a bounded
+    // time. Its answer is awaited beside the pages streaming in, so a new
+    // job does not pay the round trip: a job the peer holds is answered
+    // as a replay as soon as the answer comes (the pages spooled so far
+    // go with the dropped upload), and so is one whose upload failed or
+    // whose manifest no longer passes the checks.
+    let question = core.settings.instance.pair.as_ref().and_then(|pair| {
         let limit = Duration::from_millis(pair.peer_ack_timeout_ms.min(PEER_QUESTION_MS));
-        if let Some(Some(known)) = core.peer_acks.ask(id, limit).await {
+        core.peer_acks.ask(id, limit)
+    });
+    let spooling = spool_pages(
+        core,
+        id,
+        &manifest,
+        &config,
+        raw_manifest.len() as u64,
+        &mut multipart,
+    );
+    tokio::pin!(spooling);
+    let mut spooled = None;
+    if let Some(question) = question {
+        let answer = question.answer();
+        tokio::pin!(answer);
+        let known = tokio::select! {
+            known = &mut answer => known,
+            done = &mut spooling => {
+                spooled = Some(done);
+                answer.await
+            }
+        };
+        if let Some(Some(known)) = known {
             tracing::info!(job = %id, accepted_by = known.accepted_by, "a job the peer accepted was resubmitted here");
             return replay(core, &known, &manifest_sha256, device.id);
         }
     }
-    // Checked only for a new job: an accepted job keeps its acknowledgement
-    // even if its workflow or index fields changed since.
-    check_manifest(&manifest, &config)?;
-
-    let parts = core.data.parts()?;
-    // No row exists and this connection holds the id's upload claim, so a
-    // spool directory for the id is an orphan of an attempt whose row was
-    // never committed: remove it, since a commit never replaces one.
-    if parts.spool.job_dir(id).exists() {
-        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
-        parts.spool.remove_job(id).map_err(|e| {
-            core.data
-                .spool_error("removing an orphan job directory", &e)
-        })?;
-    }
-    let mut upload = parts.spool.begin(id);
-    let mut total = raw_manifest.len() as u64;
-    let mut pages: Vec<NewPage> = Vec::new();
-    while let Some(mut field) = next_field(&mut multipart).await? {
-        if field.name() != Some("page") {
-            return Err(ApiError::BadRequest(format!(
-                "unexpected part `{}`: after the manifest only `page` parts are allowed",
-                field.name().unwrap_or("")
-            )));
-        }
-        let seq = pages.len() as u32 + 1;
-        if seq > limits.max_pages {
-            return Err(ApiError::TooManyPages {
-                count: seq,
-                limit: limits.max_pages,
-            });
-        }
-        if seq > manifest.page_count {
-            return Err(ApiError::PageCountMismatch {
-                declared: manifest.page_count,
-                received: seq,
-            });
-        }
-        // Sniff the format from the first bytes of the content.
-        let mut head = Vec::with_capacity(16);
-        while head.len() < 16 {
-            match next_chunk(&mut field).await? {
-                Some(chunk) => head.extend_from_slice(&chunk),
-                None => break,
-            }
-        }
-        let format =
-            PageFormat::sniff(&head).ok_or(ApiError::UnsupportedPageFormat { page: seq })?;
-        let mut writer = upload.page(seq, format.extension());
-        let mut chunk = Some(bytes::Bytes::from(head));
-        while let Some(data) = chunk {
-            total += data.len() as u64;
-            if writer.bytes() + data.len() as u64 > limits.max_page_bytes {
-                return Err(ApiError::PageTooLarge {
-                    page: seq,
-                    limit: limits.max_page_bytes,
-                });
-            }
-            if total > limits.max_job_bytes {
-                return Err(ApiError::JobTooLarge {
-                    limit: limits.max_job_bytes,
-                });
-            }
-            writer
-                .write(&data)
-                .await
-                .map_err(|e| core.data.spool_error("writing a page", &e))?;
-            chunk = next_chunk(&mut field).await?;
-        }
-        let page = writer
-            .finish()
-            .await
-            .map_err(|e| core.data.spool_error("syncing a page", &e))?;
-        pages.push(NewPage {
-            seq,
-            file_name: page.file_name,
-            format: format_name(format),
-            bytes: page.bytes,
-            sha256: page.sha256,
-        });
-    }
-    if pages.len() as u32 != manifest.page_count {
-        return Err(ApiError::PageCountMismatch {
-            declared: manifest.page_count,
-            received: pages.len() as u32,
-        });
-    }
+    let (parts, upload, pages) = match spooled {
+        Some(done) => done,
+        None => spooling.await,
+    }?;
     let role = core.role.snapshot();
     let acceptor = core.server_id().ok_or_else(|| ApiError::DataServiceDown {
         cause: "the store has not been read yet".into(),
@@ -370,10 +318,112 @@ async fn receive(
         workflow,
         pages = known.pages,
         bytes = known.bytes,
+        replicated = known.replicated,
         client = client.as_deref().unwrap_or("-"),
         "job accepted"
     );
     Ok((StatusCode::CREATED, Json(JobAck::known(&known, false))).into_response())
+}
+
+/// Checks a new job's manifest, then streams its pages into the spool
+/// (each page file synced as it ends), checking every limit as the bytes
+/// come. Nothing is committed here: dropping the upload removes its files.
+async fn spool_pages(
+    core: &Core,
+    id: Uuid,
+    manifest: &Manifest,
+    config: &ActiveConfig,
+    manifest_bytes: u64,
+    multipart: &mut Multipart,
+) -> Result<(Arc<DataParts>, SpoolUpload, Vec<NewPage>), ApiError> {
+    // Checked only for a new job: an accepted job keeps its acknowledgement
+    // even if its workflow or index fields changed since.
+    check_manifest(manifest, config)?;
+    let limits = config.limits;
+    let parts = core.data.parts()?;
+    // No row exists and this connection holds the id's upload claim, so a
+    // spool directory for the id is an orphan of an attempt whose row was
+    // never committed: remove it, since a commit never replaces one.
+    if parts.spool.job_dir(id).exists() {
+        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
+        parts.spool.remove_job(id).map_err(|e| {
+            core.data
+                .spool_error("removing an orphan job directory", &e)
+        })?;
+    }
+    let mut upload = parts.spool.begin(id);
+    let mut total = manifest_bytes;
+    let mut pages: Vec<NewPage> = Vec::new();
+    while let Some(mut field) = next_field(multipart).await? {
+        if field.name() != Some("page") {
+            return Err(ApiError::BadRequest(format!(
+                "unexpected part `{}`: after the manifest only `page` parts are allowed",
+                field.name().unwrap_or("")
+            )));
+        }
+        let seq = pages.len() as u32 + 1;
+        if seq > limits.max_pages {
+            return Err(ApiError::TooManyPages {
+                count: seq,
+                limit: limits.max_pages,
+            });
+        }
+        if seq > manifest.page_count {
+            return Err(ApiError::PageCountMismatch {
+                declared: manifest.page_count,
+                received: seq,
+            });
+        }
+        // Sniff the format from the first bytes of the content.
+        let mut head = Vec::with_capacity(16);
+        while head.len() < 16 {
+            match next_chunk(&mut field).await? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        let format =
+            PageFormat::sniff(&head).ok_or(ApiError::UnsupportedPageFormat { page: seq })?;
+        let mut writer = upload.page(seq, format.extension());
+        let mut chunk = Some(bytes::Bytes::from(head));
+        while let Some(data) = chunk {
+            total += data.len() as u64;
+            if writer.bytes() + data.len() as u64 > limits.max_page_bytes {
+                return Err(ApiError::PageTooLarge {
+                    page: seq,
+                    limit: limits.max_page_bytes,
+                });
+            }
+            if total > limits.max_job_bytes {
+                return Err(ApiError::JobTooLarge {
+                    limit: limits.max_job_bytes,
+                });
+            }
+            writer
+                .write(&data)
+                .await
+                .map_err(|e| core.data.spool_error("writing a page", &e))?;
+            chunk = next_chunk(&mut field).await?;
+        }
+        let page = writer
+            .finish()
+            .await
+            .map_err(|e| core.data.spool_error("syncing a page", &e))?;
+        pages.push(NewPage {
+            seq,
+            file_name: page.file_name,
+            format: format_name(format),
+            bytes: page.bytes,
+            sha256: page.sha256,
+        });
+    }
+    if pages.len() as u32 != manifest.page_count {
+        return Err(ApiError::PageCountMismatch {
+            declared: manifest.page_count,
+            received: pages.len() as u32,
+        });
+    }
+    Ok((parts, upload, pages))
 }
 
 /// The answer to an id that is already stored: the original

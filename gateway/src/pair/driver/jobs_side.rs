@@ -151,15 +151,22 @@ async fn on_sessions_ended(core: &Core, sessions: Vec<EndedSession>) {
     }
 }
 
-/// The peer stored its copies of jobs this server accepted: recorded
-/// first (in one transaction), then the waiting acknowledgements and the
-/// sender learn of it.
+/// The peer stored its copies of jobs this server accepted. The waiting
+/// acknowledgements learn of it at once: the peer answers only once its
+/// copy is durable, so the device may be told so before this server's
+/// record follows. The record (one transaction) comes next; the sender
+/// learns of it last. Should the record fail, or this server stop before
+/// it, the job is still marked unreplicated here, so it is offered again
+/// and the peer answers that it holds it.
 async fn on_jobs_stored(
     core: &Core,
     me: ServerId,
     answers: &mpsc::UnboundedSender<Answer>,
     jobs: Vec<Uuid>,
 ) {
+    for &job in &jobs {
+        core.peer_acks.stored(job);
+    }
     let marked = {
         let jobs = jobs.clone();
         core.data
@@ -173,7 +180,6 @@ async fn on_jobs_stored(
         Ok(left) => {
             core.peer_acks.set_unreplicated(left);
             for &job in &jobs {
-                core.peer_acks.stored(job);
                 core.peer_acks.release(job);
             }
         }
