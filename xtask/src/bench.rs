@@ -252,7 +252,11 @@ const ALL: &[(&str, &[&str], &[&str])] = &[
     (
         "replication",
         &[],
-        &["--points", "100000:10:100,1000000:4:20,100000:1:20"],
+        &[
+            "--points",
+            "100000:10:100,1000000:4:20,100000:1:20",
+            "--quick",
+        ],
     ),
     ("takeover", &[], &["--rounds", "2"]),
     (
@@ -518,7 +522,7 @@ log_level = "warn"
 pub(crate) struct Nginx {
     child: Child,
     pub(crate) plain: String,
-    https: String,
+    pub(crate) https: String,
 }
 
 impl Drop for Nginx {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{Result, exec, root};
 
 /// The binaries of one build profile.
+#[derive(Clone)]
 pub struct Tools {
     dir: PathBuf,
 }

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_job_ownership_and_takeover.sql",
         sql: include_str!("../../../migrations/0008_job_ownership_and_takeover.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_unreplicated_jobs.sql",
+        sql: include_str!("../../../migrations/0009_unreplicated_jobs.sql"),
+    },
 ];
 
 /// The newest schema version this binary understands.

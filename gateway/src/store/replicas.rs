@@ -13,6 +13,17 @@ use uuid::Uuid;
 use super::jobs::{JOB_COLUMNS, JobRecord, job_from_row, uuid_col};
 use super::{Store, StoreError, now_text, time_text};
 
+/// The jobs of [`Store::unreplicated_jobs`], in stream order. The stream
+/// asks every round, so it reads only the index of jobs waiting for a copy
+/// (`jobs_unreplicated`, migration 0009), never the whole table.
+const UNREPLICATED_JOBS: &str =
+    "WHERE acceptor_server = ?1 AND replica_state = 'local' ORDER BY seq LIMIT ?2";
+
+/// [`Store::count_unreplicated`]: counted after every answer from the
+/// peer, through the same index.
+const COUNT_UNREPLICATED: &str = "SELECT count(*) FROM jobs
+     WHERE acceptor_server = ?1 AND replica_state = 'local' AND state <> 'done'";
+
 impl Store {
     /// Jobs this server accepted that the peer has no copy of yet, in the
     /// order of their sequence number (the order of the replication stream).
@@ -24,11 +35,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let conn = self.conn();
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
-             ORDER BY seq LIMIT ?2"
-        );
-        let mut stmt = conn.prepare(&sql)?;
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs {UNREPLICATED_JOBS}");
+        let mut stmt = conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![me.to_string(), limit], job_from_row)?;
         rows.map(|r| r?).collect()
     }
@@ -36,12 +44,10 @@ impl Store {
     /// How many jobs this server accepted have no copy on the peer yet (and
     /// still need one: not done).
     pub fn count_unreplicated(&self, me: ServerId) -> Result<u64, StoreError> {
-        Ok(self.conn().query_row(
-            "SELECT count(*) FROM jobs WHERE acceptor_server = ?1 AND replica_state = 'local'
-                 AND state <> 'done'",
-            [me.to_string()],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
+        Ok(self
+            .conn()
+            .prepare_cached(COUNT_UNREPLICATED)?
+            .query_row([me.to_string()], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// The peer stored a copy of the job this server accepted. Returns
@@ -174,5 +180,32 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("superseded_by `{t}`: {e}")))
             })
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, one line per step.
+    fn plan(store: &Store, sql: &str, args: &[&dyn rusqlite::ToSql]) -> String {
+        let conn = store.conn();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+        steps.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn the_stream_reads_only_the_jobs_waiting_for_a_copy() {
+        let store = Store::open_in_memory().unwrap();
+        let next = plan(
+            &store,
+            &format!("SELECT id FROM jobs {UNREPLICATED_JOBS}"),
+            &[&"x", &16],
+        );
+        assert!(next.contains("USING INDEX jobs_unreplicated"), "{next}");
+        assert!(!next.contains("TEMP B-TREE"), "sorted by the index: {next}");
+        let count = plan(&store, COUNT_UNREPLICATED, &[&"x"]);
+        assert!(count.contains("USING INDEX jobs_unreplicated"), "{count}");
     }
 }
