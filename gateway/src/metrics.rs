@@ -43,6 +43,9 @@ pub struct Gauges<'a> {
     /// was acknowledged without the peer's copy since the stream last
     /// caught up; `None` without a pair link.
     pub replication: Option<(u64, bool)>,
+    /// Batches the job commit has made since the data service last
+    /// started; `None` while it is down.
+    pub commit_batches: Option<u64>,
 }
 
 impl Metrics {
@@ -182,6 +185,14 @@ impl Metrics {
                 depth.to_string(),
             );
         }
+        if let Some(batches) = g.commit_batches {
+            line(
+                "scangw_commit_batches_total",
+                "counter",
+                "Batches of the job commit (jobs and copies durable together) since the data service started; with scangw_jobs_accepted_total, how many jobs share a batch.",
+                batches.to_string(),
+            );
+        }
         line(
             "scangw_jobs_accepted_total",
             "counter",
@@ -310,7 +321,9 @@ mod tests {
             maintenance: false,
             config_version: 7,
             replication: Some((3, true)),
+            commit_batches: Some(5),
         });
+        assert!(text.contains("scangw_commit_batches_total{instance=\"gw-a\"} 5"));
         assert!(text.contains("scangw_jobs_unreplicated{instance=\"gw-a\"} 3"));
         assert!(text.contains("scangw_replication_degraded{instance=\"gw-a\"} 1"));
         assert!(text.contains("scangw_jobs_accepted_total{instance=\"gw-a\"} 2"));

@@ -112,6 +112,19 @@ impl JobSpool {
         }
     }
 
+    /// Starts the upload of job `id` when no row holds the id and the
+    /// caller holds its upload claim: a directory already there is then an
+    /// orphan of an earlier attempt that never committed, and is removed
+    /// first, since a commit never replaces one. Touches the disk (a stat;
+    /// a removal when there is an orphan).
+    pub fn begin_new(&self, id: Uuid) -> io::Result<SpoolUpload> {
+        if self.job_dir(id).exists() {
+            tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
+            self.remove_job(id)?;
+        }
+        Ok(self.begin(id))
+    }
+
     /// Ids of the job directories present.
     pub fn job_ids(&self) -> io::Result<Vec<Uuid>> {
         let mut ids = Vec::new();
@@ -473,6 +486,28 @@ mod tests {
             "a job without pages has its directory"
         );
         spool.probe().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_upload_removes_the_orphan_of_an_earlier_attempt_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = JobSpool::open(tmp.path()).unwrap();
+        let id = Uuid::new_v4();
+        let orphan = spool.job_dir(id);
+        std::fs::create_dir_all(&orphan).unwrap();
+        std::fs::write(orphan.join("page-0009.png"), b"stale").unwrap();
+        let mut up = spool.begin_new(id).unwrap();
+        assert!(!orphan.exists(), "the orphan went before the upload began");
+        write_page(&mut up, 1, &[b"new"]).await.unwrap();
+        let names: Vec<_> = std::fs::read_dir(&orphan)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["page-0001.png"], "only the new upload's page");
+        // Nothing there: nothing removed, nothing made.
+        let other = Uuid::new_v4();
+        drop(spool.begin_new(other).unwrap());
+        assert!(!spool.job_dir(other).exists());
     }
 
     #[test]

@@ -689,15 +689,11 @@ async fn begin(core: &Core, id: Uuid) -> Result<(SpoolUpload, UploadClaim), (Str
         Ok(Some(_)) => return Err(("the job was stored here meanwhile".to_owned(), false)),
         Err(e) => return Err((e.to_string(), false)),
     }
-    if parts.spool.job_dir(id).exists() {
-        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
-        let spool = parts.spool.clone();
-        tokio::task::spawn_blocking(move || spool.remove_job(id))
-            .await
-            .map_err(|e| (e.to_string(), false))?
-            .map_err(|e| io_failure("removing an orphan job directory", &e))?;
-    }
-    Ok((parts.spool.begin(id), claim))
+    let upload = parts
+        .spool
+        .begin_new(id)
+        .map_err(|e| io_failure("removing an orphan job directory", &e))?;
+    Ok((upload, claim))
 }
 
 async fn close_page(r: &mut Receiving) -> Result<(), (String, bool)> {

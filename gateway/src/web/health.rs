@@ -52,6 +52,7 @@ pub async fn metrics(State(core): State<Arc<Core>>) -> impl IntoResponse {
             .pair
             .as_ref()
             .map(|_| (core.peer_acks.unreplicated(), core.peer_acks.degraded())),
+        commit_batches: core.data.parts().ok().map(|p| p.committer.batches()),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -341,17 +341,11 @@ async fn spool_pages(
     check_manifest(manifest, config)?;
     let limits = config.limits;
     let parts = core.data.parts()?;
-    // No row exists and this connection holds the id's upload claim, so a
-    // spool directory for the id is an orphan of an attempt whose row was
-    // never committed: remove it, since a commit never replaces one.
-    if parts.spool.job_dir(id).exists() {
-        tracing::warn!(job = %id, "removing the spool directory of an earlier attempt that never committed");
-        parts.spool.remove_job(id).map_err(|e| {
-            core.data
-                .spool_error("removing an orphan job directory", &e)
-        })?;
-    }
-    let mut upload = parts.spool.begin(id);
+    // No row exists and this connection holds the id's upload claim.
+    let mut upload = parts.spool.begin_new(id).map_err(|e| {
+        core.data
+            .spool_error("removing an orphan job directory", &e)
+    })?;
     let mut total = manifest_bytes;
     let mut pages: Vec<NewPage> = Vec::new();
     while let Some(mut field) = next_field(multipart).await? {
