@@ -38,7 +38,6 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use pair_core::ServerId;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -368,7 +367,11 @@ async fn send_bulk(writer: &LinkWriter, wire: &Wire) -> Result<(), SendError> {
         .map_err(|_| SendError::LinkGone)
 }
 
-/// Sends one job: the offer, each page in chunks, the end.
+/// Sends one job: the offer, each page in chunks, the end. Each chunk is
+/// read and its frame encoded on the blocking pool, in one trip (the file
+/// stays open from one chunk to the next), so the link's thread only
+/// passes frames on: a job of one small page costs the store's trip for
+/// its pages and one trip for its chunk.
 async fn send_job(core: &Core, writer: &LinkWriter, job: &JobRecord) -> Result<(), SendError> {
     let id = job.id;
     let pages = core
@@ -391,26 +394,44 @@ async fn send_job(core: &Core, writer: &LinkWriter, job: &JobRecord) -> Result<(
         // Its pages went when it was done; the offer settles the id.
         return send_bulk(writer, &Wire::JobEnd { job: id }).await;
     }
-    let mut buf = vec![0u8; BULK_CHUNK_BYTES];
     for page in &pages {
-        let path = dir.join(&page.file_name);
-        let mut file = tokio::fs::File::open(&path)
+        let path = Arc::new(dir.join(&page.file_name));
+        let (seq, size) = (page.seq, page.bytes);
+        let mut file: Option<std::fs::File> = None;
+        let mut sent = 0u64;
+        while sent < size {
+            let len = (size - sent).min(BULK_CHUNK_BYTES as u64) as usize;
+            let at = path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut f = match file {
+                    Some(f) => f,
+                    None => std::fs::File::open(&*at)?,
+                };
+                let mut data = vec![0u8; len];
+                std::io::Read::read_exact(&mut f, &mut data)?;
+                let chunk = Wire::JobChunk {
+                    job: id,
+                    page: seq,
+                    data: B64.encode(&data),
+                };
+                Ok::<_, std::io::Error>((f, frame::encode(&chunk)))
+            })
             .await
-            .map_err(|e| SendError::Local(format!("{}: {e}", path.display())))?;
-        loop {
-            let n = file
-                .read(&mut buf)
+            .map_err(|e| SendError::Local(e.to_string()))?;
+            let (f, chunk) = read.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => SendError::Local(format!(
+                    "{}: shorter than its recorded {size} bytes",
+                    path.display()
+                )),
+                _ => SendError::Local(format!("{}: {e}", path.display())),
+            })?;
+            file = Some(f);
+            sent += len as u64;
+            writer
+                .bulk
+                .send(chunk)
                 .await
-                .map_err(|e| SendError::Local(format!("{}: {e}", path.display())))?;
-            if n == 0 {
-                break;
-            }
-            let chunk = Wire::JobChunk {
-                job: id,
-                page: page.seq,
-                data: B64.encode(&buf[..n]),
-            };
-            send_bulk(writer, &chunk).await?;
+                .map_err(|_| SendError::LinkGone)?;
         }
     }
     send_bulk(writer, &Wire::JobEnd { job: id }).await
@@ -884,19 +905,14 @@ mod tests {
         assert!(write_chunk(&mut r, 1, "%%%").await.is_err(), "not base64");
     }
 
-    /// A directory left by an attempt that never committed its row does not
-    /// block the peer's copy forever; a device uploading the same id here
-    /// right now does (the copy is offered again), and so does a row
-    /// committed meanwhile.
-    #[tokio::test]
-    async fn an_orphan_directory_gives_way_to_the_peers_copy_but_a_live_upload_does_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("gateway.toml");
+    /// A server's core with its data service started, its data under `dir`.
+    async fn started_core(dir: &std::path::Path) -> Arc<Core> {
+        let file = dir.join("gateway.toml");
         std::fs::write(
             &file,
             format!(
                 "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
-                dir.path().display()
+                dir.display()
             ),
         )
         .unwrap();
@@ -908,6 +924,92 @@ mod tests {
         .unwrap();
         let core = Core::for_tests(settings, licensing::TrustedKeys::builtin());
         core.data.start().await.unwrap();
+        core
+    }
+
+    /// A job's pages leave in chunks of at most the bulk size, in order, each
+    /// as its own frame between the offer and the end; a page file shorter
+    /// than its row says is this server's problem, not the link's.
+    #[tokio::test]
+    async fn a_job_is_sent_as_its_offer_its_chunks_and_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = started_core(dir.path()).await;
+        let parts = core.data.parts().unwrap();
+        let id = Uuid::new_v4();
+        let big: Vec<u8> = (0..BULK_CHUNK_BYTES + 1000)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let small = b"second page".to_vec();
+        let mut upload = parts.spool.begin(id);
+        let mut job = crate::store::jobs::sample_job(id);
+        job.pages.clear();
+        for (seq, bytes) in [(1u32, &big), (2, &small)] {
+            let mut page = upload.page(seq, "png");
+            page.write(bytes).await.unwrap();
+            let done = page.finish().await.unwrap();
+            job.pages.push(NewPage {
+                seq,
+                file_name: done.file_name,
+                format: "png".into(),
+                bytes: done.bytes,
+                sha256: done.sha256,
+            });
+        }
+        job.bytes = (big.len() + small.len()) as u64;
+        let first_page = parts.spool.job_dir(id).join(&job.pages[0].file_name);
+        assert!(parts.committer.commit(upload, job, None).await.unwrap());
+        let record = core.data.run(move |s| s.job(id)).await.unwrap().unwrap();
+
+        let (control, _control_rx) = mpsc::channel(8);
+        let (bulk, mut bulk_rx) = mpsc::channel(64);
+        let writer = LinkWriter { control, bulk };
+        assert!(send_job(&core, &writer, &record).await.is_ok());
+        drop(writer);
+        let mut frames = Vec::new();
+        while let Some(bytes) = bulk_rx.recv().await {
+            let wire: Wire = frame::read(&mut bytes.as_slice()).await.unwrap().unwrap();
+            frames.push(wire);
+        }
+        assert!(matches!(frames.first(), Some(Wire::JobOffer(o)) if o.id == id));
+        assert!(matches!(frames.last(), Some(Wire::JobEnd { job }) if *job == id));
+        let chunks: Vec<(u32, Vec<u8>)> = frames[1..frames.len() - 1]
+            .iter()
+            .map(|w| match w {
+                Wire::JobChunk { job, page, data } if *job == id => {
+                    (*page, B64.decode(data).unwrap())
+                }
+                other => panic!("not a chunk of the job: {other:?}"),
+            })
+            .collect();
+        let sizes: Vec<(u32, usize)> = chunks.iter().map(|(p, d)| (*p, d.len())).collect();
+        assert_eq!(
+            sizes,
+            vec![(1, BULK_CHUNK_BYTES), (1, 1000), (2, small.len())]
+        );
+        assert_eq!([&chunks[0].1[..], &chunks[1].1[..]].concat(), big);
+        assert_eq!(chunks[2].1, small);
+
+        // The first page cut short on disk: a local error naming the file.
+        std::fs::write(&first_page, &big[..10]).unwrap();
+        let (control, _control_rx) = mpsc::channel(8);
+        let (bulk, _bulk_rx) = mpsc::channel(64);
+        match send_job(&core, &LinkWriter { control, bulk }, &record).await {
+            Err(SendError::Local(why)) => {
+                assert!(why.contains("shorter than its recorded"), "{why}")
+            }
+            Err(SendError::LinkGone) => panic!("a short file is not the link's fault"),
+            Ok(()) => panic!("a short file was sent"),
+        }
+    }
+
+    /// A directory left by an attempt that never committed its row does not
+    /// block the peer's copy forever; a device uploading the same id here
+    /// right now does (the copy is offered again), and so does a row
+    /// committed meanwhile.
+    #[tokio::test]
+    async fn an_orphan_directory_gives_way_to_the_peers_copy_but_a_live_upload_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = started_core(dir.path()).await;
         let spool = core.data.parts().unwrap().spool.clone();
         let id = Uuid::new_v4();
         let orphan = spool.job_dir(id);
