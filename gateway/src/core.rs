@@ -199,6 +199,28 @@ impl Core {
         Core::for_tests_with_clock(settings, trusted, Arc::new(SystemClock))
     }
 
+    /// As [`Core::for_tests`], for `instance` on the default settings with
+    /// its data under `dir` (a configuration file is written there) and
+    /// the built-in vendor keys.
+    pub fn for_tests_in(dir: &std::path::Path, instance: &str) -> Arc<Core> {
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
+                dir.display()
+            ),
+        )
+        .expect("the test's configuration file is written");
+        let settings = crate::settings::load(
+            crate::settings::Source::File(&file),
+            Some(instance),
+            &crate::settings::Env::none(),
+        )
+        .expect("the test's configuration loads");
+        Core::for_tests(settings, licensing::TrustedKeys::builtin())
+    }
+
     /// As [`Core::for_tests`], on the given clock.
     pub fn for_tests_with_clock(
         settings: Settings,

@@ -298,21 +298,9 @@ async fn recognise_here(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{self, Source};
 
     fn core(dir: &std::path::Path) -> Arc<Core> {
-        let file = dir.join("gateway.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let settings =
-            settings::load(Source::File(&file), Some("gw-a"), &settings::Env::none()).unwrap();
-        Core::for_tests(settings, licensing::TrustedKeys::builtin())
+        Core::for_tests_in(dir, "gw-a")
     }
 
     /// With no engine anywhere the failure is permanent and names what to

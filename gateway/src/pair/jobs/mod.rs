@@ -156,22 +156,7 @@ mod test_support {
 
     /// A server's core with its data service started, its data under `dir`.
     pub async fn started_core(dir: &std::path::Path) -> Arc<Core> {
-        let file = dir.join("gateway.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let settings = crate::settings::load(
-            crate::settings::Source::File(&file),
-            Some("gw-b"),
-            &crate::settings::Env::none(),
-        )
-        .unwrap();
-        let core = Core::for_tests(settings, licensing::TrustedKeys::builtin());
+        let core = Core::for_tests_in(dir, "gw-b");
         core.data.start().await.unwrap();
         core
     }
