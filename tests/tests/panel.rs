@@ -265,7 +265,14 @@ fn a_person_scans_through_a_failover_and_back_without_logging_in_again() {
     let second = shown_job(&browser, &b, &token);
     assert_eq!(second["accepted_by"], "gw-b", "{second}");
     assert_eq!(second["state"], "done", "{second}");
-    assert_eq!(server_role(&browser), "secondary");
+    // The failover notice is raised as the primary is passed over, a moment
+    // before the secondary's answer makes it the current server; the bar
+    // shows the change at its next refresh (once a second).
+    browser.wait_until(
+        "the bar to name the secondary",
+        "document.getElementById('server').dataset.role === 'secondary'",
+        Duration::from_secs(5),
+    );
     let notice = browser.text("#notice-text");
     assert!(
         notice.contains("switched to the secondary server") && notice.contains("still logged in"),
