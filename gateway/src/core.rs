@@ -199,15 +199,15 @@ impl Core {
         Core::for_tests_with_clock(settings, trusted, Arc::new(SystemClock))
     }
 
-    /// As [`Core::for_tests`], for `instance` on the default settings with
-    /// its data under `dir` (a configuration file is written there) and
-    /// the built-in vendor keys.
-    pub fn for_tests_in(dir: &std::path::Path, instance: &str) -> Arc<Core> {
+    /// As [`Core::for_tests`], for `instance` with its data under `dir` (a
+    /// configuration file is written there), `defaults` (TOML lines, may be
+    /// empty) added to the `[defaults]` table, and the built-in vendor keys.
+    pub fn for_tests_in(dir: &std::path::Path, instance: &str, defaults: &str) -> Arc<Core> {
         let file = dir.join("gateway.toml");
         std::fs::write(
             &file,
             format!(
-                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n",
+                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\n{defaults}",
                 dir.display()
             ),
         )

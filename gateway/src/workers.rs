@@ -567,21 +567,10 @@ impl ProgressStore for StoreProgress {
 mod tests {
     use super::*;
     use crate::logging::tests::Captured;
-    use crate::settings::{self, LogFormat, Source};
+    use crate::settings::LogFormat;
 
     fn core(dir: &std::path::Path) -> Arc<Core> {
-        let file = dir.join("gateway.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "[defaults]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}/{{instance}}\"\nworkers = 2\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let settings =
-            settings::load(Source::File(&file), Some("gw-t"), &settings::Env::none()).unwrap();
-        Core::for_tests(settings, licensing::TrustedKeys::builtin())
+        Core::for_tests_in(dir, "gw-t", "workers = 2\n")
     }
 
     // Regression: after SIGTERM, "pipeline workers started" was logged after

@@ -300,7 +300,7 @@ mod tests {
     use super::*;
 
     fn core(dir: &std::path::Path) -> Arc<Core> {
-        Core::for_tests_in(dir, "gw-a")
+        Core::for_tests_in(dir, "gw-a", "")
     }
 
     /// With no engine anywhere the failure is permanent and names what to

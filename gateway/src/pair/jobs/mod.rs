@@ -156,7 +156,7 @@ mod test_support {
 
     /// A server's core with its data service started, its data under `dir`.
     pub async fn started_core(dir: &std::path::Path) -> Arc<Core> {
-        let core = Core::for_tests_in(dir, "gw-b");
+        let core = Core::for_tests_in(dir, "gw-b", "");
         core.data.start().await.unwrap();
         core
     }

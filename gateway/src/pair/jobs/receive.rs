@@ -444,6 +444,22 @@ mod tests {
         crate::security::hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
     }
 
+    /// A copy of `offer` about to be received, its id claimed in `claims`.
+    fn receiving(
+        spool: &JobSpool,
+        claims: &crate::admission::UploadClaims,
+        offer: Box<JobOffer>,
+    ) -> Receiving {
+        Receiving {
+            upload: spool.begin(offer.id),
+            _claim: claims.claim(offer.id).unwrap(),
+            offer,
+            page: None,
+            done: Vec::new(),
+            failed: None,
+        }
+    }
+
     /// Pages arrive in chunks and each is checked against its offer: a page
     /// whose bytes do not match its digest is refused (and re-sent by the
     /// sender), never committed.
@@ -455,14 +471,7 @@ mod tests {
         let good = b"page one".as_slice();
         let other = b"page two".as_slice();
         let o = offer(&[(good, sha(good)), (other, sha(other))]);
-        let mut r = Receiving {
-            upload: spool.begin(o.id),
-            _claim: claims.claim(o.id).unwrap(),
-            offer: o,
-            page: None,
-            done: Vec::new(),
-            failed: None,
-        };
+        let mut r = receiving(&spool, &claims, o);
         write_chunk(&mut r, 1, &B64.encode(&good[..4]))
             .await
             .unwrap();
@@ -474,14 +483,7 @@ mod tests {
         assert_eq!(r.done.len(), 2);
 
         let o = offer(&[(good, sha(b"something else"))]);
-        let mut r = Receiving {
-            upload: spool.begin(o.id),
-            _claim: claims.claim(o.id).unwrap(),
-            offer: o,
-            page: None,
-            done: Vec::new(),
-            failed: None,
-        };
+        let mut r = receiving(&spool, &claims, o);
         write_chunk(&mut r, 1, &B64.encode(good)).await.unwrap();
         let (why, disk_full) = close_page(&mut r).await.unwrap_err();
         assert!(why.contains("does not match"), "{why}");
